@@ -1,0 +1,215 @@
+//! The command line: `dispatch serve`, `dispatch agents [check]`.
+//!
+//! Commands return an [`ExitCode`]; only `main` turns errors into text, through
+//! `anyhow`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::broadcast;
+
+use crate::app::App;
+use crate::config::{Config, Paths};
+use crate::registry::{Snapshot, load_dir};
+
+/// dispatch: an MCP server that runs a team of specialist AI agents, each on the
+/// model that suits it, with a markdown knowledge base of their work.
+#[derive(Debug, Parser)]
+#[command(name = "dispatch", version, about, long_about = None)]
+#[command(after_help = "Run `dispatch serve` from an MCP client (OpenCode, VS Code, Claude Code); \
+see README.md for the client configuration.\nLogs go to stderr; set DISPATCH_LOG=debug for more.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Globals {
+    /// Project root: agents in ROOT/agents, knowledge base in ROOT/_kb, config in ROOT/dispatch.toml.
+    #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_ROOT", default_value = ".")]
+    pub root: PathBuf,
+    /// Agent files folder (default: ROOT/agents).
+    #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_AGENTS")]
+    pub agents: Option<PathBuf>,
+    /// Knowledge base folder (default: ROOT/_kb).
+    #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_KB")]
+    pub kb: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the MCP server over stdio (stdout carries only JSON-RPC; logs go to stderr).
+    Serve,
+    /// List the agents (name, model chain, mirror, description).
+    Agents {
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+    },
+}
+
+/// `dispatch agents ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Check every agent file; print `file:line:col: severity: message` per problem and
+    /// exit 1 if there is any error.
+    Check,
+}
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dispatch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DISPATCH_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
+    // Logs go to stderr: in stdio mode stdout belongs to JSON-RPC.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.globals;
+    let paths = Paths::new(&g.root, g.agents.as_deref(), g.kb.as_deref());
+    match cli.command {
+        Command::Serve => serve(paths),
+        Command::Agents { action: None } => {
+            let snap = load_agents(&paths)?;
+            print_table(&snap)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents {
+            action: Some(AgentsAction::Check),
+        } => {
+            let snap = load_agents(&paths)?;
+            Ok(check(&snap)?)
+        }
+    }
+}
+
+fn load_agents(paths: &Paths) -> anyhow::Result<Snapshot> {
+    let config = Config::load(&paths.config_file())?;
+    Ok(load_dir(&paths.agents, &config.read_context(), None))
+}
+
+fn serve(paths: Paths) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let app = Arc::new(App::open(paths)?);
+        let snap = app.registry.snapshot();
+        tracing::info!(
+            agents = snap.agents.len(),
+            errors = snap.errors().count(),
+            "dispatch {} ready on stdio",
+            env!("CARGO_PKG_VERSION")
+        );
+        for d in snap.errors() {
+            tracing::warn!("{d}");
+        }
+        // Watchers are best effort: without them the server still works, it
+        // just does not notice file changes until restarted.
+        let _agents_watch = app
+            .registry
+            .watch()
+            .inspect_err(|e| tracing::warn!(error = %e, "not watching agent files"))
+            .ok();
+        let (kb_tx, _) = broadcast::channel(16);
+        let _kb_watch = app
+            .watch_kb(kb_tx.clone())
+            .inspect_err(|e| tracing::warn!(error = %e, "not watching the knowledge base"))
+            .ok();
+        crate::mcp::serve_stdio(app, kb_tx).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_table(snap: &Snapshot) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let rows: Vec<[String; 4]> = snap
+        .agents
+        .values()
+        .map(|l| {
+            let a = &l.agent;
+            let models = if a.is_workflow() && a.models.is_empty() {
+                "(workflow)".to_string()
+            } else if a.models.is_empty() {
+                "(none)".to_string()
+            } else {
+                a.models.iter().map(ToString::to_string).collect::<Vec<_>>().join(" > ")
+            };
+            let name = if l.stale { format!("{} (stale)", a.name) } else { a.name.clone() };
+            [name, models, a.mirror.clone().unwrap_or_else(|| "-".into()), a.description.clone()]
+        })
+        .collect();
+    let header = ["NAME", "MODELS", "MIRROR", "DESCRIPTION"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 4]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+    };
+    writeln!(out, "{}", line(header).trim_end())?;
+    for r in &rows {
+        writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3]]).trim_end())?;
+    }
+    let errors = snap.errors().count();
+    let warnings = snap.diagnostics.len() - errors;
+    if errors + warnings > 0 {
+        eprintln!("{errors} error(s), {warnings} warning(s): run `dispatch agents check` for details");
+    }
+    Ok(())
+}
+
+fn check(snap: &Snapshot) -> std::io::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    for d in &snap.diagnostics {
+        writeln!(out, "{d}")?;
+    }
+    let errors = snap.errors().count();
+    let warnings = snap.diagnostics.len() - errors;
+    writeln!(
+        out,
+        "{} agent(s) loaded from {} file(s): {errors} error(s), {warnings} warning(s)",
+        snap.agents.len(),
+        snap.files
+    )?;
+    Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,168 @@
+//! Where things live (`--root`, `--agents`, `--kb`) and the optional
+//! `dispatch.toml` next to them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::agent::BUILTIN_PROVIDERS;
+use crate::agent::reader::ReadContext;
+
+/// Name of the optional config file under the project root.
+pub const CONFIG_FILE: &str = "dispatch.toml";
+
+/// The project's folders.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The project root (`--root`, default: the current directory).
+    pub root: PathBuf,
+    /// Agent files (`--agents`, default `ROOT/agents`).
+    pub agents: PathBuf,
+    /// Knowledge base (`--kb`, default `ROOT/_kb`).
+    pub kb: PathBuf,
+}
+
+impl Paths {
+    /// Resolve the folders from the CLI options.
+    pub fn new(root: &Path, agents: Option<&Path>, kb: Option<&Path>) -> Paths {
+        Paths {
+            root: root.to_path_buf(),
+            agents: agents.map_or_else(|| root.join("agents"), Path::to_path_buf),
+            kb: kb.map_or_else(|| root.join("_kb"), Path::to_path_buf),
+        }
+    }
+
+    /// `ROOT/dispatch.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+}
+
+/// Errors reading `dispatch.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("{path}:{line}:{column}: error: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// An OpenAI-compatible endpoint declared in `dispatch.toml`:
+///
+/// ```toml
+/// [providers.together]
+/// base_url = "https://api.together.xyz/v1"
+/// api_key_env = "TOGETHER_API_KEY"
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Base URL of the chat completions API (`.../v1`).
+    pub base_url: Option<String>,
+    /// Environment variable that holds the key (never the key itself).
+    pub api_key_env: Option<String>,
+}
+
+/// The contents of `dispatch.toml`; every section is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Providers by name; built-in names may be listed to override their base URL.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Config {
+    /// Read `path` if it exists; a missing file is the default config.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parse the text of a config file named `path` (for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| {
+                    let before = &text.as_bytes()[..s.start.min(text.len())];
+                    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                    (line, col)
+                })
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// Built-in providers plus the configured ones.
+    pub fn known_providers(&self) -> BTreeSet<String> {
+        BUILTIN_PROVIDERS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.providers.keys().cloned())
+            .collect()
+    }
+
+    /// What the agent reader needs from the config.
+    pub fn read_context(&self) -> ReadContext {
+        ReadContext {
+            known_providers: self.known_providers(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_providers_are_known() {
+        let c = Config::parse(
+            "[providers.together]\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key_env = \"TOGETHER_API_KEY\"\n",
+            Path::new("dispatch.toml"),
+        )
+        .unwrap();
+        assert!(c.known_providers().contains("together"));
+        assert!(c.known_providers().contains("openai"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_position() {
+        let e = Config::parse("[providers.x]\nbase_ur = \"u\"\n", Path::new("dispatch.toml")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("dispatch.toml:2:1: error:"), "{s}");
+        assert!(s.contains("base_ur"), "{s}");
+    }
+}

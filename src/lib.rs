@@ -1,0 +1,31 @@
+//! `dispatch`: an MCP orchestrator server that turns a folder of agent files
+//! into a team of specialist AI agents, each on the model that suits it.
+//!
+//! The crate is a library with a thin binary (`main.rs`). A map of it:
+//!
+//! - [`cli`]: the command line (`serve`, `agents`, `agents check`).
+//! - [`app`]: the opened project — config, agent registry, knowledge base —
+//!   shared by the CLI and the MCP server.
+//! - [`config`]: `--root`/`--agents`/`--kb` and the optional `dispatch.toml`.
+//! - [`agent`]: what an agent file says: the reader for every supported
+//!   dialect and the checks across files.
+//! - [`registry`]: loads the agents folder into immutable snapshots and swaps
+//!   them on change.
+//! - [`kb`]: the markdown knowledge base: safe paths, paged reads, atomic
+//!   writes, listing, search.
+//! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
+//!   module knows MCP and JSON-RPC.
+//! - [`diag`]: `file:line:col` diagnostics.
+//! - [`watch`]: debounced folder watching.
+//!
+//! ARCHITECTURE.md at the repository root describes the invariants.
+
+pub mod agent;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod kb;
+pub mod mcp;
+pub mod registry;
+pub mod watch;

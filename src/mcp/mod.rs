@@ -1,0 +1,223 @@
+//! The MCP face of `dispatch`: the only module (with its transports) that knows
+//! MCP and JSON-RPC. It maps tool calls and resource reads onto the library
+//! ([`crate::app::App`]) and turns every failure into something a model can read.
+
+pub mod resources;
+pub mod tools;
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
+    ServerConfig, SubscriptionFilter,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
+use tokio::sync::broadcast;
+
+use crate::app::App;
+use crate::kb::KbError;
+
+/// Text sent in `initialize` telling a model how to use this server.
+pub const INSTRUCTIONS: &str = "\
+dispatch runs a team of specialist AI agents, each on the model that suits it, and keeps a \
+markdown knowledge base (KB) of their work.
+
+- agent_list: the agents (name, description, model chain, mirror auditor) and problems in their \
+files. Check it before choosing an agent.
+- kb_search: find earlier work by text or regex before redoing it; results are `path:line: snippet`.
+- kb_read: read a KB file by KB-relative path (e.g. `outbox/code-review-42.md`); follow \
+`next_offset` for long files.
+- kb_list: browse folders: inbox/ (requests), outbox/ (agent results), context/ (standing \
+context), sessions/ (workflow runs).
+- kb_write: save notes or context (modes: overwrite, append, create_new).
+
+KB files are also resources at kb://<path>. Paths are always relative to the KB root; `..` and \
+absolute paths are refused. Errors come back as tool results that say what to change.";
+
+/// Server-wide shared state: the app plus the KB change feed every session
+/// forwards to its client.
+#[derive(Clone)]
+pub struct DispatchServer {
+    app: Arc<App>,
+    kb_changes: broadcast::Sender<()>,
+}
+
+impl DispatchServer {
+    /// A server over `app`; `kb_changes` fires when KB files appear or disappear.
+    pub fn new(app: Arc<App>, kb_changes: broadcast::Sender<()>) -> Self {
+        DispatchServer { app, kb_changes }
+    }
+}
+
+fn kb_error_to_mcp(e: KbError) -> McpError {
+    if e.is_user_error() {
+        McpError::resource_not_found(e.to_string(), None)
+    } else {
+        McpError::internal_error(e.to_string(), None)
+    }
+}
+
+impl ServerHandler for DispatchServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                .with_title("dispatch")
+                .with_description(env!("CARGO_PKG_DESCRIPTION")),
+        )
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(
+            tools::TOOLS.iter().map(|t| t.tool.clone()).collect(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        tools::find(name).map(|t| t.tool.clone())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let name = request.name.to_string();
+        let result = match tools::call(&self.app, &name, request.arguments).await {
+            Ok(value) => {
+                let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+                let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+                r.structured_content = Some(value);
+                r
+            }
+            Err(e) => {
+                tracing::debug!(tool = %name, error = %e, "tool call failed");
+                CallToolResult::error(vec![ContentBlock::text(e.to_string())])
+            }
+        };
+        Ok(result.into())
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let cursor = request.and_then(|r| r.cursor);
+        let app = self.app.clone();
+        let (items, next) = tokio::task::spawn_blocking(move || resources::page(&app.kb, cursor.as_deref()))
+            .await
+            .map_err(|e| McpError::internal_error(format!("listing failed: {e}"), None))?
+            .map_err(|e| match e {
+                resources::PageError::Cursor(_) => McpError::invalid_params(e.to_string(), None),
+                resources::PageError::Kb(k) => kb_error_to_mcp(k),
+            })?;
+        let mut result = ListResourcesResult::with_all_items(items);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![resources::template()]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri;
+        let path = resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+        let app = self.app.clone();
+        let contents = tokio::task::spawn_blocking(move || resources::read(&app.kb, &uri, &path))
+            .await
+            .map_err(|e| McpError::internal_error(format!("read failed: {e}"), None))?
+            .map_err(kb_error_to_mcp)?;
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    /// Sessions that use the `initialize` handshake get list-changed
+    /// notifications pushed for as long as the client is connected.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut rx = self.kb_changes.subscribe();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if peer.notify_resource_list_changed().await.is_err() {
+                            break; // the client is gone
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    /// Sessions on the 2026-07-28 lifecycle ask for notifications with
+    /// `subscriptions/listen`; we offer resource list changes.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let _ = requested;
+        Some(SubscriptionFilter::builder().resources_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let mut rx = self.kb_changes.subscribe();
+        let wants = context.accepted().resources_list_changed == Some(true);
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                msg = rx.recv() => match msg {
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if wants && context.sink().notify_resource_list_changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+/// Serve MCP over stdin/stdout until the client closes stdin.
+pub async fn serve_stdio(app: Arc<App>, kb_changes: broadcast::Sender<()>) -> Result<(), ServeError> {
+    let server = DispatchServer::new(app, kb_changes);
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    let reason = running.waiting().await.map_err(|e| ServeError::Run(e.to_string()))?;
+    tracing::info!(?reason, "client disconnected");
+    Ok(())
+}
+
+/// Errors running the MCP server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The handshake failed.
+    #[error("MCP handshake failed: {0}")]
+    Start(String),
+    /// The service loop died.
+    #[error("MCP server stopped unexpectedly: {0}")]
+    Run(String),
+}

@@ -1,0 +1,396 @@
+//! The MCP tools: their names, schemas, descriptions, annotations and handlers.
+//!
+//! Handlers take parsed arguments and return a [`ToolOutput`] or a
+//! [`ToolError`]; the server turns both into a `CallToolResult` (errors as
+//! `isError: true` with a message that says what to fix, never as a protocol
+//! error the model cannot read).
+
+use std::sync::{Arc, LazyLock};
+
+use rmcp::handler::server::common::{schema_for_input, schema_for_output};
+use rmcp::model::{Tool, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::agent::SourceFormat;
+use crate::app::App;
+use crate::diag::Diagnostic;
+use crate::kb::{KbError, ListOptions, SearchQuery, WriteMode};
+
+/// A tool call that failed in a way the caller can fix or should know about.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// No tool by that name.
+    #[error("unknown tool `{0}`: call tools/list for the available tools")]
+    UnknownTool(String),
+    /// Arguments did not match the schema.
+    #[error("invalid arguments for {tool}: {message}")]
+    BadArguments {
+        /// Tool name.
+        tool: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The knowledge base refused or failed.
+    #[error(transparent)]
+    Kb(#[from] KbError),
+    /// A blocking task died (a bug, reported rather than hidden).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a successful tool returns: structured JSON (also sent as text).
+pub type ToolOutput = Value;
+
+/// Static description of one tool.
+pub struct ToolSpec {
+    /// Canonical name (`^[a-zA-Z0-9_-]{1,64}$`).
+    pub name: &'static str,
+    /// The prototype's slash name, still accepted on call.
+    pub legacy_name: &'static str,
+    /// The MCP tool definition.
+    pub tool: Tool,
+}
+
+fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
+    name: &'static str,
+    title: &str,
+    description: &'static str,
+    annotations: ToolAnnotations,
+) -> Tool {
+    // Our own types always produce object schemas; a failure here is a bug
+    // caught by the tests, so fall back to an open object rather than panic.
+    let input = schema_for_input::<I>().unwrap_or_else(|e| {
+        tracing::error!(tool = name, error = %e, "input schema is not an object");
+        rmcp::handler::server::common::schema_for_empty_input()
+    });
+    let mut t = Tool::new(name, description, input);
+    t.title = Some(title.to_string());
+    t.output_schema = Some(schema_for_output::<O>());
+    t.annotations = Some(annotations.with_title_opt(title));
+    t
+}
+
+trait WithTitle {
+    fn with_title_opt(self, title: &str) -> Self;
+}
+
+impl WithTitle for ToolAnnotations {
+    fn with_title_opt(mut self, title: &str) -> Self {
+        self.title = Some(title.to_string());
+        self
+    }
+}
+
+fn read_only() -> ToolAnnotations {
+    ToolAnnotations::new()
+        .read_only(true)
+        .destructive(false)
+        .idempotent(true)
+        .open_world(false)
+}
+
+/// Every tool this server offers, in the order `tools/list` shows them.
+pub static TOOLS: LazyLock<Vec<ToolSpec>> = LazyLock::new(|| {
+    vec![
+        ToolSpec {
+            name: "agent_list",
+            legacy_name: "agent/list",
+            tool: tool::<AgentListArgs, AgentListOutput>(
+                "agent_list",
+                "List agents",
+                "List the specialist agents this server can run: name, description, model chain \
+                 (first = primary, the rest = failover), mirror auditor, tools, and any problems \
+                 in their agent files. Call this to choose an agent or to see why one is missing.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "kb_read",
+            legacy_name: "kb/read",
+            tool: tool::<KbReadArgs, crate::kb::ReadChunk>(
+                "kb_read",
+                "Read a knowledge-base file",
+                "Read a text file from the markdown knowledge base (`_kb`). `path` is relative to \
+                 the KB root, e.g. `outbox/code-review-42.md` or `context/team.md`. Large files \
+                 come in chunks: pass the returned `next_offset` as `offset` to continue until \
+                 `eof` is true. Use kb_list or kb_search to find paths.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "kb_write",
+            legacy_name: "kb/write",
+            tool: tool::<KbWriteArgs, crate::kb::WriteOutcome>(
+                "kb_write",
+                "Write a knowledge-base file",
+                "Write a text file in the knowledge base, atomically. `path` is relative to the KB \
+                 root; folders are created as needed. `mode`: `overwrite` (default) replaces the \
+                 file, `append` adds to its end, `create_new` fails if it already exists. Put \
+                 standing context in `context/`, requests in `inbox/`.",
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(true)
+                    .idempotent(false)
+                    .open_world(false),
+            ),
+        },
+        ToolSpec {
+            name: "kb_list",
+            legacy_name: "kb/list",
+            tool: tool::<KbListArgs, crate::kb::Listing>(
+                "kb_list",
+                "List knowledge-base files",
+                "List files and folders in the knowledge base with type, size, modification time \
+                 and, for markdown, the title. `path` is a KB-relative folder (omit for the root: \
+                 inbox/, outbox/, context/, sessions/); `recursive` descends into sub-folders.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "kb_search",
+            legacy_name: "kb/search",
+            tool: tool::<KbSearchArgs, crate::kb::SearchResults>(
+                "kb_search",
+                "Search the knowledge base",
+                "Search the text of every knowledge-base file, line by line. `query` is literal \
+                 text unless `regex` is true. Returns `path:line: snippet` matches sorted by path; \
+                 read a hit in full with kb_read. Binary and very large files are skipped.",
+                read_only(),
+            ),
+        },
+    ]
+});
+
+/// Map a called name (canonical or the prototype's slash form) to a tool.
+pub fn find(name: &str) -> Option<&'static ToolSpec> {
+    TOOLS.iter().find(|t| t.name == name || t.legacy_name == name)
+}
+
+fn parse<T: DeserializeOwned>(tool: &'static str, args: Option<serde_json::Map<String, Value>>) -> Result<T, ToolError> {
+    let value = Value::Object(args.unwrap_or_default());
+    serde_json::from_value(value).map_err(|e| ToolError::BadArguments {
+        tool,
+        message: format!("{e}; see the tool's input schema"),
+    })
+}
+
+/// Run the tool `name` with `args`.
+pub async fn call(
+    app: &Arc<App>,
+    name: &str,
+    args: Option<serde_json::Map<String, Value>>,
+) -> Result<ToolOutput, ToolError> {
+    let spec = find(name).ok_or_else(|| ToolError::UnknownTool(name.to_string()))?;
+    match spec.name {
+        "agent_list" => {
+            let a: AgentListArgs = parse(spec.name, args)?;
+            to_value(agent_list(app, &a))
+        }
+        "kb_read" => {
+            let a: KbReadArgs = parse(spec.name, args)?;
+            blocking(app, move |app| app.kb.read(&a.path, a.offset.unwrap_or(0), a.limit)).await
+        }
+        "kb_write" => {
+            let a: KbWriteArgs = parse(spec.name, args)?;
+            blocking(app, move |app| app.kb.write(&a.path, &a.content, a.mode)).await
+        }
+        "kb_list" => {
+            let a: KbListArgs = parse(spec.name, args)?;
+            let opts = ListOptions {
+                recursive: a.recursive,
+                limit: a.limit.unwrap_or(crate::kb::DEFAULT_LIST_LIMIT),
+                include_hidden: a.include_hidden,
+            };
+            blocking(app, move |app| app.kb.list(a.path.as_deref().unwrap_or(""), &opts)).await
+        }
+        "kb_search" => {
+            let a: KbSearchArgs = parse(spec.name, args)?;
+            let q = SearchQuery {
+                pattern: a.query,
+                regex: a.regex,
+                case_insensitive: a.case_insensitive,
+                path: a.path,
+                glob: a.glob,
+                max_results: a.max_results.unwrap_or(crate::kb::DEFAULT_MAX_RESULTS),
+            };
+            blocking(app, move |app| app.kb.search(&q)).await
+        }
+        other => Err(ToolError::UnknownTool(other.to_string())),
+    }
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<Value, ToolError> {
+    serde_json::to_value(v).map_err(|e| ToolError::Internal(e.to_string()))
+}
+
+/// File system work runs on the blocking pool so a slow disk cannot stall the
+/// JSON-RPC loop.
+async fn blocking<T, F>(app: &Arc<App>, f: F) -> Result<Value, ToolError>
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(&App) -> Result<T, KbError> + Send + 'static,
+{
+    let app = app.clone();
+    let out = tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ToolError::Internal(format!("knowledge-base task failed: {e}")))??;
+    to_value(out)
+}
+
+// ---------------------------------------------------------------------------
+// Arguments and outputs
+
+/// Arguments of `agent_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentListArgs {
+    /// Include each agent's system prompt (long; off by default).
+    #[serde(default)]
+    pub include_prompts: bool,
+}
+
+/// Arguments of `kb_read`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KbReadArgs {
+    /// KB-relative file path, e.g. `outbox/code-review-42.md`.
+    pub path: String,
+    /// Byte offset to start at (from a previous call's `next_offset`); default 0.
+    pub offset: Option<u64>,
+    /// Most bytes to return; default 262144, at most 1048576.
+    pub limit: Option<u64>,
+}
+
+/// Arguments of `kb_write`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KbWriteArgs {
+    /// KB-relative file path, e.g. `context/architecture.md`.
+    pub path: String,
+    /// The text to write (UTF-8).
+    pub content: String,
+    /// `overwrite` (default), `append`, or `create_new`.
+    #[serde(default)]
+    pub mode: WriteMode,
+}
+
+/// Arguments of `kb_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KbListArgs {
+    /// KB-relative folder (or file); omit for the root.
+    pub path: Option<String>,
+    /// Descend into sub-folders.
+    #[serde(default)]
+    pub recursive: bool,
+    /// Most entries to return; default 1000, at most 10000.
+    pub limit: Option<usize>,
+    /// Include dot-files.
+    #[serde(default)]
+    pub include_hidden: bool,
+}
+
+/// Arguments of `kb_search`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KbSearchArgs {
+    /// Text to find; a regular expression (Rust syntax) when `regex` is true.
+    pub query: String,
+    /// Treat `query` as a regular expression.
+    #[serde(default)]
+    pub regex: bool,
+    /// Ignore letter case.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Only search this KB-relative folder or file.
+    pub path: Option<String>,
+    /// Only search files matching this glob, e.g. `*.md` or `outbox/**`.
+    pub glob: Option<String>,
+    /// Most matches to return; default 100, at most 1000.
+    pub max_results: Option<usize>,
+}
+
+/// One agent in `agent_list`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgentInfo {
+    /// Unique name to pass as `agent`.
+    pub name: String,
+    /// What the agent is for.
+    pub description: String,
+    /// Model chain: primary first, then failover models (`provider/model-id`).
+    pub models: Vec<String>,
+    /// Auditor agent that checks this agent's answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// Revision rounds after the auditor asks for changes.
+    pub max_retries: u32,
+    /// Model for a last attempt after the revision rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<String>,
+    /// Tools the agent may use.
+    pub tools: Vec<String>,
+    /// True for workflow agents (a DAG of other agents).
+    pub workflow: bool,
+    /// Timeout per attempt in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+    /// The agent file.
+    pub file: String,
+    /// The file's dialect.
+    pub format: SourceFormat,
+    /// True when the file is broken now and this is its last good version.
+    pub stale: bool,
+    /// Problems in the agent's file.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The system prompt, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+/// Result of `agent_list`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgentListOutput {
+    /// Loaded agents, by name.
+    pub agents: Vec<AgentInfo>,
+    /// Problems in files that did not load, and errors in files that did (stale agents).
+    pub load_errors: Vec<Diagnostic>,
+    /// Number of warnings across all agent files.
+    pub warnings: usize,
+    /// Reload counter; changes whenever agent files change.
+    pub generation: u64,
+}
+
+fn agent_list(app: &App, args: &AgentListArgs) -> AgentListOutput {
+    let snap = app.registry.snapshot();
+    let agents = snap
+        .agents
+        .values()
+        .map(|l| {
+            let a = &l.agent;
+            AgentInfo {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                models: a.models.iter().map(ToString::to_string).collect(),
+                mirror: a.mirror.clone(),
+                max_retries: a.max_retries,
+                escalate: a.escalate.as_ref().map(ToString::to_string),
+                tools: a.tools.clone(),
+                workflow: a.is_workflow(),
+                timeout_seconds: a.timeout.map(|d| d.as_secs_f64()),
+                file: a.source.display().to_string(),
+                format: a.format,
+                stale: l.stale,
+                diagnostics: l.diagnostics.clone(),
+                prompt: args.include_prompts.then(|| a.system_prompt.clone()),
+            }
+        })
+        .collect();
+    AgentListOutput {
+        agents,
+        load_errors: snap.errors().cloned().collect(),
+        warnings: snap.diagnostics.iter().filter(|d| !d.is_error()).count(),
+        generation: snap.generation,
+    }
+}
