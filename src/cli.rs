@@ -20,8 +20,10 @@ use crate::registry::{Snapshot, load_dir};
 /// model that suits it, with a markdown knowledge base of their work.
 #[derive(Debug, Parser)]
 #[command(name = "dispatch", version, about, long_about = None)]
-#[command(after_help = "Run `dispatch serve` from an MCP client (OpenCode, VS Code, Claude Code); \
-see README.md for the client configuration.\nLogs go to stderr; set DISPATCH_LOG=debug for more.")]
+#[command(
+    after_help = "Run `dispatch serve` from an MCP client (OpenCode, VS Code, Claude Code); \
+see README.md for the client configuration.\nLogs go to stderr; set DISPATCH_LOG=debug for more."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub globals: Globals,
@@ -33,7 +35,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Globals {
     /// Project root: agents in ROOT/agents, knowledge base in ROOT/_kb, config in ROOT/dispatch.toml.
-    #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_ROOT", default_value = ".")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "DISPATCH_ROOT",
+        default_value = "."
+    )]
     pub root: PathBuf,
     /// Agent files folder (default: ROOT/agents).
     #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_AGENTS")]
@@ -161,10 +169,23 @@ fn print_table(snap: &Snapshot) -> std::io::Result<()> {
             } else if a.models.is_empty() {
                 "(none)".to_string()
             } else {
-                a.models.iter().map(ToString::to_string).collect::<Vec<_>>().join(" > ")
+                a.models
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" > ")
             };
-            let name = if l.stale { format!("{} (stale)", a.name) } else { a.name.clone() };
-            [name, models, a.mirror.clone().unwrap_or_else(|| "-".into()), a.description.clone()]
+            let name = if l.stale {
+                format!("{} (stale)", a.name)
+            } else {
+                a.name.clone()
+            };
+            [
+                name,
+                models,
+                a.mirror.clone().unwrap_or_else(|| "-".into()),
+                a.description.clone(),
+            ]
         })
         .collect();
     let header = ["NAME", "MODELS", "MIRROR", "DESCRIPTION"];
@@ -193,7 +214,9 @@ fn print_table(snap: &Snapshot) -> std::io::Result<()> {
     let errors = snap.errors().count();
     let warnings = snap.diagnostics.len() - errors;
     if errors + warnings > 0 {
-        eprintln!("{errors} error(s), {warnings} warning(s): run `dispatch agents check` for details");
+        eprintln!(
+            "{errors} error(s), {warnings} warning(s): run `dispatch agents check` for details"
+        );
     }
     Ok(())
 }
@@ -211,5 +234,9 @@ fn check(snap: &Snapshot) -> std::io::Result<ExitCode> {
         snap.agents.len(),
         snap.files
     )?;
-    Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

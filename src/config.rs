@@ -160,7 +160,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_with_a_position() {
-        let e = Config::parse("[providers.x]\nbase_ur = \"u\"\n", Path::new("dispatch.toml")).unwrap_err();
+        let e = Config::parse(
+            "[providers.x]\nbase_ur = \"u\"\n",
+            Path::new("dispatch.toml"),
+        )
+        .unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("dispatch.toml:2:1: error:"), "{s}");
         assert!(s.contains("base_ur"), "{s}");

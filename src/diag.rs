@@ -46,7 +46,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error at `line:column` of `file`.
-    pub fn error(file: impl Into<PathBuf>, line: usize, column: usize, msg: impl Into<String>) -> Self {
+    pub fn error(
+        file: impl Into<PathBuf>,
+        line: usize,
+        column: usize,
+        msg: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Error, file, line, column, msg)
     }
 

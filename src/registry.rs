@@ -132,7 +132,9 @@ pub fn load_dir(dir: &Path, ctx: &ReadContext, previous: Option<&Snapshot>) -> S
 
 /// `./agents/x.agent.md` reads better as `agents/x.agent.md`.
 fn shown_path(p: &Path) -> PathBuf {
-    p.strip_prefix(".").map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    p.strip_prefix(".")
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Agent files under `dir`, sorted, skipping hidden entries and not following

@@ -26,7 +26,11 @@ impl std::fmt::Debug for DirWatcher {
 
 /// Watch `dir` recursively and call `on_change` with the changed paths after
 /// each quiet period. The callback runs on the watcher's own thread.
-pub fn watch_dir<F>(dir: &Path, debounce: Duration, mut on_change: F) -> Result<DirWatcher, notify::Error>
+pub fn watch_dir<F>(
+    dir: &Path,
+    debounce: Duration,
+    mut on_change: F,
+) -> Result<DirWatcher, notify::Error>
 where
     F: FnMut(Vec<PathBuf>) + Send + 'static,
 {

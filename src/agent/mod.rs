@@ -128,3 +128,6 @@ impl Agent {
         self.dag.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests;

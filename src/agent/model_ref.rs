@@ -118,13 +118,20 @@ mod tests {
             parse_model("openrouter/anthropic/claude-sonnet-4").unwrap(),
             r("openrouter", "anthropic/claude-sonnet-4")
         );
-        assert_eq!(parse_model(" ollama/llama3.1:8b ").unwrap(), r("ollama", "llama3.1:8b"));
+        assert_eq!(
+            parse_model(" ollama/llama3.1:8b ").unwrap(),
+            r("ollama", "llama3.1:8b")
+        );
     }
 
     #[test]
     fn rejects_bad_syntax_with_a_fix() {
         assert!(parse_model("gpt-4o").unwrap_err().contains("openai/gpt-4o"));
-        assert!(parse_model("openai/").unwrap_err().contains("empty model id"));
+        assert!(
+            parse_model("openai/")
+                .unwrap_err()
+                .contains("empty model id")
+        );
         assert!(parse_model("/gpt").unwrap_err().contains("provider"));
         assert!(parse_model("Open AI/gpt").is_ok()); // display name, not an error
         assert!(parse_model("OpenAI/gpt").unwrap_err().contains("lowercase"));
@@ -134,7 +141,10 @@ mod tests {
     #[test]
     fn foreign_forms() {
         assert_eq!(parse_model("inherit").unwrap(), ModelSpec::Inherit);
-        assert!(matches!(parse_model("sonnet").unwrap(), ModelSpec::Alias { .. }));
+        assert!(matches!(
+            parse_model("sonnet").unwrap(),
+            ModelSpec::Alias { .. }
+        ));
         assert_eq!(
             parse_model("Claude Sonnet 4 (copilot)").unwrap(),
             ModelSpec::Foreign("Claude Sonnet 4 (copilot)".into())

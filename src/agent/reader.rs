@@ -14,9 +14,7 @@ use std::time::Duration;
 use pulldown_cmark::{Event, Parser, Tag, TagEnd};
 use serde_yaml::Value;
 
-use super::{
-    Agent, AuditPolicy, ModelRef, ModelSpec, Routing, SourceFormat, limits, parse_model,
-};
+use super::{Agent, AuditPolicy, ModelRef, ModelSpec, Routing, SourceFormat, limits, parse_model};
 use crate::diag::Diagnostic;
 
 /// The file suffix that marks an agent file.
@@ -32,7 +30,10 @@ pub struct ReadContext {
 impl Default for ReadContext {
     fn default() -> Self {
         ReadContext {
-            known_providers: super::BUILTIN_PROVIDERS.iter().map(|s| s.to_string()).collect(),
+            known_providers: super::BUILTIN_PROVIDERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -123,7 +124,12 @@ pub fn read_agent_file(path: &Path, shown_as: &Path, ctx: &ReadContext) -> FileR
         },
         Err(e) => FileReport {
             agent: None,
-            diagnostics: vec![Diagnostic::error(shown_as, 1, 1, format!("cannot read file: {e}"))],
+            diagnostics: vec![Diagnostic::error(
+                shown_as,
+                1,
+                1,
+                format!("cannot read file: {e}"),
+            )],
         },
     }
 }
@@ -194,7 +200,9 @@ fn split_front_matter(text: &str, file: &Path) -> Result<Split, Diagnostic> {
 fn key_positions(yaml: &str, first_line: usize) -> HashMap<String, (usize, usize)> {
     let mut out = HashMap::new();
     for (i, line) in yaml.lines().enumerate() {
-        let Some(c) = line.chars().next() else { continue };
+        let Some(c) = line.chars().next() else {
+            continue;
+        };
         if c.is_whitespace() || c == '#' || c == '-' {
             continue;
         }
@@ -257,7 +265,11 @@ pub fn parse_agent(text: &str, file: &Path, ctx: &ReadContext) -> FileReport {
     }
 }
 
-fn parse_yaml(yaml: &str, first_line: usize, file: &Path) -> Result<serde_yaml::Mapping, Diagnostic> {
+fn parse_yaml(
+    yaml: &str,
+    first_line: usize,
+    file: &Path,
+) -> Result<serde_yaml::Mapping, Diagnostic> {
     if yaml.trim().is_empty() {
         return Ok(serde_yaml::Mapping::new());
     }
@@ -279,7 +291,12 @@ fn parse_yaml(yaml: &str, first_line: usize, file: &Path) -> Result<serde_yaml::
             // we give the file position ourselves.
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            Err(Diagnostic::error(file, line, col, format!("invalid YAML: {msg}")))
+            Err(Diagnostic::error(
+                file,
+                line,
+                col,
+                format!("invalid YAML: {msg}"),
+            ))
         }
     }
 }
@@ -416,7 +433,9 @@ impl FileParser<'_> {
                     let msg = match dialect {
                         Some(d) => format!("`{other}` ({d}) is kept but not used by dispatch"),
                         None => match suggest(other) {
-                            Some(s) => format!("unknown key `{other}` is kept but ignored; did you mean `{s}`?"),
+                            Some(s) => format!(
+                                "unknown key `{other}` is kept but ignored; did you mean `{s}`?"
+                            ),
                             None => format!("unknown key `{other}` is kept but ignored"),
                         },
                     };
@@ -456,7 +475,10 @@ impl FileParser<'_> {
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             other => {
-                self.error(key, format!("`{key}` must be a string, found {}", yaml_kind(other)));
+                self.error(
+                    key,
+                    format!("`{key}` must be a string, found {}", yaml_kind(other)),
+                );
                 None
             }
         }
@@ -466,11 +488,20 @@ impl FileParser<'_> {
         match v.as_f64() {
             Some(t) if (0.0..=limits::MAX_TEMPERATURE).contains(&t) => Some(t),
             Some(t) => {
-                self.error(key, format!("temperature {t} is out of range: use 0.0 to 2.0"));
+                self.error(
+                    key,
+                    format!("temperature {t} is out of range: use 0.0 to 2.0"),
+                );
                 None
             }
             None => {
-                self.error(key, format!("`{key}` must be a number from 0.0 to 2.0, found {}", yaml_kind(v)));
+                self.error(
+                    key,
+                    format!(
+                        "`{key}` must be a number from 0.0 to 2.0, found {}",
+                        yaml_kind(v)
+                    ),
+                );
                 None
             }
         }
@@ -480,13 +511,19 @@ impl FileParser<'_> {
         match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.error(key, format!("`{key}` is {n}: use a whole number from {min} to {max}"));
+                self.error(
+                    key,
+                    format!("`{key}` is {n}: use a whole number from {min} to {max}"),
+                );
                 None
             }
             None => {
                 self.error(
                     key,
-                    format!("`{key}` must be a whole number from {min} to {max}, found {}", yaml_brief(v)),
+                    format!(
+                        "`{key}` must be a whole number from {min} to {max}, found {}",
+                        yaml_brief(v)
+                    ),
                 );
                 None
             }
@@ -536,12 +573,18 @@ impl FileParser<'_> {
             Value::Mapping(m) => match m.get("agent").or_else(|| m.get("name")) {
                 Some(Value::String(s)) => s.trim().to_string(),
                 _ => {
-                    self.error(key, "`mirror` must name an auditor agent: `mirror: code-review-auditor`");
+                    self.error(
+                        key,
+                        "`mirror` must name an auditor agent: `mirror: code-review-auditor`",
+                    );
                     return None;
                 }
             },
             other => {
-                self.error(key, format!("`mirror` must be an agent name, found {}", yaml_kind(other)));
+                self.error(
+                    key,
+                    format!("`mirror` must be an agent name, found {}", yaml_kind(other)),
+                );
                 return None;
             }
         };
@@ -574,7 +617,10 @@ impl FileParser<'_> {
                         Value::Mapping(_) => self.prototype_model(key, item, agent),
                         other => self.error(
                             key,
-                            format!("each model in the list must be a string, found {}", yaml_kind(other)),
+                            format!(
+                                "each model in the list must be a string, found {}",
+                                yaml_kind(other)
+                            ),
                         ),
                     }
                 }
@@ -582,23 +628,35 @@ impl FileParser<'_> {
             Value::Mapping(_) => self.prototype_model(key, v, agent),
             other => self.error(
                 key,
-                format!("`model` must be `provider/model-id` or a list of them, found {}", yaml_kind(other)),
+                format!(
+                    "`model` must be `provider/model-id` or a list of them, found {}",
+                    yaml_kind(other)
+                ),
             ),
         }
         let mut seen = BTreeSet::new();
         let before = agent.models.len();
         agent.models.retain(|m| seen.insert(m.clone()));
         if agent.models.len() != before {
-            self.warn(key, "the model chain names a model twice; the repeat is dropped");
+            self.warn(
+                key,
+                "the model chain names a model twice; the repeat is dropped",
+            );
         }
     }
 
     /// The prototype's `model: {id, provider, params: {temperature, maxTokens}}`.
     fn prototype_model(&mut self, key: &str, v: &Value, agent: &mut Agent) {
         agent.format = SourceFormat::Prototype;
-        let id = v.get("id").or_else(|| v.get("name")).and_then(Value::as_str);
+        let id = v
+            .get("id")
+            .or_else(|| v.get("name"))
+            .and_then(Value::as_str);
         let Some(id) = id else {
-            self.error(key, "`model` as a mapping needs `id` (and optionally `provider`, `params`)");
+            self.error(
+                key,
+                "`model` as a mapping needs `id` (and optionally `provider`, `params`)",
+            );
             return;
         };
         let provider = v.get("provider").and_then(Value::as_str).map(str::trim);
@@ -618,7 +676,9 @@ impl FileParser<'_> {
             if agent.max_tokens.is_none()
                 && let Some(t) = params.get("max_tokens").or_else(|| params.get("maxTokens"))
             {
-                agent.max_tokens = self.bounded_int(key, t, 1, limits::MAX_TOKENS).map(|n| n as u32);
+                agent.max_tokens = self
+                    .bounded_int(key, t, 1, limits::MAX_TOKENS)
+                    .map(|n| n as u32);
             }
         }
     }
@@ -629,7 +689,12 @@ impl FileParser<'_> {
                 if self.ctx.known_providers.contains(&m.provider) {
                     Some(m)
                 } else {
-                    let known: Vec<&str> = self.ctx.known_providers.iter().map(String::as_str).collect();
+                    let known: Vec<&str> = self
+                        .ctx
+                        .known_providers
+                        .iter()
+                        .map(String::as_str)
+                        .collect();
                     self.error(
                         key,
                         format!(
@@ -643,7 +708,10 @@ impl FileParser<'_> {
                 }
             }
             Ok(ModelSpec::Alias { alias, model }) => {
-                self.warn(key, format!("Claude Code model alias `{alias}` is read as `{model}`"));
+                self.warn(
+                    key,
+                    format!("Claude Code model alias `{alias}` is read as `{model}`"),
+                );
                 Some(model)
             }
             Ok(ModelSpec::Inherit) => None,
@@ -670,14 +738,20 @@ impl FileParser<'_> {
                 if *format == SourceFormat::Dispatch {
                     *format = SourceFormat::ClaudeCode;
                 }
-                s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+                s.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
             }
             Value::Sequence(items) => {
                 let mut out = Vec::new();
                 for item in items {
                     match item.as_str() {
                         Some(s) if !s.trim().is_empty() => out.push(s.trim().to_string()),
-                        _ => self.error(key, format!("each tool must be a name, found {}", yaml_brief(item))),
+                        _ => self.error(
+                            key,
+                            format!("each tool must be a name, found {}", yaml_brief(item)),
+                        ),
                     }
                 }
                 out
@@ -685,7 +759,10 @@ impl FileParser<'_> {
             other => {
                 self.error(
                     key,
-                    format!("`tools` must be a list or a comma-separated string, found {}", yaml_kind(other)),
+                    format!(
+                        "`tools` must be a list or a comma-separated string, found {}",
+                        yaml_kind(other)
+                    ),
                 );
                 Vec::new()
             }
@@ -719,7 +796,10 @@ impl FileParser<'_> {
         let mut r = Routing::default();
         let Value::Mapping(m) = v else {
             if !v.is_null() {
-                self.error(key, "`routing` must be a mapping: `routing: {keywords: [review, diff]}`");
+                self.error(
+                    key,
+                    "`routing` must be a mapping: `routing: {keywords: [review, diff]}`",
+                );
             }
             return r;
         };
@@ -732,14 +812,20 @@ impl FileParser<'_> {
                             Ok(_) => r.patterns.push(p),
                             Err(e) => self.error(
                                 key,
-                                format!("routing pattern `{p}` is not a valid regex: {}", one_line(&e.to_string())),
+                                format!(
+                                    "routing pattern `{p}` is not a valid regex: {}",
+                                    one_line(&e.to_string())
+                                ),
                             ),
                         }
                     }
                 }
                 _ => self.warn(
                     key,
-                    format!("unknown routing key {}: use `keywords` or `patterns`", yaml_brief(k)),
+                    format!(
+                        "unknown routing key {}: use `keywords` or `patterns`",
+                        yaml_brief(k)
+                    ),
                 ),
             }
         }
@@ -748,20 +834,33 @@ impl FileParser<'_> {
 
     fn string_list(&mut self, key: &str, what: &str, v: &Value) -> Vec<String> {
         match v {
-            Value::String(s) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+            Value::String(s) => s
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
             Value::Sequence(items) => items
                 .iter()
                 .filter_map(|i| match i {
                     Value::String(s) => Some(s.clone()),
                     Value::Number(n) => Some(n.to_string()),
                     _ => {
-                        self.error(key, format!("`{what}` must list strings, found {}", yaml_kind(i)));
+                        self.error(
+                            key,
+                            format!("`{what}` must list strings, found {}", yaml_kind(i)),
+                        );
                         None
                     }
                 })
                 .collect(),
             other => {
-                self.error(key, format!("`{what}` must be a list of strings, found {}", yaml_kind(other)));
+                self.error(
+                    key,
+                    format!(
+                        "`{what}` must be a list of strings, found {}",
+                        yaml_kind(other)
+                    ),
+                );
                 Vec::new()
             }
         }
@@ -780,27 +879,57 @@ impl FileParser<'_> {
             match k.as_str() {
                 Some("rate") => match val.as_f64() {
                     Some(x) if (0.0..=1.0).contains(&x) => a.rate = x,
-                    _ => self.error(key, format!("`audit.rate` must be a number from 0.0 to 1.0, found {}", yaml_brief(val))),
+                    _ => self.error(
+                        key,
+                        format!(
+                            "`audit.rate` must be a number from 0.0 to 1.0, found {}",
+                            yaml_brief(val)
+                        ),
+                    ),
                 },
                 Some("min_rate" | "minRate") => match val.as_f64() {
                     Some(x) if (0.0..=1.0).contains(&x) => {
                         a.min_rate = x;
                         min_given = true;
                     }
-                    _ => self.error(key, format!("`audit.min_rate` must be a number from 0.0 to 1.0, found {}", yaml_brief(val))),
+                    _ => self.error(
+                        key,
+                        format!(
+                            "`audit.min_rate` must be a number from 0.0 to 1.0, found {}",
+                            yaml_brief(val)
+                        ),
+                    ),
                 },
                 Some("adaptive") => match val.as_bool() {
                     Some(b) => a.adaptive = b,
-                    None => self.error(key, format!("`audit.adaptive` must be true or false, found {}", yaml_brief(val))),
+                    None => self.error(
+                        key,
+                        format!(
+                            "`audit.adaptive` must be true or false, found {}",
+                            yaml_brief(val)
+                        ),
+                    ),
                 },
-                _ => self.warn(key, format!("unknown audit key {}: use `rate`, `min_rate`, `adaptive`", yaml_brief(k))),
+                _ => self.warn(
+                    key,
+                    format!(
+                        "unknown audit key {}: use `rate`, `min_rate`, `adaptive`",
+                        yaml_brief(k)
+                    ),
+                ),
             }
         }
         if !min_given {
             a.min_rate = a.rate;
         }
         if a.min_rate > a.rate {
-            self.error(key, format!("`audit.min_rate` ({}) is above `audit.rate` ({})", a.min_rate, a.rate));
+            self.error(
+                key,
+                format!(
+                    "`audit.min_rate` ({}) is above `audit.rate` ({})",
+                    a.min_rate, a.rate
+                ),
+            );
         }
         Some(a)
     }
@@ -812,7 +941,8 @@ pub fn valid_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// The first paragraph of the markdown body as plain text, for a description.

@@ -68,19 +68,31 @@ fn check_mirrors(entries: &mut [Entry]) -> usize {
     let mut removed = 0;
     for e in entries.iter_mut() {
         let Some(agent) = &e.agent else { continue };
-        let Some(mirror) = &agent.mirror else { continue };
+        let Some(mirror) = &agent.mirror else {
+            continue;
+        };
         let (l, c) = agent.position("mirror");
         let problem = if mirror == &agent.name {
-            Some(format!("`{}` names itself as its mirror: an agent cannot audit its own answers", agent.name))
+            Some(format!(
+                "`{}` names itself as its mirror: an agent cannot audit its own answers",
+                agent.name
+            ))
         } else if !mirrors.contains_key(mirror) {
             let known: Vec<&str> = mirrors.keys().map(String::as_str).collect();
             Some(format!(
                 "mirror `{mirror}` is not a loaded agent; loaded agents: {}",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))
         } else {
             mirror_cycle(&agent.name, &mirrors).map(|cycle| {
-                format!("mirror cycle: {}; an auditor must not be audited back", cycle.join(" -> "))
+                format!(
+                    "mirror cycle: {}; an auditor must not be audited back",
+                    cycle.join(" -> ")
+                )
             })
         };
         if let Some(msg) = problem {

@@ -146,7 +146,9 @@ pub enum KbError {
     },
 
     /// The search pattern was empty.
-    #[error("the search pattern is empty; give some text (or a regex with `regex: true`) to look for")]
+    #[error(
+        "the search pattern is empty; give some text (or a regex with `regex: true`) to look for"
+    )]
     EmptyPattern,
 
     /// The search pattern could not be compiled.
@@ -162,7 +164,9 @@ pub enum KbError {
     },
 
     /// The glob filter could not be compiled.
-    #[error("the glob `{glob}` is invalid: {message}; use a pattern such as `*.md` or `context/**/*.md`")]
+    #[error(
+        "the glob `{glob}` is invalid: {message}; use a pattern such as `*.md` or `context/**/*.md`"
+    )]
     InvalidGlob {
         /// The glob as given.
         glob: String,
@@ -248,7 +252,10 @@ pub(crate) fn io_message(err: &io::Error) -> String {
     // the underlying OS error, whose text is path-free.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(custom);
     while let Some(e) = source {
-        if let Some(code) = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(code) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return io::Error::from_raw_os_error(code).to_string();
         }
         source = e.source();

@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::path::is_hidden_name;
 use super::title::{is_markdown, title_of_file};
-use super::{DEFAULT_LIST_LIMIT, Entry, EntryKind, Kb, KbError, ListOptions, Listing, MAX_LIST_LIMIT};
+use super::{
+    DEFAULT_LIST_LIMIT, Entry, EntryKind, Kb, KbError, ListOptions, Listing, MAX_LIST_LIMIT,
+};
 
 /// `humantime` cannot format times before 1970 (it panics) or from year 10000
 /// on (its `Display` fails); such timestamps are simply left out.
@@ -85,8 +87,8 @@ fn walk(
     include_hidden: bool,
     limit: usize,
 ) -> Result<(Vec<Entry>, bool), KbError> {
-    let top = sorted_children(dir, rel, include_hidden)
-        .map_err(|e| KbError::from_io(&e, "list", rel))?;
+    let top =
+        sorted_children(dir, rel, include_hidden).map_err(|e| KbError::from_io(&e, "list", rel))?;
     // An explicit stack rather than recursion: folder depth is not ours to
     // bound, the call stack is.
     let mut stack = vec![top.into_iter()];
@@ -135,7 +137,10 @@ pub(super) fn list(kb: &Kb, rel: &str, opts: &ListOptions) -> Result<Listing, Kb
     if !meta.is_dir() {
         // A file: describe it alone. Use the path as named (not the resolved
         // one) so a link shows up as a link.
-        let named: PathBuf = parsed.parts().iter().fold(kb.root().to_path_buf(), |p, c| p.join(c));
+        let named: PathBuf = parsed
+            .parts()
+            .iter()
+            .fold(kb.root().to_path_buf(), |p, c| p.join(c));
         let own = fs::symlink_metadata(&named).unwrap_or(meta);
         return Ok(Listing {
             entries: vec![make_entry(&abs, rel.clone(), &own)],

@@ -121,7 +121,12 @@ impl Kb {
 
     /// Writes `content` to a file atomically (temp file + rename), creating
     /// parent folders as needed.
-    pub fn write(&self, rel: &str, content: &str, mode: WriteMode) -> Result<WriteOutcome, KbError> {
+    pub fn write(
+        &self,
+        rel: &str,
+        content: &str,
+        mode: WriteMode,
+    ) -> Result<WriteOutcome, KbError> {
         write::write(self, rel, content, mode)
     }
 

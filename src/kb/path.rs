@@ -193,14 +193,31 @@ mod tests {
 
     #[test]
     fn refuses_traversal_in_every_form() {
-        for rel in ["..", "../x", "a/../b", "a/../../x", "..\\x", "..\\..\\x", "a\\..\\b", "a/.."] {
+        for rel in [
+            "..",
+            "../x",
+            "a/../b",
+            "a/../../x",
+            "..\\x",
+            "..\\..\\x",
+            "a\\..\\b",
+            "a/..",
+        ] {
             assert!(matches!(err(rel), KbError::Traversal { .. }), "{rel}");
         }
     }
 
     #[test]
     fn refuses_absolute_paths() {
-        for rel in ["/etc/passwd", "\\x", "\\\\server\\share", "C:\\x", "c:x", "C:", "z:/y"] {
+        for rel in [
+            "/etc/passwd",
+            "\\x",
+            "\\\\server\\share",
+            "C:\\x",
+            "c:x",
+            "C:",
+            "z:/y",
+        ] {
             assert!(matches!(err(rel), KbError::Absolute { .. }), "{rel}");
         }
     }

@@ -188,14 +188,20 @@ mod tests {
 
     #[test]
     fn unclosed_front_matter_is_a_rule() {
-        assert_eq!(title_of_markdown("---\n# Title\n").as_deref(), Some("Title"));
+        assert_eq!(
+            title_of_markdown("---\n# Title\n").as_deref(),
+            Some("Title")
+        );
     }
 
     #[test]
     fn no_heading_no_title() {
         assert_eq!(title_of_markdown("just text\n\n- a list\n"), None);
         assert_eq!(title_of_markdown(""), None);
-        assert_eq!(title_of_markdown("#\n\n# Second\n").as_deref(), Some("Second"));
+        assert_eq!(
+            title_of_markdown("#\n\n# Second\n").as_deref(),
+            Some("Second")
+        );
         assert_eq!(title_of_markdown("```\n# not a heading\n```\n"), None);
     }
 

@@ -58,7 +58,10 @@ pub(super) fn write(
     if mode == WriteMode::CreateNew && existing.is_some() {
         return Err(KbError::AlreadyExists { path: rel });
     }
-    if existing.as_ref().is_some_and(|m| m.permissions().readonly()) {
+    if existing
+        .as_ref()
+        .is_some_and(|m| m.permissions().readonly())
+    {
         return Err(KbError::Io {
             action: "write",
             path: rel,

@@ -99,7 +99,8 @@ impl ServerHandler for DispatchServer {
         let name = request.name.to_string();
         let result = match tools::call(&self.app, &name, request.arguments).await {
             Ok(value) => {
-                let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+                let text =
+                    serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
                 let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
                 r.structured_content = Some(value);
                 r
@@ -119,13 +120,16 @@ impl ServerHandler for DispatchServer {
     ) -> Result<ListResourcesResult, McpError> {
         let cursor = request.and_then(|r| r.cursor);
         let app = self.app.clone();
-        let (items, next) = tokio::task::spawn_blocking(move || resources::page(&app.kb, cursor.as_deref()))
-            .await
-            .map_err(|e| McpError::internal_error(format!("listing failed: {e}"), None))?
-            .map_err(|e| match e {
-                resources::PageError::Cursor(_) => McpError::invalid_params(e.to_string(), None),
-                resources::PageError::Kb(k) => kb_error_to_mcp(k),
-            })?;
+        let (items, next) =
+            tokio::task::spawn_blocking(move || resources::page(&app.kb, cursor.as_deref()))
+                .await
+                .map_err(|e| McpError::internal_error(format!("listing failed: {e}"), None))?
+                .map_err(|e| match e {
+                    resources::PageError::Cursor(_) => {
+                        McpError::invalid_params(e.to_string(), None)
+                    }
+                    resources::PageError::Kb(k) => kb_error_to_mcp(k),
+                })?;
         let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -136,7 +140,9 @@ impl ServerHandler for DispatchServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        Ok(ListResourceTemplatesResult::with_all_items(vec![resources::template()]))
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            resources::template(),
+        ]))
     }
 
     async fn read_resource(
@@ -145,7 +151,8 @@ impl ServerHandler for DispatchServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let uri = request.uri;
-        let path = resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+        let path =
+            resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;
         let app = self.app.clone();
         let contents = tokio::task::spawn_blocking(move || resources::read(&app.kb, &uri, &path))
             .await
@@ -160,14 +167,10 @@ impl ServerHandler for DispatchServer {
         let mut rx = self.kb_changes.subscribe();
         let peer = context.peer;
         tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if peer.notify_resource_list_changed().await.is_err() {
-                            break; // the client is gone
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
+            // `Lagged` only means several changes were merged into one notice.
+            while let Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = rx.recv().await {
+                if peer.notify_resource_list_changed().await.is_err() {
+                    break; // the client is gone
                 }
             }
         });
@@ -175,9 +178,16 @@ impl ServerHandler for DispatchServer {
 
     /// Sessions on the 2026-07-28 lifecycle ask for notifications with
     /// `subscriptions/listen`; we offer resource list changes.
-    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
         let _ = requested;
-        Some(SubscriptionFilter::builder().resources_list_changed().build())
+        Some(
+            SubscriptionFilter::builder()
+                .resources_list_changed()
+                .build(),
+        )
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
@@ -200,13 +210,25 @@ impl ServerHandler for DispatchServer {
 }
 
 /// Serve MCP over stdin/stdout until the client closes stdin.
-pub async fn serve_stdio(app: Arc<App>, kb_changes: broadcast::Sender<()>) -> Result<(), ServeError> {
+pub async fn serve_stdio(
+    app: Arc<App>,
+    kb_changes: broadcast::Sender<()>,
+) -> Result<(), ServeError> {
     let server = DispatchServer::new(app, kb_changes);
-    let running = server
-        .serve(rmcp::transport::stdio())
+    let running = match server.serve(rmcp::transport::stdio()).await {
+        Ok(r) => r,
+        // A client that goes away before the handshake is not an error: the
+        // server's job ends when stdin closes.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(what)) => {
+            tracing::info!("stdin closed before the handshake ({what})");
+            return Ok(());
+        }
+        Err(e) => return Err(ServeError::Start(e.to_string())),
+    };
+    let reason = running
+        .waiting()
         .await
-        .map_err(|e| ServeError::Start(e.to_string()))?;
-    let reason = running.waiting().await.map_err(|e| ServeError::Run(e.to_string()))?;
+        .map_err(|e| ServeError::Run(e.to_string()))?;
     tracing::info!(?reason, "client disconnected");
     Ok(())
 }

@@ -61,7 +61,10 @@ pub fn path_of(uri: &str) -> Result<String, UriError> {
 
 /// MIME type by file extension.
 pub fn mime_for(path: &str) -> &'static str {
-    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "md" | "markdown" => "text/markdown",
         "json" => "application/json",
@@ -97,7 +100,9 @@ pub fn resource_for(e: &Entry) -> Resource {
 pub fn page(kb: &Kb, cursor: Option<&str>) -> Result<(Vec<Resource>, Option<String>), PageError> {
     let start = match cursor {
         None => 0,
-        Some(c) => c.parse::<usize>().map_err(|_| PageError::Cursor(c.to_string()))?,
+        Some(c) => c
+            .parse::<usize>()
+            .map_err(|_| PageError::Cursor(c.to_string()))?,
     };
     let files: Vec<Entry> = kb
         .all_files()?
@@ -105,7 +110,12 @@ pub fn page(kb: &Kb, cursor: Option<&str>) -> Result<(Vec<Resource>, Option<Stri
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     let end = (start + PAGE_SIZE).min(files.len());
-    let items = files.get(start..end).unwrap_or(&[]).iter().map(resource_for).collect();
+    let items = files
+        .get(start..end)
+        .unwrap_or(&[])
+        .iter()
+        .map(resource_for)
+        .collect();
     let next = (end < files.len()).then(|| end.to_string());
     Ok((items, next))
 }
@@ -114,7 +124,9 @@ pub fn page(kb: &Kb, cursor: Option<&str>) -> Result<(Vec<Resource>, Option<Stri
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
     /// A cursor this server did not hand out.
-    #[error("invalid cursor `{0}`: pass the nextCursor of the previous page, or none for the first")]
+    #[error(
+        "invalid cursor `{0}`: pass the nextCursor of the previous page, or none for the first"
+    )]
     Cursor(String),
     /// The KB could not be listed.
     #[error(transparent)]
@@ -137,7 +149,11 @@ pub fn read(kb: &Kb, uri: &str, path: &str) -> Result<ResourceContents, KbError>
     let is_text = !bytes.contains(&0);
     match String::from_utf8(bytes) {
         Ok(text) if is_text => {
-            let mime = if mime == "application/octet-stream" { "text/plain".to_string() } else { mime };
+            let mime = if mime == "application/octet-stream" {
+                "text/plain".to_string()
+            } else {
+                mime
+            };
             Ok(ResourceContents::TextResourceContents {
                 uri: uri.to_string(),
                 mime_type: Some(mime),

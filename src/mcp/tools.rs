@@ -165,10 +165,15 @@ pub static TOOLS: LazyLock<Vec<ToolSpec>> = LazyLock::new(|| {
 
 /// Map a called name (canonical or the prototype's slash form) to a tool.
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
-    TOOLS.iter().find(|t| t.name == name || t.legacy_name == name)
+    TOOLS
+        .iter()
+        .find(|t| t.name == name || t.legacy_name == name)
 }
 
-fn parse<T: DeserializeOwned>(tool: &'static str, args: Option<serde_json::Map<String, Value>>) -> Result<T, ToolError> {
+fn parse<T: DeserializeOwned>(
+    tool: &'static str,
+    args: Option<serde_json::Map<String, Value>>,
+) -> Result<T, ToolError> {
     let value = Value::Object(args.unwrap_or_default());
     serde_json::from_value(value).map_err(|e| ToolError::BadArguments {
         tool,
@@ -190,7 +195,10 @@ pub async fn call(
         }
         "kb_read" => {
             let a: KbReadArgs = parse(spec.name, args)?;
-            blocking(app, move |app| app.kb.read(&a.path, a.offset.unwrap_or(0), a.limit)).await
+            blocking(app, move |app| {
+                app.kb.read(&a.path, a.offset.unwrap_or(0), a.limit)
+            })
+            .await
         }
         "kb_write" => {
             let a: KbWriteArgs = parse(spec.name, args)?;
@@ -203,7 +211,10 @@ pub async fn call(
                 limit: a.limit.unwrap_or(crate::kb::DEFAULT_LIST_LIMIT),
                 include_hidden: a.include_hidden,
             };
-            blocking(app, move |app| app.kb.list(a.path.as_deref().unwrap_or(""), &opts)).await
+            blocking(app, move |app| {
+                app.kb.list(a.path.as_deref().unwrap_or(""), &opts)
+            })
+            .await
         }
         "kb_search" => {
             let a: KbSearchArgs = parse(spec.name, args)?;

@@ -1,0 +1,404 @@
+//! Tasks and their one state machine.
+//!
+//! A task is one run of one agent on one input. Its state changes only through
+//! [`TaskState::can_become`]; the engine persists every change before acting on
+//! it, so after a crash the store says exactly what was in flight.
+//!
+//! ```text
+//! queued ──> running ──> succeeded
+//!   │  │        │ │ └──> failed
+//!   │  │        │ └────> cancelled
+//!   │  │        └──────> queued      (re-queued after a crash)
+//!   │  └───────────────> cancelled
+//!   └──────────────────> failed      (e.g. recovery gave up)
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A task's identifier: a ULID (26 characters, sortable by creation time).
+pub type TaskId = String;
+
+/// A fresh task id.
+pub fn new_task_id() -> TaskId {
+    ulid::Ulid::new().to_string().to_ascii_lowercase()
+}
+
+/// Milliseconds since the Unix epoch (UTC).
+pub type Millis = i64;
+
+/// Now, in [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for a concurrency slot.
+    Queued,
+    /// Calling models.
+    Running,
+    /// Finished with an accepted output.
+    Succeeded,
+    /// Finished without an accepted output; `reason` says why.
+    Failed,
+    /// Stopped by a client.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for states a task never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+
+    /// The transitions of the state machine (see the module docs).
+    pub fn can_become(self, next: TaskState) -> bool {
+        use TaskState::*;
+        matches!(
+            (self, next),
+            (Queued, Running | Cancelled | Failed) | (Running, Succeeded | Failed | Cancelled | Queued)
+        )
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error parsing a [`TaskState`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown task state `{0}`: use queued, running, succeeded, failed or cancelled")]
+pub struct ParseStateError(pub String);
+
+impl FromStr for TaskState {
+    type Err = ParseStateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ParseStateError(s.to_string()))
+    }
+}
+
+/// Why a task failed (or was cancelled), as a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// Every model in the chain failed.
+    ProviderError,
+    /// The request was refused for good (400/401/403/404/422 or a missing key).
+    Rejected,
+    /// The agent's timeout ran out.
+    Timeout,
+    /// The server stopped while the task ran, and it was not re-queued.
+    Interrupted,
+    /// The auditor kept rejecting the output.
+    AuditRejected,
+    /// The auditor's verdict was `fail`.
+    AuditFailed,
+    /// The auditor's answer could not be parsed, twice.
+    AuditError,
+    /// A client cancelled it.
+    Cancelled,
+    /// The agent is not runnable (no model, unknown agent after reload, ...).
+    Invalid,
+    /// A bug: an internal error was caught.
+    Internal,
+}
+
+impl FailReason {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::ProviderError => "provider_error",
+            FailReason::Rejected => "rejected",
+            FailReason::Timeout => "timeout",
+            FailReason::Interrupted => "interrupted",
+            FailReason::AuditRejected => "audit_rejected",
+            FailReason::AuditFailed => "audit_failed",
+            FailReason::AuditError => "audit_error",
+            FailReason::Cancelled => "cancelled",
+            FailReason::Invalid => "invalid",
+            FailReason::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FailReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use FailReason::*;
+        [
+            ProviderError,
+            Rejected,
+            Timeout,
+            Interrupted,
+            AuditRejected,
+            AuditFailed,
+            AuditError,
+            Cancelled,
+            Invalid,
+            Internal,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown fail reason `{s}`"))
+    }
+}
+
+/// One task, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    /// Identifier.
+    pub id: TaskId,
+    /// Agent name.
+    pub agent: String,
+    /// Current state.
+    pub state: TaskState,
+    /// The input as given (a string or a JSON object).
+    pub input: serde_json::Value,
+    /// The task that delegated this one, if any.
+    pub parent_id: Option<TaskId>,
+    /// Delegation depth (0 for a task a client started).
+    pub depth: u32,
+    /// The authenticated subject that owns the task (HTTP with OAuth2); `None` on stdio.
+    pub subject: Option<String>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it last started running.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Millis>,
+    /// The model that produced the final output (`provider/model-id`).
+    pub model: Option<String>,
+    /// Provider calls made (all kinds).
+    pub attempts: u32,
+    /// Input tokens over all attempts.
+    pub input_tokens: u64,
+    /// Output tokens over all attempts.
+    pub output_tokens: u64,
+    /// Cost in USD over all attempts.
+    pub cost_usd: f64,
+    /// The final output (also for an audit-rejected task, marked by `reason`).
+    pub output: Option<String>,
+    /// Why it failed or was cancelled.
+    pub reason: Option<FailReason>,
+    /// Human-readable error.
+    pub error: Option<String>,
+    /// The outbox file, KB-relative.
+    pub kb_path: Option<String>,
+    /// How the router chose the agent, when it did.
+    pub routing: Option<serde_json::Value>,
+    /// Times the task was re-queued after a crash.
+    pub requeues: u32,
+}
+
+impl Task {
+    /// A new queued task.
+    pub fn new(agent: &str, input: serde_json::Value) -> Task {
+        Task {
+            id: new_task_id(),
+            agent: agent.to_string(),
+            state: TaskState::Queued,
+            input,
+            parent_id: None,
+            depth: 0,
+            subject: None,
+            created_at: now_millis(),
+            started_at: None,
+            finished_at: None,
+            model: None,
+            attempts: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            output: None,
+            reason: None,
+            error: None,
+            kb_path: None,
+            routing: None,
+            requeues: 0,
+        }
+    }
+}
+
+/// What one provider call was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptKind {
+    /// The agent's own model answering (first try or a revision).
+    Primary,
+    /// The auditor judging an answer.
+    Audit,
+    /// The auditor asked again after an unparseable verdict.
+    AuditRepair,
+    /// The escalation model's last try.
+    Escalation,
+    /// The router's classifier.
+    Routing,
+}
+
+impl AttemptKind {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::Primary => "primary",
+            AttemptKind::Audit => "audit",
+            AttemptKind::AuditRepair => "audit_repair",
+            AttemptKind::Escalation => "escalation",
+            AttemptKind::Routing => "routing",
+        }
+    }
+}
+
+impl FromStr for AttemptKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use AttemptKind::*;
+        [Primary, Audit, AuditRepair, Escalation, Routing]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt kind `{s}`"))
+    }
+}
+
+/// Where a cost figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CostSource {
+    /// The provider reported it (OpenRouter's `usage.cost`).
+    Reported,
+    /// Computed from tokens and the price table.
+    PriceTable,
+    /// No price known: counted as 0.
+    Unknown,
+}
+
+impl CostSource {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostSource::Reported => "reported",
+            CostSource::PriceTable => "price_table",
+            CostSource::Unknown => "unknown",
+        }
+    }
+}
+
+impl FromStr for CostSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reported" => Ok(CostSource::Reported),
+            "price_table" => Ok(CostSource::PriceTable),
+            "unknown" => Ok(CostSource::Unknown),
+            _ => Err(format!("unknown cost source `{s}`")),
+        }
+    }
+}
+
+/// One provider call made for a task, successful or not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Attempt {
+    /// The task.
+    pub task_id: TaskId,
+    /// 1-based order within the task.
+    pub seq: u32,
+    /// What the call was for.
+    pub kind: AttemptKind,
+    /// The agent whose model was called (the auditor's name for audits).
+    pub agent: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model id as sent (without the provider prefix).
+    pub model: String,
+    /// When the call started.
+    pub started_at: Millis,
+    /// Wall time of the call in milliseconds.
+    pub latency_ms: u64,
+    /// True if the call returned an answer.
+    pub ok: bool,
+    /// HTTP status when the provider answered with an error.
+    pub http_status: Option<u16>,
+    /// The error, when not ok (never contains a key).
+    pub error: Option<String>,
+    /// Input tokens billed.
+    pub input_tokens: u64,
+    /// Output tokens billed.
+    pub output_tokens: u64,
+    /// Cost in USD.
+    pub cost_usd: f64,
+    /// Where the cost came from.
+    pub cost_source: CostSource,
+    /// The audit verdict, for audit attempts (JSON as parsed).
+    pub verdict: Option<serde_json::Value>,
+    /// The message sent to ask for a revision, for revision attempts.
+    pub revision_message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_never_change() {
+        for from in TaskState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in TaskState::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in TaskState::ALL {
+            assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
+        }
+        assert!("done".parse::<TaskState>().is_err());
+    }
+
+    #[test]
+    fn ids_are_unique_and_sortable() {
+        let a = new_task_id();
+        let b = new_task_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 26);
+    }
+}

@@ -1,0 +1,184 @@
+//! The command line: `agents`, `agents check`, `--version`, `--help`, and the
+//! folder overrides.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn run(args: &[&str], project: &Project) -> Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--root")
+        .arg(project.root())
+        .env_remove("DISPATCH_ROOT")
+        .env_remove("DISPATCH_AGENTS")
+        .env_remove("DISPATCH_KB")
+        .output()
+        .expect("run dispatch")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn version_and_help() {
+    let o = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("dispatch {}", env!("CARGO_PKG_VERSION"))
+    );
+    let o = Command::new(bin()).arg("--help").output().unwrap();
+    let help = stdout(&o);
+    for word in ["serve", "agents", "--root", "--agents", "--kb"] {
+        assert!(help.contains(word), "help lacks {word}:\n{help}");
+    }
+    let o = Command::new(bin())
+        .args(["agents", "--help"])
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("check"));
+}
+
+#[test]
+fn agents_prints_a_table() {
+    let p = Project::with_shipped_agents();
+    let o = run(&["agents"], &p);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("NAME")
+            && header.contains("MODELS")
+            && header.contains("MIRROR")
+            && header.contains("DESCRIPTION")
+    );
+    let review = out
+        .lines()
+        .find(|l| l.starts_with("code-review "))
+        .expect("code-review row");
+    assert!(
+        review.contains("openrouter/anthropic/claude-sonnet-4 > "),
+        "{review}"
+    );
+    assert!(review.contains("code-review-auditor"), "{review}");
+    assert_eq!(out.lines().count(), 9, "{out}");
+}
+
+#[test]
+fn check_passes_on_the_shipped_agents() {
+    let p = Project::with_shipped_agents();
+    let o = run(&["agents", "check"], &p);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("8 agent(s) loaded from 8 file(s): 0 error(s)"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn check_prints_file_line_col_and_exits_1() {
+    let p = Project::new();
+    p.write_agent("ok.agent.md", &agent_file("ok", "openai/gpt-4o"));
+    p.write_agent(
+        "broken.agent.md",
+        "---\nname: broken\nmax_retries: 99\nmodel: openai/gpt-4o\n---\nbody\n",
+    );
+    p.write_agent(
+        "warn.agent.md",
+        "---\nmodel: openai/gpt-4o\nhandoffs: []\nfancy: 1\n---\nbody\n",
+    );
+    let o = run(&["agents", "check"], &p);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let broken = p.root().join("agents/broken.agent.md");
+    let expected = format!(
+        "{}:3:1: error: `max_retries` is 99: use a whole number from 0 to 10",
+        broken.display()
+    );
+    assert!(out.contains(&expected), "{out}");
+    let warn = p.root().join("agents/warn.agent.md");
+    assert!(
+        out.contains(&format!(
+            "{}:3:1: warning: `handoffs` (VS Code)",
+            warn.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}:4:1: warning: unknown key `fancy`",
+            warn.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 agent(s) loaded from 3 file(s): 1 error(s), 2 warning(s)"),
+        "{out}"
+    );
+    // Warnings alone do not fail the check.
+    std::fs::remove_file(&broken).unwrap();
+    assert!(run(&["agents", "check"], &p).status.success());
+}
+
+#[test]
+fn folder_overrides() {
+    let p = Project::new();
+    p.write("elsewhere/x.agent.md", agent_file("x", "ollama/llama3.1"));
+    let o = Command::new(bin())
+        .args(["agents", "--root"])
+        .arg(p.root())
+        .arg("--agents")
+        .arg(p.root().join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).lines().any(|l| l.starts_with("x ")),
+        "{}",
+        stdout(&o)
+    );
+    // A missing agents folder is an error that names the fix.
+    let o = Command::new(bin())
+        .args(["agents", "check", "--agents"])
+        .arg(p.root().join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("--agents"), "{}", stdout(&o));
+}
+
+#[test]
+fn bad_config_is_reported_with_its_position() {
+    let p = Project::new();
+    p.write(
+        "dispatch.toml",
+        "[providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\nkey = 1\n",
+    );
+    let o = run(&["agents"], &p);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("dispatch.toml:3:1: error:") && err.contains("key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn configured_providers_are_accepted_in_models() {
+    let p = Project::new();
+    p.write(
+        "dispatch.toml",
+        "[providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+    );
+    p.write_agent("l.agent.md", &agent_file("l", "local/qwen2.5-coder"));
+    p.write_agent("u.agent.md", &agent_file("u", "nowhere/model"));
+    let o = run(&["agents", "check"], &p);
+    let out = stdout(&o);
+    assert!(out.contains("unknown provider `nowhere`"), "{out}");
+    assert!(!out.contains("l.agent.md"), "{out}");
+}
