@@ -3,12 +3,19 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::agent::{ModelSpec, parse_model};
 use crate::config::{Config, ConfigError, Paths};
+use crate::engine::{Engine, EngineConfig, RouterConfig};
 use crate::kb::{Kb, KbError};
+use crate::provider::{
+    Price, PriceTable, ProviderKind, ProviderSettings, Providers, ResilienceConfig,
+};
 use crate::registry::Registry;
+use crate::store::{SqliteStore, Store, StoreError};
 use crate::watch::{DEFAULT_DEBOUNCE, DirWatcher, watch_dir};
 
 /// The opened project: config, agents and knowledge base.
@@ -33,7 +40,16 @@ pub enum OpenError {
     /// The KB folder cannot be created or opened.
     #[error("knowledge base: {0}")]
     Kb(#[from] KbError),
+    /// The task store cannot be opened.
+    #[error("task store: {0}")]
+    Store(#[from] StoreError),
+    /// A setting in dispatch.toml is unusable.
+    #[error("dispatch.toml: {0}")]
+    Setting(String),
 }
+
+/// Environment variable that overrides where the task store lives.
+pub const DATABASE_URL_ENV: &str = "DISPATCH_DATABASE_URL";
 
 impl App {
     /// Read the config, load the agents and open (creating if needed) the KB.
@@ -47,6 +63,122 @@ impl App {
             registry,
             kb,
         })
+    }
+
+    /// Where the task store lives: `DISPATCH_DATABASE_URL`, else
+    /// `ROOT/.dispatch/dispatch.db`.
+    pub fn database_url(&self) -> String {
+        match std::env::var(DATABASE_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ => self
+                .paths
+                .root
+                .join(".dispatch")
+                .join("dispatch.db")
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// The provider clients configured by dispatch.toml and the environment.
+    pub fn providers(&self) -> Result<Providers, OpenError> {
+        let mut custom = std::collections::BTreeMap::new();
+        for (name, p) in &self.config.providers {
+            let kind = match p.kind.as_deref() {
+                None | Some("openai") => ProviderKind::OpenAiCompatible,
+                Some("anthropic") => ProviderKind::Anthropic,
+                Some(other) => {
+                    return Err(OpenError::Setting(format!(
+                        "[providers.{name}] kind = \"{other}\": use \"openai\" (OpenAI-compatible) or \"anthropic\""
+                    )));
+                }
+            };
+            custom.insert(
+                name.clone(),
+                ProviderSettings {
+                    base_url: p.base_url.clone(),
+                    api_key_env: p.api_key_env.clone(),
+                    kind,
+                },
+            );
+        }
+        let prices = PriceTable::builtin().with_overrides(
+            self.config
+                .prices
+                .iter()
+                .map(|(k, p)| (k.as_str(), Price::new(p.input, p.output))),
+        );
+        let r = &self.config.resilience;
+        let cfg = ResilienceConfig {
+            max_attempts_per_model: r.max_attempts.max(1),
+            base_delay: Duration::from_millis(r.base_delay_ms),
+            max_delay: Duration::from_millis(r.max_delay_ms),
+            breaker_threshold: r.breaker_threshold,
+            breaker_cooldown: Duration::from_secs(r.breaker_cooldown_secs),
+            connect_timeout: Duration::from_secs(r.connect_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(r.idle_timeout_secs.max(1)),
+        };
+        let providers = Providers::new(&custom, prices, cfg, &|k| std::env::var(k).ok())
+            .map_err(|e| OpenError::Setting(e.to_string()))?;
+        Ok(crate::provider::limit_concurrency(
+            providers,
+            self.config.limits.per_provider,
+            &self.config.limits.providers,
+        ))
+    }
+
+    /// The engine's settings from dispatch.toml.
+    pub fn engine_config(&self) -> Result<EngineConfig, OpenError> {
+        let c = &self.config;
+        let baseline = match parse_model(&c.report.baseline) {
+            Ok(ModelSpec::Ref(m)) => Some(m),
+            _ => {
+                return Err(OpenError::Setting(format!(
+                    "[report] baseline = \"{}\" is not `provider/model-id`",
+                    c.report.baseline
+                )));
+            }
+        };
+        Ok(EngineConfig {
+            global_limit: c.limits.global.max(1),
+            per_agent_limit: c.limits.per_agent.max(1),
+            agent_limits: c.limits.agents.clone(),
+            queue_capacity: c.limits.queue,
+            max_depth: c.limits.max_depth,
+            max_requeues: c.recovery.max_requeues,
+            default_timeout: Duration::from_secs(c.resilience.default_timeout_secs.max(1)),
+            router: RouterConfig {
+                default_agent: c.router.default_agent.clone(),
+                min_confidence: c.router.min_confidence,
+                classifier: c.router.classifier.clone(),
+            },
+            baseline,
+        })
+    }
+
+    /// Open the store and build the engine. With `recover`, tasks a crash left
+    /// behind are re-queued or failed (the server does this; one-shot CLI
+    /// commands do not, so they never touch a running server's tasks).
+    pub async fn engine(&self, recover: bool) -> Result<Arc<Engine>, OpenError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&self.database_url()).await?);
+        let providers = Arc::new(self.providers()?);
+        let engine = Engine::new(
+            store,
+            providers,
+            self.registry.clone(),
+            self.kb.clone(),
+            self.engine_config()?,
+        );
+        if recover {
+            let (resumed, failed) = engine
+                .recover()
+                .await
+                .map_err(|e| OpenError::Setting(e.to_string()))?;
+            if resumed + failed > 0 {
+                tracing::info!(resumed, failed, "recovered unfinished tasks");
+            }
+        }
+        Ok(engine)
     }
 
     /// Watch the KB and send on `tx` whenever its set of files changes (a file

@@ -61,6 +61,65 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AgentsAction>,
     },
+    /// Run an agent once through the engine and print its output.
+    ///
+    /// INPUT is text, `@FILE` to read a file, or `-` (or nothing, when stdin is
+    /// not a terminal) to read stdin. Text that is a JSON object is passed as one.
+    Run(RunArgs),
+    /// List recent tasks.
+    Tasks(TasksArgs),
+    /// Show one task: state, every provider call, and the output.
+    Task {
+        /// The task id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokens and cost per agent and model, and the saving against a baseline model.
+    Report {
+        /// Window start: a duration ago (`7d`, `24h`) or an RFC 3339 time.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Baseline model (`provider/model-id`; default from dispatch.toml).
+        #[arg(long)]
+        baseline: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `dispatch run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent to run.
+    pub agent: String,
+    /// Input text, `@FILE`, or `-` for stdin.
+    pub input: Option<String>,
+    /// Print the result as JSON (task, accounting, output).
+    #[arg(long)]
+    pub json: bool,
+    /// Show the model chain, the messages and an estimated cost; call nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `dispatch tasks`
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Only tasks in this state (repeatable).
+    #[arg(long)]
+    pub state: Vec<String>,
+    /// Only this agent's tasks.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// How many.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dispatch agents ...`
@@ -115,7 +174,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let snap = load_agents(&paths)?;
             Ok(check(&snap)?)
         }
+        Command::Run(args) => runtime()?.block_on(crate::cli_tasks::run(paths, args)),
+        Command::Tasks(args) => runtime()?.block_on(crate::cli_tasks::tasks(paths, args)),
+        Command::Task { id, json } => runtime()?.block_on(crate::cli_tasks::task(paths, &id, json)),
+        Command::Report {
+            since,
+            baseline,
+            json,
+        } => runtime()?.block_on(crate::cli_tasks::report(
+            paths,
+            &since,
+            baseline.as_deref(),
+            json,
+        )),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn load_agents(paths: &Paths) -> anyhow::Result<Snapshot> {
@@ -124,12 +203,9 @@ fn load_agents(paths: &Paths) -> anyhow::Result<Snapshot> {
 }
 
 fn serve(paths: Paths) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         let app = Arc::new(App::open(paths)?);
+        let engine = app.engine(true).await?;
         let snap = app.registry.snapshot();
         tracing::info!(
             agents = snap.agents.len(),
@@ -152,7 +228,7 @@ fn serve(paths: Paths) -> anyhow::Result<ExitCode> {
             .watch_kb(kb_tx.clone())
             .inspect_err(|e| tracing::warn!(error = %e, "not watching the knowledge base"))
             .ok();
-        crate::mcp::serve_stdio(app, kb_tx).await?;
+        crate::mcp::serve_stdio(app, engine, kb_tx).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -74,10 +74,13 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Base URL of the chat completions API (`.../v1`).
+    /// Base URL of the API (`https://host/v1` for OpenAI-compatible endpoints).
     pub base_url: Option<String>,
     /// Environment variable that holds the key (never the key itself).
     pub api_key_env: Option<String>,
+    /// Wire format: `openai` (default) or `anthropic`.
+    #[serde(default)]
+    pub kind: Option<String>,
 }
 
 /// The contents of `dispatch.toml`; every section is optional.
@@ -87,6 +90,157 @@ pub struct Config {
     /// Providers by name; built-in names may be listed to override their base URL.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Concurrency and queue limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Retries, backoff, breaker and timeouts.
+    #[serde(default)]
+    pub resilience: ResilienceSection,
+    /// The router of `agent_delegate`.
+    #[serde(default)]
+    pub router: RouterSection,
+    /// Price overrides, USD per million tokens, keyed by `provider/model-id` or model id.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+    /// `usage_report` settings.
+    #[serde(default)]
+    pub report: ReportSection,
+    /// Crash recovery.
+    #[serde(default)]
+    pub recovery: RecoverySection,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Tasks running at once over all agents.
+    pub global: usize,
+    /// Tasks running at once per agent.
+    pub per_agent: usize,
+    /// Provider requests in flight per provider.
+    pub per_provider: usize,
+    /// Tasks allowed to wait for a slot.
+    pub queue: usize,
+    /// Deepest delegation chain.
+    pub max_depth: u32,
+    /// Per-agent overrides of `per_agent`.
+    pub agents: BTreeMap<String, usize>,
+    /// Per-provider overrides of `per_provider`.
+    pub providers: BTreeMap<String, usize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            global: 64,
+            per_agent: 32,
+            per_provider: 32,
+            queue: 10_000,
+            max_depth: 3,
+            agents: BTreeMap::new(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[resilience]` (durations in milliseconds or seconds, as the key says).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceSection {
+    /// HTTP attempts per model before failing over.
+    pub max_attempts: u32,
+    /// First backoff ceiling.
+    pub base_delay_ms: u64,
+    /// Cap on any wait, `Retry-After` included.
+    pub max_delay_ms: u64,
+    /// Consecutive failures that open a provider's breaker (0 = never).
+    pub breaker_threshold: u32,
+    /// How long an open breaker waits before a probe.
+    pub breaker_cooldown_secs: u64,
+    /// Connect timeout.
+    pub connect_timeout_secs: u64,
+    /// Longest silence allowed inside a streamed answer.
+    pub idle_timeout_secs: u64,
+    /// Per-attempt timeout for agents without `timeout`.
+    pub default_timeout_secs: u64,
+}
+
+impl Default for ResilienceSection {
+    fn default() -> Self {
+        ResilienceSection {
+            max_attempts: 3,
+            base_delay_ms: 500,
+            max_delay_ms: 30_000,
+            breaker_threshold: 5,
+            breaker_cooldown_secs: 30,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            default_timeout_secs: 120,
+        }
+    }
+}
+
+/// `[router]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    /// Agent used when neither hints nor the classifier decide.
+    pub default_agent: Option<String>,
+    /// Lowest classifier confidence accepted.
+    pub min_confidence: f64,
+    /// The agent whose model classifies requests.
+    pub classifier: String,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            default_agent: None,
+            min_confidence: 0.6,
+            classifier: "orchestrator".into(),
+        }
+    }
+}
+
+/// A price override.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// USD per million input tokens.
+    pub input: f64,
+    /// USD per million output tokens.
+    pub output: f64,
+}
+
+/// `[report]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// The model `usage_report` compares against (`provider/model-id`).
+    pub baseline: String,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        ReportSection {
+            baseline: "anthropic/claude-sonnet-4".into(),
+        }
+    }
+}
+
+/// `[recovery]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoverySection {
+    /// Times a task interrupted by a crash is re-queued before it fails as `interrupted`.
+    pub max_requeues: u32,
+}
+
+impl Default for RecoverySection {
+    fn default() -> Self {
+        RecoverySection { max_requeues: 1 }
+    }
 }
 
 impl Config {

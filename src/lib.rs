@@ -13,6 +13,12 @@
 //!   them on change.
 //! - [`kb`]: the markdown knowledge base: safe paths, paged reads, atomic
 //!   writes, listing, search.
+//! - [`task`]: tasks, attempts and the one task state machine.
+//! - [`engine`]: admission under limits, driving tasks through the state
+//!   machine, cancellation, waiting, recovery, routing, outbox, usage report.
+//! - [`provider`]: LLM clients (OpenAI-compatible, Anthropic), retries,
+//!   failover, circuit breakers, prices. Only this module knows a wire format.
+//! - [`store`]: durable tasks and attempts (SQLite). Only this module knows SQL.
 //! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
 //!   module knows MCP and JSON-RPC.
 //! - [`diag`]: `file:line:col` diagnostics.
@@ -23,9 +29,14 @@
 pub mod agent;
 pub mod app;
 pub mod cli;
+mod cli_tasks;
 pub mod config;
 pub mod diag;
+pub mod engine;
 pub mod kb;
 pub mod mcp;
+pub mod provider;
 pub mod registry;
+pub mod store;
+pub mod task;
 pub mod watch;

@@ -22,9 +22,16 @@ use serde::{Deserialize, Serialize};
 /// A task's identifier: a ULID (26 characters, sortable by creation time).
 pub type TaskId = String;
 
-/// A fresh task id.
+/// A fresh task id. Ids from one process sort in creation order even within
+/// one millisecond (a monotonic generator), which keeps paging stable.
 pub fn new_task_id() -> TaskId {
-    ulid::Ulid::new().to_string().to_ascii_lowercase()
+    static GEN: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut g = GEN.lock().unwrap_or_else(|p| p.into_inner());
+    let id = g
+        .get_or_insert_with(ulid::Generator::new)
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::generate());
+    id.to_string().to_ascii_lowercase()
 }
 
 /// Milliseconds since the Unix epoch (UTC).
@@ -77,7 +84,10 @@ impl TaskState {
 
     /// True for states a task never leaves.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
     }
 
     /// The transitions of the state machine (see the module docs).
@@ -85,7 +95,8 @@ impl TaskState {
         use TaskState::*;
         matches!(
             (self, next),
-            (Queued, Running | Cancelled | Failed) | (Running, Succeeded | Failed | Cancelled | Queued)
+            (Queued, Running | Cancelled | Failed)
+                | (Running, Succeeded | Failed | Cancelled | Queued)
         )
     }
 }

@@ -808,7 +808,9 @@ impl FileParser<'_> {
                 Some("keywords") => r.keywords = self.string_list(key, "routing.keywords", val),
                 Some("patterns") => {
                     for p in self.string_list(key, "routing.patterns", val) {
-                        match regex::Regex::new(&p) {
+                        // Parsing (not compiling) is enough to validate, and keeps
+                        // start-up fast with many agents; the router compiles later.
+                        match regex_syntax::Parser::new().parse(&p) {
                             Ok(_) => r.patterns.push(p),
                             Err(e) => self.error(
                                 key,

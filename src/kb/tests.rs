@@ -1070,7 +1070,8 @@ fn types_serialise_as_documented() -> R {
 fn regex_anchors_match_line_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     let kb = Kb::open(dir.path()).unwrap();
-    kb.write("a.md", "alpha\nbeta\r\nomega\n", WriteMode::Overwrite).unwrap();
+    kb.write("a.md", "alpha\nbeta\r\nomega\n", WriteMode::Overwrite)
+        .unwrap();
     let q = SearchQuery {
         pattern: "^(alpha|beta|omega)$".into(),
         regex: true,

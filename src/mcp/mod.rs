@@ -3,6 +3,7 @@
 //! ([`crate::app::App`]) and turns every failure into something a model can read.
 
 pub mod resources;
+pub mod tasks;
 pub mod tools;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use tokio::sync::broadcast;
 
 use crate::app::App;
+use crate::engine::Engine;
 use crate::kb::KbError;
 
 /// Text sent in `initialize` telling a model how to use this server.
@@ -27,6 +29,13 @@ markdown knowledge base (KB) of their work.
 
 - agent_list: the agents (name, description, model chain, mirror auditor) and problems in their \
 files. Check it before choosing an agent.
+- agent_run: run an agent on an input and wait for the answer (wait_seconds, default 45). The \
+agent sees only `input`: include the diff, logs or text it needs. If the result says the task is \
+not done, call task_result with its task_id instead of running it again.
+- agent_delegate: start long work in the background and get a task_id at once; omit `agent` to \
+let the router choose.
+- task_status / task_result / task_list / task_cancel: follow, collect, list and stop tasks.
+- usage_report: tokens and cost per agent and model, and the saving against one baseline model.
 - kb_search: find earlier work by text or regex before redoing it; results are `path:line: snippet`.
 - kb_read: read a KB file by KB-relative path (e.g. `outbox/code-review-42.md`); follow \
 `next_offset` for long files.
@@ -42,13 +51,19 @@ absolute paths are refused. Errors come back as tool results that say what to ch
 #[derive(Clone)]
 pub struct DispatchServer {
     app: Arc<App>,
+    engine: Arc<Engine>,
     kb_changes: broadcast::Sender<()>,
 }
 
 impl DispatchServer {
-    /// A server over `app`; `kb_changes` fires when KB files appear or disappear.
-    pub fn new(app: Arc<App>, kb_changes: broadcast::Sender<()>) -> Self {
-        DispatchServer { app, kb_changes }
+    /// A server over `app` and `engine`; `kb_changes` fires when KB files
+    /// appear or disappear.
+    pub fn new(app: Arc<App>, engine: Arc<Engine>, kb_changes: broadcast::Sender<()>) -> Self {
+        DispatchServer {
+            app,
+            engine,
+            kb_changes,
+        }
     }
 }
 
@@ -94,15 +109,33 @@ impl ServerHandler for DispatchServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
-        let result = match tools::call(&self.app, &name, request.arguments).await {
-            Ok(value) => {
-                let text =
-                    serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+        let progress_token = request
+            .meta
+            .as_ref()
+            .and_then(|m| m.get_progress_token())
+            .or_else(|| context.meta.get_progress_token());
+        let caller = tasks::CallCtx {
+            peer: Some(context.peer.clone()),
+            progress_token,
+            cancelled: context.ct.clone(),
+            subject: None,
+        };
+        let ctx = tools::Ctx {
+            app: &self.app,
+            engine: &self.engine,
+            call: &caller,
+        };
+        let result = match tools::call(&ctx, &name, request.arguments).await {
+            Ok(reply) => {
+                let text = reply.text.unwrap_or_else(|| {
+                    serde_json::to_string_pretty(&reply.structured)
+                        .unwrap_or_else(|_| reply.structured.to_string())
+                });
                 let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
-                r.structured_content = Some(value);
+                r.structured_content = Some(reply.structured);
                 r
             }
             Err(e) => {
@@ -212,9 +245,10 @@ impl ServerHandler for DispatchServer {
 /// Serve MCP over stdin/stdout until the client closes stdin.
 pub async fn serve_stdio(
     app: Arc<App>,
+    engine: Arc<Engine>,
     kb_changes: broadcast::Sender<()>,
 ) -> Result<(), ServeError> {
-    let server = DispatchServer::new(app, kb_changes);
+    let server = DispatchServer::new(app, engine, kb_changes);
     let running = match server.serve(rmcp::transport::stdio()).await {
         Ok(r) => r,
         // A client that goes away before the handshake is not an error: the

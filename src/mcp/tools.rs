@@ -1,6 +1,6 @@
 //! The MCP tools: their names, schemas, descriptions, annotations and handlers.
 //!
-//! Handlers take parsed arguments and return a [`ToolOutput`] or a
+//! Handlers take parsed arguments and return a [`ToolReply`] or a
 //! [`ToolError`]; the server turns both into a `CallToolResult` (errors as
 //! `isError: true` with a message that says what to fix, never as a protocol
 //! error the model cannot read).
@@ -13,9 +13,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use super::tasks::{self, CallCtx};
 use crate::agent::SourceFormat;
 use crate::app::App;
 use crate::diag::Diagnostic;
+use crate::engine::{CancelOutcome, Engine, UsageReport};
 use crate::kb::{KbError, ListOptions, SearchQuery, WriteMode};
 
 /// A tool call that failed in a way the caller can fix or should know about.
@@ -35,13 +37,42 @@ pub enum ToolError {
     /// The knowledge base refused or failed.
     #[error(transparent)]
     Kb(#[from] KbError),
+    /// The engine refused or failed (message says what to do).
+    #[error("{0}")]
+    Engine(String),
     /// A blocking task died (a bug, reported rather than hidden).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-/// What a successful tool returns: structured JSON (also sent as text).
-pub type ToolOutput = Value;
+/// What a successful tool returns: structured JSON, and the text block for
+/// clients that read only text (the same JSON unless a tool has a better
+/// reading, such as an agent's output).
+#[derive(Debug)]
+pub struct ToolReply {
+    /// The structured content.
+    pub structured: Value,
+    /// The text content; `None` means the JSON itself.
+    pub text: Option<String>,
+}
+
+impl ToolReply {
+    /// Structured content, sent as JSON text too.
+    pub fn json(structured: Value) -> ToolReply {
+        ToolReply {
+            structured,
+            text: None,
+        }
+    }
+
+    /// Structured content with its own text.
+    pub fn with_text(structured: Value, text: String) -> ToolReply {
+        ToolReply {
+            structured,
+            text: Some(text),
+        }
+    }
+}
 
 /// Static description of one tool.
 pub struct ToolSpec {
@@ -103,6 +134,101 @@ pub static TOOLS: LazyLock<Vec<ToolSpec>> = LazyLock::new(|| {
                 "List the specialist agents this server can run: name, description, model chain \
                  (first = primary, the rest = failover), mirror auditor, tools, and any problems \
                  in their agent files. Call this to choose an agent or to see why one is missing.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "agent_run",
+            legacy_name: "agent/run",
+            tool: tool::<tasks::AgentRunArgs, tasks::TaskView>(
+                "agent_run",
+                "Run an agent",
+                "Run a specialist agent on an input and wait for its answer (up to `wait_seconds`, \
+                 default 45). Returns the output with the task id, model used, calls, tokens, cost \
+                 and the KB path of the saved result. If the task is not finished in time you get \
+                 its id and state instead: call task_result with that id to wait for the output. \
+                 The agent sees only `input`, so include the material it needs (diff, logs, files).",
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(true),
+            ),
+        },
+        ToolSpec {
+            name: "agent_delegate",
+            legacy_name: "agent/delegate",
+            tool: tool::<tasks::AgentDelegateArgs, tasks::DelegateOutput>(
+                "agent_delegate",
+                "Delegate to an agent",
+                "Queue a task for a specialist agent and return its id at once, for long or \
+                 background work. Omit `agent` to let the router choose from the agents' routing \
+                 hints and a cheap classifier; the choice and its reason are returned. Collect the \
+                 output later with task_result.",
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(true),
+            ),
+        },
+        ToolSpec {
+            name: "task_status",
+            legacy_name: "task/status",
+            tool: tool::<tasks::TaskIdArgs, tasks::TaskView>(
+                "task_status",
+                "Task status",
+                "State of a task and every provider call made for it (model, outcome, tokens, \
+                 cost, latency), without the output. Use task_result for the output.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "task_result",
+            legacy_name: "task/result",
+            tool: tool::<tasks::TaskResultArgs, tasks::TaskView>(
+                "task_result",
+                "Task result",
+                "The output of a task with its accounting. Pass `wait_seconds` to wait for a task \
+                 that is still queued or running; it returns as soon as the task finishes.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "task_list",
+            legacy_name: "task/list",
+            tool: tool::<tasks::TaskListArgs, tasks::TaskListOutput>(
+                "task_list",
+                "List tasks",
+                "Recent tasks, newest first, filtered by state, agent, parent task or age \
+                 (`since`: 7d, 24h, ...). Pages: pass `next_cursor` back as `cursor`.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
+            name: "task_cancel",
+            legacy_name: "task/cancel",
+            tool: tool::<tasks::TaskIdArgs, CancelOutcome>(
+                "task_cancel",
+                "Cancel a task",
+                "Cancel a queued or running task; a running one has its model request aborted. \
+                 Cancelling a finished task changes nothing and says so.",
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(true)
+                    .idempotent(true)
+                    .open_world(false),
+            ),
+        },
+        ToolSpec {
+            name: "usage_report",
+            legacy_name: "usage/report",
+            tool: tool::<tasks::UsageReportArgs, UsageReport>(
+                "usage_report",
+                "Usage and cost report",
+                "Tokens and cost per agent and model over a window (`since`, default 30d), the \
+                 share spent on audits, and the saving against running everything on one \
+                 baseline model.",
                 read_only(),
             ),
         },
@@ -181,18 +307,37 @@ fn parse<T: DeserializeOwned>(
     })
 }
 
+/// Everything a tool handler may use.
+pub struct Ctx<'a> {
+    /// The opened project.
+    pub app: &'a Arc<App>,
+    /// The task engine.
+    pub engine: &'a Arc<Engine>,
+    /// The caller.
+    pub call: &'a CallCtx,
+}
+
 /// Run the tool `name` with `args`.
 pub async fn call(
-    app: &Arc<App>,
+    ctx: &Ctx<'_>,
     name: &str,
     args: Option<serde_json::Map<String, Value>>,
-) -> Result<ToolOutput, ToolError> {
+) -> Result<ToolReply, ToolError> {
     let spec = find(name).ok_or_else(|| ToolError::UnknownTool(name.to_string()))?;
+    let app = ctx.app;
+    let (engine, caller) = (ctx.engine, ctx.call);
     match spec.name {
         "agent_list" => {
             let a: AgentListArgs = parse(spec.name, args)?;
-            to_value(agent_list(app, &a))
+            Ok(ToolReply::json(to_value(agent_list(app, &a))?))
         }
+        "agent_run" => tasks::agent_run(engine, parse(spec.name, args)?, caller).await,
+        "agent_delegate" => tasks::agent_delegate(engine, parse(spec.name, args)?, caller).await,
+        "task_status" => tasks::task_status(engine, parse(spec.name, args)?, caller).await,
+        "task_result" => tasks::task_result(engine, parse(spec.name, args)?, caller).await,
+        "task_list" => tasks::task_list(engine, parse(spec.name, args)?, caller).await,
+        "task_cancel" => tasks::task_cancel(engine, parse(spec.name, args)?, caller).await,
+        "usage_report" => tasks::usage_report(engine, parse(spec.name, args)?, caller).await,
         "kb_read" => {
             let a: KbReadArgs = parse(spec.name, args)?;
             blocking(app, move |app| {
@@ -238,7 +383,7 @@ fn to_value<T: Serialize>(v: T) -> Result<Value, ToolError> {
 
 /// File system work runs on the blocking pool so a slow disk cannot stall the
 /// JSON-RPC loop.
-async fn blocking<T, F>(app: &Arc<App>, f: F) -> Result<Value, ToolError>
+async fn blocking<T, F>(app: &Arc<App>, f: F) -> Result<ToolReply, ToolError>
 where
     T: Serialize + Send + 'static,
     F: FnOnce(&App) -> Result<T, KbError> + Send + 'static,
@@ -247,7 +392,7 @@ where
     let out = tokio::task::spawn_blocking(move || f(&app))
         .await
         .map_err(|e| ToolError::Internal(format!("knowledge-base task failed: {e}")))??;
-    to_value(out)
+    Ok(ToolReply::json(to_value(out)?))
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,341 @@
+//! The CLI's task commands: `run`, `tasks`, `task`, `report`. They use the same
+//! engine as the MCP server, in-process, on the same store.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::agent::{ModelSpec, parse_model};
+use crate::app::App;
+use crate::cli::{RunArgs, TasksArgs};
+use crate::config::Paths;
+use crate::engine::{Engine, Submit, TaskEvent};
+use crate::store::TaskFilter;
+use crate::task::{Attempt, Task, TaskState};
+
+fn open(paths: Paths) -> anyhow::Result<Arc<App>> {
+    Ok(Arc::new(App::open(paths)?))
+}
+
+/// Read the INPUT argument: text, `@file`, `-`/nothing for stdin.
+fn read_input(arg: Option<&str>) -> anyhow::Result<Value> {
+    let text = match arg {
+        Some("-") => read_stdin()?,
+        None if !std::io::stdin().is_terminal() => read_stdin()?,
+        None => bail!("no input: pass TEXT, @FILE, or pipe it on stdin (`-`)"),
+        Some(a) if a.starts_with('@') => {
+            let path = &a[1..];
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read input file {path}"))?
+        }
+        Some(a) => a.to_string(),
+    };
+    // A JSON object becomes a structured input; anything else is text.
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Ok(Value::String(text)),
+    }
+}
+
+fn read_stdin() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("cannot read stdin")?;
+    Ok(s)
+}
+
+/// `dispatch run AGENT [INPUT]`
+pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let app = open(paths)?;
+    let input = read_input(args.input.as_deref())?;
+    let engine = app.engine(false).await?;
+    if args.dry_run {
+        let d = engine.dry_run(&args.agent, &input)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        } else {
+            println!("agent:   {}", d.agent);
+            println!(
+                "models:  {}",
+                if d.models.is_empty() {
+                    "(none)".into()
+                } else {
+                    d.models.join(" > ")
+                }
+            );
+            if let Some(m) = &d.mirror {
+                println!("mirror:  {m} (its calls add to the cost)");
+            }
+            println!(
+                "tokens:  ~{} in, up to {} out (estimate)",
+                d.input_tokens, d.output_tokens
+            );
+            if d.price_known {
+                println!(
+                    "cost:    ~${:.4} on the primary model (estimate)",
+                    d.estimated_cost_usd
+                );
+            } else {
+                println!(
+                    "cost:    unknown (no price for the primary model; add it under [prices] in dispatch.toml)"
+                );
+            }
+            println!("\n--- system ---\n{}\n\n--- user ---\n{}", d.system, d.user);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let task = engine
+        .submit(Submit {
+            agent: args.agent.clone(),
+            input,
+            ..Submit::default()
+        })
+        .await?;
+    let shown = show_progress(&engine, &task);
+    let finished = tokio::select! {
+        t = engine.wait(&task.id, None, Duration::MAX) => t?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: cancelling task {}", task.id);
+            engine.cancel(&task.id, None).await?;
+            engine.visible_task(&task.id, None).await?
+        }
+    };
+    if let Some(h) = shown {
+        h.abort();
+        let _ = h.await;
+    }
+    let attempts = engine.store().attempts(&task.id).await?;
+    if args.json {
+        let v = serde_json::json!({"task": finished, "calls": attempts});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        if let Some(out) = &finished.output {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{out}")?;
+        }
+        eprintln!("{}", summary(&finished));
+        if let Some(e) = &finished.error {
+            eprintln!("error: {e}");
+        }
+    }
+    Ok(if finished.state == TaskState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A spinner on a terminal, plain lines otherwise; both on stderr.
+fn show_progress(engine: &Arc<Engine>, task: &Task) -> Option<tokio::task::JoinHandle<()>> {
+    let mut rx = engine.subscribe(&task.id)?;
+    let agent = task.agent.clone();
+    let tty = std::io::stderr().is_terminal();
+    Some(tokio::spawn(async move {
+        let bar = tty.then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(120));
+            b.set_message(format!("{agent}: queued"));
+            b
+        });
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            let line = ev.describe(&agent);
+            match &bar {
+                Some(b) => b.set_message(line),
+                None if !matches!(ev, TaskEvent::Streaming { .. }) => eprintln!("{line}"),
+                None => {}
+            }
+            if matches!(ev, TaskEvent::State { state } if state.is_terminal()) {
+                break;
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+    }))
+}
+
+fn summary(t: &Task) -> String {
+    let latency = match (t.started_at, t.finished_at) {
+        (Some(s), Some(f)) => format!(" · {:.1} s", (f - s) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    format!(
+        "task {} · {} · {}{} · {} · {} call(s) · {} in / {} out tokens · ${:.6}{}{}",
+        t.id,
+        t.agent,
+        t.state,
+        t.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+        t.model.as_deref().unwrap_or("-"),
+        t.attempts,
+        t.input_tokens,
+        t.output_tokens,
+        t.cost_usd,
+        latency,
+        t.kb_path
+            .as_deref()
+            .map(|p| format!(" · kb: {p}"))
+            .unwrap_or_default()
+    )
+}
+
+/// `dispatch tasks`
+pub async fn tasks(paths: Paths, args: TasksArgs) -> anyhow::Result<ExitCode> {
+    let app = open(paths)?;
+    let engine = app.engine(false).await?;
+    let states = args
+        .state
+        .iter()
+        .map(|s| s.parse::<TaskState>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let filter = TaskFilter {
+        states,
+        agent: args.agent,
+        ..TaskFilter::default()
+    };
+    let page = engine.list(&filter, None, args.limit).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&page.tasks)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<26}  {:<20}  {:<9}  {:>5}  {:>10}  CREATED",
+        "ID", "AGENT", "STATE", "CALLS", "COST"
+    );
+    for t in &page.tasks {
+        println!(
+            "{:<26}  {:<20}  {:<9}  {:>5}  {:>10}  {}",
+            t.id,
+            t.agent,
+            t.state.as_str(),
+            t.attempts,
+            format!("${:.4}", t.cost_usd),
+            crate::engine::rfc3339(t.created_at)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dispatch task ID`
+pub async fn task(paths: Paths, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let app = open(paths)?;
+    let engine = app.engine(false).await?;
+    let (t, attempts) = engine.status(id, None).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"task": t, "calls": attempts}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", summary(&t));
+    if let Some(e) = &t.error {
+        println!("error: {e}");
+    }
+    println!("\ncalls:");
+    for a in &attempts {
+        println!("  {}", call_line(a));
+    }
+    if let Some(out) = &t.output {
+        println!("\noutput:\n{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn call_line(a: &Attempt) -> String {
+    format!(
+        "#{} {} {}/{} {} {} ms · {} in / {} out · ${:.6} ({}){}",
+        a.seq,
+        a.kind.as_str(),
+        a.provider,
+        a.model,
+        if a.ok { "ok" } else { "FAILED" },
+        a.latency_ms,
+        a.input_tokens,
+        a.output_tokens,
+        a.cost_usd,
+        a.cost_source.as_str(),
+        a.error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    )
+}
+
+/// `dispatch report`
+pub async fn report(
+    paths: Paths,
+    since: &str,
+    baseline: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = open(paths)?;
+    let engine = app.engine(false).await?;
+    let since_ms =
+        crate::mcp::tasks::parse_when(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let baseline = match baseline.map(parse_model) {
+        None => None,
+        Some(Ok(ModelSpec::Ref(m))) => Some(m),
+        Some(_) => bail!("--baseline must be `provider/model-id`"),
+    };
+    let r = engine
+        .usage(Some(since_ms), None, None, baseline.as_ref())
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "usage since {}",
+        r.since.as_deref().unwrap_or("the beginning")
+    );
+    println!(
+        "{:<22}  {:<14}  {:<40}  {:>6}  {:>10}  {:>10}  {:>10}",
+        "AGENT", "KIND", "MODEL", "CALLS", "IN", "OUT", "COST"
+    );
+    for row in &r.rows {
+        println!(
+            "{:<22}  {:<14}  {:<40}  {:>6}  {:>10}  {:>10}  {:>10}",
+            row.agent,
+            row.kind.as_str(),
+            row.model,
+            row.calls,
+            row.input_tokens,
+            row.output_tokens,
+            format!("${:.4}", row.cost_usd)
+        );
+    }
+    println!(
+        "\ntotal: {} calls · {} in / {} out tokens · ${:.4}",
+        r.total_calls, r.total_input_tokens, r.total_output_tokens, r.total_cost_usd
+    );
+    for a in &r.agents {
+        if a.audit_cost_usd > 0.0 {
+            println!(
+                "  {}: ${:.4}, of which audits ${:.4} ({:.0}%)",
+                a.agent,
+                a.cost_usd,
+                a.audit_cost_usd,
+                a.audit_share * 100.0
+            );
+        }
+    }
+    match (&r.baseline, &r.baseline_note) {
+        (Some(b), _) => println!(
+            "on {} alone: ${:.4} → saving ${:.4} ({:.1}%)",
+            b.model, b.cost_usd, b.saving_usd, b.saving_percent
+        ),
+        (None, Some(n)) => println!("{n}"),
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,643 @@
+//! The task engine: admission under concurrency limits, the one state machine,
+//! cancellation, waiting, crash recovery.
+//!
+//! Every task is driven by its own tokio task, started the moment the task is
+//! submitted (no batches, no polling loop). The driver waits for a slot, runs
+//! the agent, writes the outbox file and persists the final state. Each state
+//! change goes to the store *before* anything acts on it, and a supervisor
+//! marks a task `failed` if its driver dies, so no path leaves a task
+//! `running` in the store while nothing runs it.
+
+mod input;
+mod outbox;
+mod report;
+mod router;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use input::render_input;
+pub use outbox::rfc3339;
+pub use report::{UsageReport, UsageReportRow};
+pub use router::{RouteDecision, RouterConfig};
+pub use run::DryRun;
+
+use crate::agent::ModelRef;
+use crate::kb::Kb;
+use crate::provider::Providers;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError, TaskFilter, TaskPage};
+use crate::task::{Attempt, FailReason, Task, TaskId, TaskState, now_millis};
+
+/// Limits and policies of the engine (from `dispatch.toml`).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tasks running at once, over all agents.
+    pub global_limit: usize,
+    /// Tasks running at once per agent, unless overridden.
+    pub per_agent_limit: usize,
+    /// Per-agent overrides.
+    pub agent_limits: BTreeMap<String, usize>,
+    /// Tasks allowed to wait for a slot; more are refused with "queue full".
+    pub queue_capacity: usize,
+    /// Deepest `parent_task_id` chain `agent_delegate` accepts.
+    pub max_depth: u32,
+    /// Times a task interrupted by a crash is re-queued before it fails.
+    pub max_requeues: u32,
+    /// Per-attempt timeout for agents that name none.
+    pub default_timeout: Duration,
+    /// The router for `agent_delegate` without an agent.
+    pub router: RouterConfig,
+    /// The model `usage_report` compares costs against.
+    pub baseline: Option<ModelRef>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            global_limit: 64,
+            per_agent_limit: 32,
+            agent_limits: BTreeMap::new(),
+            queue_capacity: 10_000,
+            max_depth: 3,
+            max_requeues: 1,
+            default_timeout: crate::provider::DEFAULT_REQUEST_TIMEOUT,
+            router: RouterConfig::default(),
+            baseline: None,
+        }
+    }
+}
+
+/// What can go wrong asking the engine for something. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No agent by that name.
+    #[error(
+        "unknown agent `{name}`: available agents are {available}; call agent_list for details"
+    )]
+    UnknownAgent {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated loaded agents.
+        available: String,
+    },
+    /// No task by that id (or not visible to the caller).
+    #[error("no task `{0}`: check the id (task_list shows recent tasks)")]
+    UnknownTask(String),
+    /// The wait queue is full.
+    #[error(
+        "queue full: {waiting} tasks are already waiting for a slot (limit {capacity}); retry later, or raise `queue` under [limits] in dispatch.toml"
+    )]
+    QueueFull {
+        /// Tasks waiting.
+        waiting: usize,
+        /// The limit.
+        capacity: usize,
+    },
+    /// Delegation nested too deep.
+    #[error("delegation too deep: task {parent} is already at depth {depth} (limit {limit})")]
+    TooDeep {
+        /// The parent task.
+        parent: TaskId,
+        /// Its depth.
+        depth: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// The router could not choose an agent.
+    #[error("{0}")]
+    Unroutable(String),
+    /// The input is unusable.
+    #[error("{0}")]
+    BadInput(String),
+    /// The store failed.
+    #[error("task store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Something that happened to a task, for progress notifications.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TaskEvent {
+    /// The task changed state.
+    State {
+        /// The new state.
+        state: TaskState,
+    },
+    /// A provider call started on a model.
+    Calling {
+        /// `provider/model`.
+        model: String,
+        /// What for.
+        what: String,
+    },
+    /// A provider call ended.
+    Attempt {
+        /// The attempt.
+        attempt: Box<Attempt>,
+    },
+    /// Streamed output so far.
+    Streaming {
+        /// Characters received in the current call.
+        chars: u64,
+    },
+}
+
+impl TaskEvent {
+    /// A one-line description for a progress notification.
+    pub fn describe(&self, agent: &str) -> String {
+        match self {
+            TaskEvent::State { state } => format!("{agent}: {state}"),
+            TaskEvent::Calling { model, what } => format!("{agent}: {what} on {model}"),
+            TaskEvent::Attempt { attempt } => {
+                let model = format!("{}/{}", attempt.provider, attempt.model);
+                if attempt.ok {
+                    format!(
+                        "{agent}: {model} answered ({} tokens, {} ms)",
+                        attempt.output_tokens, attempt.latency_ms
+                    )
+                } else {
+                    format!(
+                        "{agent}: {model} failed: {}",
+                        attempt.error.as_deref().unwrap_or("unknown error")
+                    )
+                }
+            }
+            TaskEvent::Streaming { chars } => format!("{agent}: streaming ({chars} chars)"),
+        }
+    }
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct CancelOutcome {
+    /// The task id.
+    pub task_id: TaskId,
+    /// True if this call cancelled it; false if it had already finished.
+    pub cancelled: bool,
+    /// The state now (for a running task, `cancelled` once its call is aborted).
+    pub state: TaskState,
+}
+
+/// A task's live handles, while a driver owns it.
+struct Live {
+    cancel: CancellationToken,
+    events: broadcast::Sender<TaskEvent>,
+    state: watch::Sender<TaskState>,
+}
+
+/// The engine. Cheap to share: hold it in an `Arc`.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    providers: Arc<Providers>,
+    registry: Arc<Registry>,
+    kb: Kb,
+    cfg: EngineConfig,
+    global: Arc<Semaphore>,
+    agent_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    waiting: AtomicUsize,
+    live: Mutex<HashMap<TaskId, Arc<Live>>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Input for [`Engine::submit`].
+#[derive(Debug, Clone, Default)]
+pub struct Submit {
+    /// The agent to run.
+    pub agent: String,
+    /// Its input: a string or a JSON object.
+    pub input: serde_json::Value,
+    /// The delegating task.
+    pub parent_id: Option<TaskId>,
+    /// The owner (authenticated subject), if any.
+    pub subject: Option<String>,
+    /// How the agent was chosen, when the router chose it.
+    pub routing: Option<RouteDecision>,
+}
+
+impl Engine {
+    /// An engine over these parts. Call [`Engine::recover`] once when this
+    /// process owns the store's unfinished work (the server does; a one-shot
+    /// CLI command does not).
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: Arc<Providers>,
+        registry: Arc<Registry>,
+        kb: Kb,
+        cfg: EngineConfig,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            global: Arc::new(Semaphore::new(cfg.global_limit.max(1))),
+            store,
+            providers,
+            registry,
+            kb,
+            cfg,
+            agent_slots: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
+            live: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The store (for read-only queries by front ends).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The providers (for breaker states and prices).
+    pub fn providers(&self) -> &Arc<Providers> {
+        &self.providers
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Tasks waiting for a slot right now.
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Re-queue (or fail) tasks a crash left `running`, and resume `queued` ones.
+    /// Returns how many tasks were resumed and how many failed as interrupted.
+    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), EngineError> {
+        let mut resumed = 0;
+        let mut failed = 0;
+        for mut task in self.store.tasks_in_state(TaskState::Running).await? {
+            if self.live_handle(&task.id).is_some() {
+                continue;
+            }
+            if task.requeues < self.cfg.max_requeues {
+                task.state = TaskState::Queued;
+                task.requeues += 1;
+                task.started_at = None;
+                self.store.update_task(&task, TaskState::Running).await?;
+                tracing::warn!(task = %task.id, agent = %task.agent, "re-queued a task interrupted by a restart");
+                self.spawn_driver(task);
+                resumed += 1;
+            } else {
+                task.state = TaskState::Failed;
+                task.reason = Some(FailReason::Interrupted);
+                task.error = Some(format!(
+                    "the server stopped while this task ran, {} time(s); not retried again",
+                    task.requeues + 1
+                ));
+                task.finished_at = Some(now_millis());
+                self.store.update_task(&task, TaskState::Running).await?;
+                tracing::warn!(task = %task.id, "failed an interrupted task (re-queue limit reached)");
+                failed += 1;
+            }
+        }
+        for task in self.store.tasks_in_state(TaskState::Queued).await? {
+            if self.live_handle(&task.id).is_none() {
+                self.spawn_driver(task);
+                resumed += 1;
+            }
+        }
+        Ok((resumed, failed))
+    }
+
+    /// Resolve an agent name against the current registry.
+    pub fn agent(&self, name: &str) -> Result<Arc<crate::agent::Agent>, EngineError> {
+        let snap = self.registry.snapshot();
+        snap.get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownAgent {
+                name: name.to_string(),
+                available: snap.agents.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Create a task (persisted as `queued`) and start driving it.
+    pub async fn submit(self: &Arc<Self>, req: Submit) -> Result<Task, EngineError> {
+        self.agent(&req.agent)?;
+        input::validate(&req.input)?;
+        let depth = match &req.parent_id {
+            None => 0,
+            Some(parent) => {
+                let p = self.visible_task(parent, req.subject.as_deref()).await?;
+                if p.depth + 1 > self.cfg.max_depth {
+                    return Err(EngineError::TooDeep {
+                        parent: p.id,
+                        depth: p.depth,
+                        limit: self.cfg.max_depth,
+                    });
+                }
+                p.depth + 1
+            }
+        };
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if waiting >= self.cfg.queue_capacity {
+            return Err(EngineError::QueueFull {
+                waiting,
+                capacity: self.cfg.queue_capacity,
+            });
+        }
+        let mut task = Task::new(&req.agent, req.input);
+        task.parent_id = req.parent_id;
+        task.depth = depth;
+        task.subject = req.subject;
+        task.routing = req
+            .routing
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r).ok());
+        // The classifier's calls are part of this task's cost.
+        for a in req.routing.iter().flat_map(|r| &r.attempts) {
+            task.attempts += 1;
+            task.input_tokens += a.input_tokens;
+            task.output_tokens += a.output_tokens;
+            task.cost_usd += a.cost_usd;
+        }
+        self.store.create_task(&task).await?;
+        if let Some(decision) = &req.routing {
+            for (i, a) in decision.attempts.iter().enumerate() {
+                let mut a = a.clone();
+                a.task_id = task.id.clone();
+                a.seq = i as u32 + 1;
+                self.store.add_attempt(&a).await?;
+            }
+        }
+        let handle = self.spawn_driver(task.clone());
+        drop(handle);
+        Ok(task)
+    }
+
+    /// Choose an agent for `input` with the router (keywords, patterns, then
+    /// the orchestrator's model).
+    pub async fn route(&self, input: &serde_json::Value) -> Result<RouteDecision, EngineError> {
+        router::route(self, input).await
+    }
+
+    /// Register the live handles and start the driver under a supervisor.
+    fn spawn_driver(self: &Arc<Self>, task: Task) -> Arc<Live> {
+        let (events, _) = broadcast::channel(256);
+        let (state, _) = watch::channel(task.state);
+        let live = Arc::new(Live {
+            cancel: self.shutdown.child_token(),
+            events,
+            state,
+        });
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task.id.clone(), live.clone());
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        let handle_live = live.clone();
+        tokio::spawn(async move {
+            let id = task.id.clone();
+            let driver = tokio::spawn(run::drive(me.clone(), task, handle_live.clone()));
+            if let Err(e) = driver.await {
+                // A panic in the driver is a bug; the task must still end.
+                tracing::error!(task = %id, error = %e, "task driver died");
+                me.fail_orphan(&id, &format!("internal error: {e}")).await;
+            }
+            me.live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            // Wake waiters even if the driver died before saying so.
+            handle_live.state.send_modify(|_| {});
+        });
+        live
+    }
+
+    /// Mark a task whose driver died as failed, whatever state it was left in.
+    async fn fail_orphan(&self, id: &str, error: &str) {
+        for _ in 0..3 {
+            let Ok(Some(mut task)) = self.store.get_task(id).await else {
+                return;
+            };
+            if task.state.is_terminal() {
+                return;
+            }
+            let from = task.state;
+            task.state = TaskState::Failed;
+            task.reason = Some(FailReason::Internal);
+            task.error = Some(error.to_string());
+            task.finished_at = Some(now_millis());
+            match self.store.update_task(&task, from).await {
+                Ok(()) => return,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::error!(task = %id, error = %e, "cannot mark a dead task as failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn live_handle(&self, id: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Wait for a slot: per agent first, then global, so a task blocked on its
+    /// agent's limit does not hold a global slot others could use.
+    async fn admit(&self, agent: &str) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let agent_sem = {
+            let mut slots = self.agent_slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .entry(agent.to_string())
+                .or_insert_with(|| {
+                    let n = self
+                        .cfg
+                        .agent_limits
+                        .get(agent)
+                        .copied()
+                        .unwrap_or(self.cfg.per_agent_limit);
+                    Arc::new(Semaphore::new(n.max(1)))
+                })
+                .clone()
+        };
+        // The semaphores are never closed, so acquiring cannot fail; if it
+        // ever did, a fresh one-permit semaphore keeps the task moving.
+        let a = match agent_sem.acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => fresh_permit(),
+        };
+        let g = match self.global.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => fresh_permit(),
+        };
+        (a, g)
+    }
+
+    /// The task with `id` if `subject` may see it (a `None` subject sees all).
+    pub async fn visible_task(&self, id: &str, subject: Option<&str>) -> Result<Task, EngineError> {
+        match self.store.get_task(id).await? {
+            Some(t) if subject.is_none() || t.subject.as_deref() == subject => Ok(t),
+            _ => Err(EngineError::UnknownTask(id.to_string())),
+        }
+    }
+
+    /// The task and its attempts.
+    pub async fn status(
+        &self,
+        id: &str,
+        subject: Option<&str>,
+    ) -> Result<(Task, Vec<Attempt>), EngineError> {
+        let task = self.visible_task(id, subject).await?;
+        let attempts = self.store.attempts(id).await?;
+        Ok((task, attempts))
+    }
+
+    /// A page of tasks.
+    pub async fn list(
+        &self,
+        filter: &TaskFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<TaskPage, EngineError> {
+        Ok(self.store.list_tasks(filter, cursor, limit).await?)
+    }
+
+    /// Events of a live task (none once it has finished).
+    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<TaskEvent>> {
+        self.live_handle(id).map(|l| l.events.subscribe())
+    }
+
+    /// Wait until the task is finished or `timeout` passes; returns the task as
+    /// it is then. Returns early only on a terminal state, never on progress.
+    pub async fn wait(
+        &self,
+        id: &str,
+        subject: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Task, EngineError> {
+        let task = self.visible_task(id, subject).await?;
+        if task.state.is_terminal() || timeout.is_zero() {
+            return Ok(task);
+        }
+        // Clamp so that "wait forever" cannot overflow the clock.
+        let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(365 * 86_400));
+        if let Some(live) = self.live_handle(id) {
+            let mut rx = live.state.subscribe();
+            drop(live);
+            loop {
+                if rx.borrow_and_update().is_terminal() {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // Sender gone: the driver ended; the store has the outcome.
+                    Ok(Err(_)) => break,
+                    Err(_) => break,
+                }
+            }
+            return self.visible_task(id, subject).await;
+        }
+        // Not driven here (another process, or recovering): poll the store.
+        loop {
+            let t = self.visible_task(id, subject).await?;
+            if t.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(t);
+            }
+            tokio::time::sleep_until(
+                (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline),
+            )
+            .await;
+        }
+    }
+
+    /// Cancel a queued or running task. A running task's provider request is
+    /// aborted; the task ends `cancelled` once its driver has stopped.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        subject: Option<&str>,
+    ) -> Result<CancelOutcome, EngineError> {
+        let task = self.visible_task(id, subject).await?;
+        if task.state.is_terminal() {
+            return Ok(CancelOutcome {
+                task_id: task.id,
+                cancelled: false,
+                state: task.state,
+            });
+        }
+        match self.live_handle(id) {
+            Some(live) => {
+                live.cancel.cancel();
+                let mut rx = live.state.subscribe();
+                drop(live);
+                // The driver persists `cancelled` and then publishes it.
+                while !rx.borrow_and_update().is_terminal() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                let t = self.visible_task(id, subject).await?;
+                Ok(CancelOutcome {
+                    task_id: t.id,
+                    cancelled: t.state == TaskState::Cancelled,
+                    state: t.state,
+                })
+            }
+            None => {
+                // Queued in the store but not driven by this process (e.g. a
+                // one-shot CLI): cancel it in the store directly.
+                let mut t = task;
+                let from = t.state;
+                t.state = TaskState::Cancelled;
+                t.reason = Some(FailReason::Cancelled);
+                t.finished_at = Some(now_millis());
+                self.store.update_task(&t, from).await?;
+                Ok(CancelOutcome {
+                    task_id: t.id,
+                    cancelled: true,
+                    state: TaskState::Cancelled,
+                })
+            }
+        }
+    }
+
+    /// Cancel every live task (used at shutdown by one-shot commands).
+    pub fn cancel_all(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Token and cost totals over a window, with the saving against a baseline model.
+    pub async fn usage(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+        subject: Option<&str>,
+        baseline: Option<&ModelRef>,
+    ) -> Result<UsageReport, EngineError> {
+        report::usage(self, since, until, subject, baseline).await
+    }
+
+    /// What running `agent` on `input` would send, and roughly what it would cost.
+    pub fn dry_run(&self, agent: &str, input: &serde_json::Value) -> Result<DryRun, EngineError> {
+        run::dry_run(self, agent, input)
+    }
+}
+
+fn fresh_permit() -> OwnedSemaphorePermit {
+    let s = Arc::new(Semaphore::new(1));
+    // A brand-new semaphore with one permit always grants it.
+    match s.try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => unreachable!("a new semaphore with one permit has a permit"),
+    }
+}

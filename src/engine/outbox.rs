@@ -1,0 +1,130 @@
+//! The outbox file of a finished task: `_kb/outbox/<agent>-<task-id>.md`, a
+//! YAML header with the accounting, then the input and the output.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Engine;
+use crate::kb::WriteMode;
+use crate::task::{Attempt, Millis, Task, TaskState};
+
+#[derive(Serialize)]
+struct Header<'a> {
+    task: &'a str,
+    agent: &'a str,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    attempts: u32,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    created: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_task: Option<&'a str>,
+    calls: Vec<Call>,
+}
+
+#[derive(Serialize)]
+struct Call {
+    seq: u32,
+    kind: &'static str,
+    model: String,
+    ok: bool,
+    latency_ms: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// RFC 3339 UTC, to the millisecond.
+pub fn rfc3339(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The KB-relative outbox path of a task.
+pub fn path_for(task: &Task) -> String {
+    format!("outbox/{}-{}.md", task.agent, task.id)
+}
+
+/// Render the outbox document.
+pub fn render(task: &Task, attempts: &[Attempt]) -> String {
+    let header = Header {
+        task: &task.id,
+        agent: &task.agent,
+        status: if task.state == TaskState::Failed && task.output.is_some() {
+            "failed (output kept for reference)"
+        } else {
+            task.state.as_str()
+        },
+        reason: task.reason.map(|r| r.as_str()),
+        model: task.model.as_deref(),
+        attempts: task.attempts,
+        input_tokens: task.input_tokens,
+        output_tokens: task.output_tokens,
+        cost_usd: (task.cost_usd * 1e6).round() / 1e6,
+        created: rfc3339(task.created_at),
+        started: task.started_at.map(rfc3339),
+        finished: task.finished_at.map(rfc3339),
+        duration_ms: match (task.started_at, task.finished_at) {
+            (Some(s), Some(f)) => Some(f - s),
+            _ => None,
+        },
+        parent_task: task.parent_id.as_deref(),
+        calls: attempts
+            .iter()
+            .map(|a| Call {
+                seq: a.seq,
+                kind: a.kind.as_str(),
+                model: format!("{}/{}", a.provider, a.model),
+                ok: a.ok,
+                latency_ms: a.latency_ms,
+                input_tokens: a.input_tokens,
+                output_tokens: a.output_tokens,
+                cost_usd: (a.cost_usd * 1e6).round() / 1e6,
+                error: a.error.clone(),
+            })
+            .collect(),
+    };
+    let yaml = serde_yaml::to_string(&header).unwrap_or_default();
+    let mut doc = format!("---\n{yaml}---\n\n# {} — task {}\n\n", task.agent, task.id);
+    if let Some(err) = &task.error {
+        doc.push_str(&format!("> **{}**: {err}\n\n", task.state));
+    }
+    doc.push_str("## Input\n\n");
+    doc.push_str(&super::render_input(&task.input));
+    doc.push_str("\n\n## Output\n\n");
+    doc.push_str(task.output.as_deref().unwrap_or("(none)"));
+    doc.push('\n');
+    doc
+}
+
+/// Write the outbox file (atomically) and return its KB-relative path.
+pub async fn write(engine: &Arc<Engine>, task: &Task) -> Result<String, String> {
+    let attempts = engine
+        .store
+        .attempts(&task.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let doc = render(task, &attempts);
+    let path = path_for(task);
+    let kb = engine.kb.clone();
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || kb.write(&p, &doc, WriteMode::Overwrite))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(path)
+}

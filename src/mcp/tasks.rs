@@ -1,0 +1,606 @@
+//! The task tools: `agent_run`, `agent_delegate`, `task_status`,
+//! `task_result`, `task_list`, `task_cancel`, `usage_report`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::RoleServer;
+use rmcp::model::{ProgressNotificationParam, ProgressToken};
+use rmcp::service::Peer;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::tools::{ToolError, ToolReply};
+use crate::agent::parse_model;
+use crate::engine::{Engine, RouteDecision, Submit, UsageReport};
+use crate::store::TaskFilter;
+use crate::task::{Attempt, FailReason, Task, TaskState, now_millis};
+
+/// Default and longest `wait_seconds` of `agent_run` (below the usual 60 s client timeout).
+pub const DEFAULT_WAIT_SECS: f64 = 45.0;
+/// Longest wait any tool accepts.
+pub const MAX_WAIT_SECS: f64 = 3600.0;
+
+/// What a tool call knows about its caller.
+#[derive(Clone)]
+pub struct CallCtx {
+    /// The client, for progress notifications.
+    pub peer: Option<Peer<RoleServer>>,
+    /// The client's progress token for this request, if it asked for progress.
+    pub progress_token: Option<ProgressToken>,
+    /// Cancelled when the client sends `notifications/cancelled` for this request.
+    pub cancelled: CancellationToken,
+    /// The authenticated subject (HTTP with OAuth2); `None` on stdio.
+    pub subject: Option<String>,
+}
+
+impl CallCtx {
+    /// A context for callers that are not MCP requests (tests, the CLI).
+    pub fn detached() -> CallCtx {
+        CallCtx {
+            peer: None,
+            progress_token: None,
+            cancelled: CancellationToken::new(),
+            subject: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Arguments
+
+/// Arguments of `agent_run`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRunArgs {
+    /// The agent to run (see agent_list), e.g. `code-review`.
+    pub agent: String,
+    /// What the agent works on: a string, or an object whose fields become sections
+    /// (e.g. `{"diff": "...", "context": "..."}`). Include everything it needs: it does
+    /// not see your conversation.
+    pub input: Value,
+    /// Seconds to wait for the result (default 45, at most 3600). If the task is not
+    /// finished by then, you get its id and state: poll with task_result.
+    pub wait_seconds: Option<f64>,
+}
+
+/// Arguments of `agent_delegate`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDelegateArgs {
+    /// The agent to run; omit to let the router choose (it says which and why).
+    pub agent: Option<String>,
+    /// What the agent works on: a string or an object.
+    pub input: Value,
+    /// The task on whose behalf this one is delegated (limits nesting depth).
+    pub parent_task_id: Option<String>,
+}
+
+/// Arguments of `task_status` and `task_cancel`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskIdArgs {
+    /// The task id returned by agent_run or agent_delegate.
+    pub task_id: String,
+}
+
+/// Arguments of `task_result`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResultArgs {
+    /// The task id.
+    pub task_id: String,
+    /// Seconds to wait for it to finish (default 0: answer at once; at most 3600).
+    pub wait_seconds: Option<f64>,
+}
+
+/// Arguments of `task_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListArgs {
+    /// Only tasks in these states: queued, running, succeeded, failed, cancelled.
+    #[serde(default)]
+    pub state: Vec<TaskState>,
+    /// Only this agent's tasks.
+    pub agent: Option<String>,
+    /// Only tasks delegated by this task.
+    pub parent_task_id: Option<String>,
+    /// Only tasks created in this window: `7d`, `24h`, `30m`, or an RFC 3339 time.
+    pub since: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Tasks per page (default 50, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// Arguments of `usage_report`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReportArgs {
+    /// Window start: `7d`, `24h`, `30m`, or an RFC 3339 time (default: 30d).
+    pub since: Option<String>,
+    /// Window end, same forms (default: now).
+    pub until: Option<String>,
+    /// Baseline model for the saving (`provider/model-id`; default from dispatch.toml).
+    pub baseline: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Outputs
+
+/// One provider call, as tools show it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CallView {
+    /// Order within the task.
+    pub seq: u32,
+    /// primary, audit, audit_repair, escalation, routing.
+    pub kind: String,
+    /// The agent whose model was called.
+    pub agent: String,
+    /// `provider/model-id`.
+    pub model: String,
+    /// Whether it answered.
+    pub ok: bool,
+    /// The error, if not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// HTTP status of a failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Latency in milliseconds.
+    pub latency_ms: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost, USD.
+    pub cost_usd: f64,
+    /// reported, price_table or unknown.
+    pub cost_source: String,
+    /// The audit verdict, for audits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Value>,
+}
+
+impl From<&Attempt> for CallView {
+    fn from(a: &Attempt) -> Self {
+        CallView {
+            seq: a.seq,
+            kind: a.kind.as_str().to_string(),
+            agent: a.agent.clone(),
+            model: format!("{}/{}", a.provider, a.model),
+            ok: a.ok,
+            error: a.error.clone(),
+            http_status: a.http_status,
+            latency_ms: a.latency_ms,
+            input_tokens: a.input_tokens,
+            output_tokens: a.output_tokens,
+            cost_usd: a.cost_usd,
+            cost_source: a.cost_source.as_str().to_string(),
+            verdict: a.verdict.clone(),
+        }
+    }
+}
+
+/// A task as tools show it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TaskView {
+    /// The task id: pass it to task_status, task_result, task_cancel.
+    pub task_id: String,
+    /// The agent.
+    pub agent: String,
+    /// queued, running, succeeded, failed or cancelled.
+    pub state: TaskState,
+    /// True once the state will not change again.
+    pub done: bool,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailReason>,
+    /// The error, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The output (present for succeeded tasks, and for failed ones that kept one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The model that produced the output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Provider calls made.
+    pub attempts: u32,
+    /// Input tokens over all calls.
+    pub input_tokens: u64,
+    /// Output tokens over all calls.
+    pub output_tokens: u64,
+    /// Cost over all calls, USD.
+    pub cost_usd: f64,
+    /// Time from start to finish in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<i64>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// When it finished (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The outbox file in the KB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kb_path: Option<String>,
+    /// The delegating task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// How the router chose the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Value>,
+    /// Every provider call (task_status only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<CallView>>,
+    /// What to do next, when not done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl TaskView {
+    fn of(t: &Task, with_output: bool) -> TaskView {
+        let done = t.state.is_terminal();
+        TaskView {
+            task_id: t.id.clone(),
+            agent: t.agent.clone(),
+            state: t.state,
+            done,
+            reason: t.reason,
+            error: t.error.clone(),
+            output: if with_output { t.output.clone() } else { None },
+            model: t.model.clone(),
+            attempts: t.attempts,
+            input_tokens: t.input_tokens,
+            output_tokens: t.output_tokens,
+            cost_usd: (t.cost_usd * 1e6).round() / 1e6,
+            latency_ms: match (t.started_at, t.finished_at) {
+                (Some(s), Some(f)) => Some(f - s),
+                _ => None,
+            },
+            created_at: rfc3339(t.created_at),
+            finished_at: t.finished_at.map(rfc3339),
+            kb_path: t.kb_path.clone(),
+            parent_task_id: t.parent_id.clone(),
+            routing: t.routing.clone(),
+            calls: None,
+            hint: (!done).then(|| {
+                format!(
+                    "not finished yet: call task_result with task_id \"{}\" and wait_seconds to get the output, or task_cancel to stop it",
+                    t.id
+                )
+            }),
+        }
+    }
+
+    /// Readable text: the output first, then one line of accounting.
+    fn text(&self) -> String {
+        let mut s = String::new();
+        match (&self.output, self.state) {
+            (Some(out), TaskState::Succeeded) => s.push_str(out),
+            (Some(out), _) => {
+                s.push_str(&format!(
+                    "[{}: {}] The output below was NOT accepted.\n\n{out}",
+                    self.state,
+                    self.error.as_deref().unwrap_or("")
+                ));
+            }
+            (None, _) => {
+                if let Some(e) = &self.error {
+                    s.push_str(&format!("Task {} {}: {e}", self.task_id, self.state));
+                } else if let Some(h) = &self.hint {
+                    s.push_str(&format!(
+                        "Task {} ({}) is {}: {h}",
+                        self.task_id, self.agent, self.state
+                    ));
+                } else {
+                    s.push_str(&format!(
+                        "Task {} ({}) is {}.",
+                        self.task_id, self.agent, self.state
+                    ));
+                }
+            }
+        }
+        s.push_str(&format!(
+            "\n\n---\ntask {} · {} · {}{} · {} call(s) · {} in / {} out tokens · ${:.6}{}{}",
+            self.task_id,
+            self.agent,
+            self.state,
+            self.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+            self.attempts,
+            self.input_tokens,
+            self.output_tokens,
+            self.cost_usd,
+            self.model
+                .as_deref()
+                .map(|m| format!(" · {m}"))
+                .unwrap_or_default(),
+            self.kb_path
+                .as_deref()
+                .map(|p| format!(" · kb: {p}"))
+                .unwrap_or_default(),
+        ));
+        s
+    }
+}
+
+/// Result of `agent_delegate`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DelegateOutput {
+    /// The new task's id.
+    pub task_id: String,
+    /// The agent running it.
+    pub agent: String,
+    /// Its state (normally queued or running).
+    pub state: TaskState,
+    /// How the router chose the agent, when you did not name one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RouteDecision>,
+    /// What to do next.
+    pub hint: String,
+}
+
+/// Result of `task_list`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TaskListOutput {
+    /// Tasks, newest first (without outputs: use task_result).
+    pub tasks: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+fn engine_error(e: crate::engine::EngineError) -> ToolError {
+    ToolError::Engine(e.to_string())
+}
+
+fn wait_of(v: Option<f64>, default: f64) -> Result<Duration, ToolError> {
+    let secs = v.unwrap_or(default);
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(ToolError::Engine(format!(
+            "wait_seconds must be a number from 0 to {MAX_WAIT_SECS}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs.min(MAX_WAIT_SECS)))
+}
+
+/// `agent_run`: submit, then wait with progress; a client cancel cancels the task.
+pub async fn agent_run(
+    engine: &Arc<Engine>,
+    args: AgentRunArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let wait = wait_of(args.wait_seconds, DEFAULT_WAIT_SECS)?;
+    let task = engine
+        .submit(Submit {
+            agent: args.agent,
+            input: args.input,
+            subject: ctx.subject.clone(),
+            ..Submit::default()
+        })
+        .await
+        .map_err(engine_error)?;
+    let progress = spawn_progress(engine, &task, ctx);
+    let waited = tokio::select! {
+        t = engine.wait(&task.id, ctx.subject.as_deref(), wait) => Some(t),
+        _ = ctx.cancelled.cancelled() => None,
+    };
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let task = match waited {
+        Some(t) => t.map_err(engine_error)?,
+        None => {
+            // The client gave up on this request: stop the work it started.
+            let _ = engine.cancel(&task.id, ctx.subject.as_deref()).await;
+            engine
+                .visible_task(&task.id, ctx.subject.as_deref())
+                .await
+                .map_err(engine_error)?
+        }
+    };
+    reply_task(TaskView::of(&task, true))
+}
+
+fn reply_task(view: TaskView) -> Result<ToolReply, ToolError> {
+    let text = view.text();
+    Ok(ToolReply::with_text(to_value(&view)?, text))
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, ToolError> {
+    serde_json::to_value(v).map_err(|e| ToolError::Internal(e.to_string()))
+}
+
+/// Forward a task's events to the client as progress notifications.
+fn spawn_progress(
+    engine: &Arc<Engine>,
+    task: &Task,
+    ctx: &CallCtx,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let (peer, token) = (ctx.peer.clone()?, ctx.progress_token.clone()?);
+    let mut rx = engine.subscribe(&task.id)?;
+    let agent = task.agent.clone();
+    Some(tokio::spawn(async move {
+        let mut n = 0.0;
+        let _ = peer
+            .notify_progress(
+                ProgressNotificationParam::new(token.clone(), n)
+                    .with_message(format!("{agent}: queued")),
+            )
+            .await;
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            n += 1.0;
+            let msg = ev.describe(&agent);
+            if peer
+                .notify_progress(ProgressNotificationParam::new(token.clone(), n).with_message(msg))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }))
+}
+
+/// `agent_delegate`: route if needed, submit, return at once.
+pub async fn agent_delegate(
+    engine: &Arc<Engine>,
+    args: AgentDelegateArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let (agent, routing) = match args.agent {
+        Some(a) => (a, None),
+        None => {
+            let r = engine.route(&args.input).await.map_err(engine_error)?;
+            (r.agent.clone(), Some(r))
+        }
+    };
+    let task = engine
+        .submit(Submit {
+            agent,
+            input: args.input,
+            parent_id: args.parent_task_id,
+            subject: ctx.subject.clone(),
+            routing: routing.clone(),
+        })
+        .await
+        .map_err(engine_error)?;
+    let out = DelegateOutput {
+        hint: format!(
+            "running in the background: call task_result with task_id \"{}\" (and wait_seconds) for the output",
+            task.id
+        ),
+        task_id: task.id,
+        agent: task.agent,
+        state: task.state,
+        routing,
+    };
+    let text = serde_json::to_string_pretty(&out).unwrap_or_default();
+    Ok(ToolReply::with_text(to_value(&out)?, text))
+}
+
+/// `task_status`: state and every call, without the output.
+pub async fn task_status(
+    engine: &Arc<Engine>,
+    args: TaskIdArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let (task, attempts) = engine
+        .status(&args.task_id, ctx.subject.as_deref())
+        .await
+        .map_err(engine_error)?;
+    let mut view = TaskView::of(&task, false);
+    view.calls = Some(attempts.iter().map(CallView::from).collect());
+    let text = serde_json::to_string_pretty(&view).unwrap_or_default();
+    Ok(ToolReply::with_text(to_value(&view)?, text))
+}
+
+/// `task_result`: the output, optionally waiting for it.
+pub async fn task_result(
+    engine: &Arc<Engine>,
+    args: TaskResultArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let wait = wait_of(args.wait_seconds, 0.0)?;
+    let task = tokio::select! {
+        t = engine.wait(&args.task_id, ctx.subject.as_deref(), wait) => t.map_err(engine_error)?,
+        _ = ctx.cancelled.cancelled() => engine.visible_task(&args.task_id, ctx.subject.as_deref()).await.map_err(engine_error)?,
+    };
+    reply_task(TaskView::of(&task, true))
+}
+
+/// `task_list`.
+pub async fn task_list(
+    engine: &Arc<Engine>,
+    args: TaskListArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let filter = TaskFilter {
+        states: args.state,
+        agent: args.agent,
+        parent_id: args.parent_task_id,
+        subject: ctx.subject.clone(),
+        since: args.since.as_deref().map(parse_when).transpose()?,
+        until: None,
+    };
+    let page = engine
+        .list(&filter, args.cursor.as_deref(), args.limit.unwrap_or(50))
+        .await
+        .map_err(engine_error)?;
+    let out = TaskListOutput {
+        tasks: page.tasks.iter().map(|t| TaskView::of(t, false)).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(ToolReply::json(to_value(&out)?))
+}
+
+/// `task_cancel`.
+pub async fn task_cancel(
+    engine: &Arc<Engine>,
+    args: TaskIdArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let out = engine
+        .cancel(&args.task_id, ctx.subject.as_deref())
+        .await
+        .map_err(engine_error)?;
+    Ok(ToolReply::json(to_value(&out)?))
+}
+
+/// `usage_report`.
+pub async fn usage_report(
+    engine: &Arc<Engine>,
+    args: UsageReportArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let since = Some(parse_when(args.since.as_deref().unwrap_or("30d"))?);
+    let until = args.until.as_deref().map(parse_when).transpose()?;
+    let baseline = match args.baseline.as_deref() {
+        None => None,
+        Some(b) => match parse_model(b) {
+            Ok(crate::agent::ModelSpec::Ref(m)) => Some(m),
+            _ => {
+                return Err(ToolError::Engine(format!(
+                    "baseline `{b}` is not `provider/model-id`, e.g. `anthropic/claude-sonnet-4`"
+                )));
+            }
+        },
+    };
+    let report: UsageReport = engine
+        .usage(since, until, ctx.subject.as_deref(), baseline.as_ref())
+        .await
+        .map_err(engine_error)?;
+    Ok(ToolReply::json(to_value(&report)?))
+}
+
+/// `7d`, `24h`, `30m`, `90s` (ago) or an RFC 3339 time, as Unix milliseconds.
+pub fn parse_when(s: &str) -> Result<i64, ToolError> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_millis() - d.as_millis() as i64);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0));
+    }
+    Err(ToolError::Engine(format!(
+        "`{s}` is not a time: use a duration ago such as `7d`, `24h`, `30m`, or an RFC 3339 time such as `2026-01-31T12:00:00Z`"
+    )))
+}

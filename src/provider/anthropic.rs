@@ -1,0 +1,356 @@
+//! The Anthropic Messages wire format (`POST {base}/v1/messages`).
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{Map, Value, json};
+
+use super::http::{Endpoint, drain, is_event_stream, read_success_body, with_timeout};
+use super::sse::SseParser;
+use super::{
+    ANTHROPIC_DEFAULT_MAX_TOKENS, ChatRequest, ChatResponse, ProgressFn, Provider, ProviderError,
+    Usage,
+};
+
+/// The API version we speak; Anthropic requires the header.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A client for one Anthropic Messages endpoint.
+#[derive(Debug, Clone)]
+pub struct AnthropicProvider {
+    ep: Endpoint,
+}
+
+impl AnthropicProvider {
+    pub(crate) fn new(ep: Endpoint) -> AnthropicProvider {
+        AnthropicProvider { ep }
+    }
+
+    /// The request body: the system prompt goes in `system`, not in the
+    /// messages, and `max_tokens` is required.
+    fn body(&self, model: &str, req: &ChatRequest) -> Value {
+        let messages: Vec<Value> = req
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
+        let mut body = Map::new();
+        body.insert("model".into(), json!(model));
+        body.insert(
+            "max_tokens".into(),
+            json!(req.max_tokens.unwrap_or(ANTHROPIC_DEFAULT_MAX_TOKENS)),
+        );
+        if !req.system.is_empty() {
+            body.insert("system".into(), json!(req.system));
+        }
+        body.insert("messages".into(), Value::Array(messages));
+        if let Some(t) = req.temperature {
+            body.insert("temperature".into(), json!(t));
+        }
+        body.insert("stream".into(), json!(req.stream));
+        Value::Object(body)
+    }
+
+    fn headers(&self) -> Result<HeaderMap, ProviderError> {
+        let mut h = HeaderMap::new();
+        if let Some(key) = self.ep.key()? {
+            let mut v = HeaderValue::from_str(key.expose()).map_err(|_| ProviderError::Config {
+                provider: self.ep.name.clone(),
+                message: format!(
+                    "{} contains characters not allowed in an HTTP header",
+                    self.ep.key_env
+                ),
+            })?;
+            v.set_sensitive(true);
+            h.insert("x-api-key", v);
+        }
+        h.insert(
+            "anthropic-version",
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+        Ok(h)
+    }
+
+    async fn run(
+        &self,
+        model: &str,
+        req: &ChatRequest,
+        progress: Option<&ProgressFn>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let headers = self.headers()?;
+        let url = format!("{}/v1/messages", self.ep.base_url);
+        let mut resp = self
+            .ep
+            .post(&url, headers, &self.body(model, req), model)
+            .await?;
+        if req.stream && is_event_stream(&resp) {
+            self.read_stream(&mut resp, model, progress).await
+        } else {
+            let body = read_success_body(&mut resp, &self.ep).await?;
+            parse_message(&self.ep, &body, model)
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        resp: &mut reqwest::Response,
+        model: &str,
+        progress: Option<&ProgressFn>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let ep = &self.ep;
+        let mut parser = SseParser::new();
+        let mut events = Vec::new();
+        let mut out = ChatResponse {
+            model: model.to_string(),
+            ..ChatResponse::default()
+        };
+        loop {
+            let eof = match ep.next_chunk(resp).await? {
+                Some(c) => {
+                    parser
+                        .push(c.as_ref(), &mut events)
+                        .map_err(|e| ep.malformed(e))?;
+                    false
+                }
+                None => {
+                    parser.finish(&mut events).map_err(|e| ep.malformed(e))?;
+                    true
+                }
+            };
+            for ev in events.drain(..) {
+                let v: Value = serde_json::from_str(&ev.data)
+                    .map_err(|e| ep.malformed(format!("invalid JSON in a stream event ({e})")))?;
+                if apply_event(ep, &v, &mut out, progress)? {
+                    drain(resp).await;
+                    return Ok(out);
+                }
+            }
+            if eof {
+                return Err(ep.malformed("the stream ended before `message_stop`"));
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for AnthropicProvider {
+    fn name(&self) -> &str {
+        &self.ep.name
+    }
+
+    async fn chat(
+        &self,
+        model: &str,
+        req: &ChatRequest,
+        timeout: Duration,
+        progress: Option<&ProgressFn>,
+    ) -> Result<ChatResponse, ProviderError> {
+        with_timeout(&self.ep.name, timeout, self.run(model, req, progress)).await
+    }
+}
+
+/// Input tokens including prompt-cache reads and writes (billed too, at other
+/// rates; the price table has one input rate, so this slightly misprices
+/// cached prompts rather than dropping them).
+fn input_tokens(u: &Value) -> u64 {
+    [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .filter_map(|k| u.get(*k).and_then(Value::as_u64))
+    .sum()
+}
+
+/// Fold one stream event into the answer; true at `message_stop`.
+fn apply_event(
+    ep: &Endpoint,
+    v: &Value,
+    out: &mut ChatResponse,
+    progress: Option<&ProgressFn>,
+) -> Result<bool, ProviderError> {
+    match v.get("type").and_then(Value::as_str).unwrap_or("") {
+        "message_start" => {
+            let msg = v.get("message");
+            if let Some(m) = msg.and_then(|m| m.get("model")).and_then(Value::as_str) {
+                out.model = m.to_string();
+            }
+            if let Some(u) = msg.and_then(|m| m.get("usage")) {
+                out.usage.input_tokens = input_tokens(u);
+                out.usage.output_tokens =
+                    u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+        "content_block_delta" => {
+            let delta = v.get("delta");
+            // Only text: thinking and tool-input deltas are not the answer.
+            if delta.and_then(|d| d.get("type")).and_then(Value::as_str) == Some("text_delta")
+                && let Some(t) = delta.and_then(|d| d.get("text")).and_then(Value::as_str)
+                && !t.is_empty()
+            {
+                if let Some(p) = progress {
+                    p(t);
+                }
+                out.text.push_str(t);
+            }
+        }
+        "message_delta" => {
+            if let Some(r) = v
+                .get("delta")
+                .and_then(|d| d.get("stop_reason"))
+                .and_then(Value::as_str)
+            {
+                out.finish_reason = Some(r.to_string());
+            }
+            // Counts here are cumulative; newer API versions repeat input too.
+            if let Some(u) = v.get("usage") {
+                if let Some(o) = u.get("output_tokens").and_then(Value::as_u64) {
+                    out.usage.output_tokens = out.usage.output_tokens.max(o);
+                }
+                out.usage.input_tokens = out.usage.input_tokens.max(input_tokens(u));
+            }
+        }
+        "message_stop" => return Ok(true),
+        "error" => return Err(error_event(ep, v)),
+        // ping, content_block_start/stop, and event types added later.
+        _ => {}
+    }
+    Ok(false)
+}
+
+/// An `error` event or error body (`{type: error, error: {type, message}}`).
+fn error_event(ep: &Endpoint, v: &Value) -> ProviderError {
+    let err = v.get("error");
+    let kind = err
+        .and_then(|e| e.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let msg = err
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    ep.upstream(format!("{kind}: {msg}"))
+}
+
+/// Parse a whole (non-streamed) message.
+pub(crate) fn parse_message(
+    ep: &Endpoint,
+    body: &[u8],
+    model: &str,
+) -> Result<ChatResponse, ProviderError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ep.malformed(format!("the answer is not valid JSON ({e})")))?;
+    if v.get("type").and_then(Value::as_str) == Some("error") {
+        return Err(error_event(ep, &v));
+    }
+    let content = v
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ep.malformed("the answer has no `content`"))?;
+    let text: String = content
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    let usage = v
+        .get("usage")
+        .map(|u| Usage {
+            input_tokens: input_tokens(u),
+            output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+        })
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        text,
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .unwrap_or(model)
+            .to_string(),
+        usage,
+        reported_cost_usd: None,
+        finish_reason: v
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Message;
+
+    fn ep() -> Endpoint {
+        Endpoint {
+            name: "anthropic".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            key: None,
+            key_env: "ANTHROPIC_API_KEY".into(),
+            key_required: true,
+            base_url_env: "ANTHROPIC_BASE_URL".into(),
+            client: crate::provider::http::build_client(Duration::from_secs(1)).unwrap(),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn body_has_system_and_default_max_tokens() {
+        let b = AnthropicProvider::new(ep())
+            .body("claude-sonnet-4", &ChatRequest::new("be brief", "hi"));
+        assert_eq!(b["system"], json!("be brief"));
+        assert_eq!(b["max_tokens"], json!(4096));
+        assert_eq!(b["messages"], json!([{"role": "user", "content": "hi"}]));
+        let req = ChatRequest {
+            messages: vec![
+                Message::user("a"),
+                Message::assistant("b"),
+                Message::user("c"),
+            ],
+            max_tokens: Some(10),
+            ..ChatRequest::default()
+        };
+        let b = AnthropicProvider::new(ep()).body("m", &req);
+        assert!(b.get("system").is_none());
+        assert_eq!(b["max_tokens"], json!(10));
+        assert_eq!(b["messages"][1]["role"], json!("assistant"));
+    }
+
+    #[test]
+    fn missing_key_is_reported_before_any_request() {
+        let e = AnthropicProvider::new(ep()).headers().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ANTHROPIC_API_KEY is not set: export it before starting dispatch"
+        );
+    }
+
+    #[test]
+    fn parses_messages() {
+        let r = parse_message(
+            &ep(),
+            br#"{"type":"message","model":"claude-x","content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"Hel"},{"type":"text","text":"lo"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"cache_read_input_tokens":2,"output_tokens":7}}"#,
+            "m",
+        )
+        .unwrap();
+        assert_eq!(r.text, "Hello");
+        assert_eq!(r.model, "claude-x");
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (7, 7));
+        assert_eq!(r.finish_reason.as_deref(), Some("end_turn"));
+        let e = parse_message(
+            &ep(),
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            "m",
+        )
+        .unwrap_err();
+        assert!(
+            e.is_retryable() && e.to_string().contains("overloaded_error"),
+            "{e}"
+        );
+        assert!(matches!(
+            parse_message(&ep(), b"[]", "m"),
+            Err(ProviderError::Malformed { .. })
+        ));
+    }
+}

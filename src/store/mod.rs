@@ -1,0 +1,286 @@
+//! The durable store: tasks and the provider calls (attempts) made for them.
+//!
+//! [`Store`] is the only place in the crate that knows SQL. The engine holds it
+//! as `Arc<dyn Store>` and persists every state change before acting on it, so
+//! after a crash [`Store::tasks_in_state`] says exactly what was in flight.
+//!
+//! The trait speaks only in crate types: timestamps are [`Millis`], JSON goes
+//! in and out as `serde_json::Value`, paging cursors are opaque strings. That
+//! keeps a second backend (PostgreSQL) a matter of one more `impl Store`.
+//! [`SqliteStore`] is the one there is.
+//!
+//! Updates are compare-and-set on the task's state ([`Store::update_task`]):
+//! two writers racing on one task cannot both win, and the loser learns what
+//! the state is now instead of silently overwriting it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::task::{Attempt, AttemptKind, Millis, Task, TaskId, TaskState};
+
+mod sqlite;
+mod sqlite_write;
+#[cfg(test)]
+mod tests;
+
+pub use sqlite::SqliteStore;
+
+/// The future a [`Store`] method returns.
+///
+/// Boxed so that `dyn Store` works; one allocation per call is noise next to
+/// a database round trip.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The most tasks one [`Store::list_tasks`] page returns; larger limits are cut to it.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Durable storage for tasks and attempts.
+///
+/// Every method is one short database operation; none holds a lock across
+/// calls. Implementations must be safe to call from many tasks at once.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new task. [`StoreError::Duplicate`] if its id is taken.
+    fn create_task<'a>(&'a self, task: &'a Task) -> StoreFuture<'a, ()>;
+
+    /// Overwrites every field of the stored task, but only if its stored state
+    /// is still `expected` ([`StoreError::Conflict`] otherwise, with the state
+    /// found).
+    ///
+    /// Refuses ([`StoreError::IllegalTransition`]) a move the state machine does
+    /// not allow; an update that keeps the state (token counters while running)
+    /// is always allowed.
+    fn update_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()>;
+
+    /// The task with this id, if there is one.
+    fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
+
+    /// One page of tasks matching `filter`, newest first.
+    ///
+    /// Pass `None` for the first page and the previous page's
+    /// [`TaskPage::next_cursor`] for the next ones. Paging is by position, not
+    /// offset: tasks created while a client pages do not shift or repeat the
+    /// pages. `limit` is clamped to `1..=`[`MAX_PAGE`].
+    fn list_tasks<'a>(
+        &'a self,
+        filter: &'a TaskFilter,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, TaskPage>;
+
+    /// Records one provider call. [`StoreError::NotFound`] if the task does not
+    /// exist, [`StoreError::Duplicate`] if its `seq` is taken.
+    fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()>;
+
+    /// A task's attempts in `seq` order (empty for an unknown task).
+    fn attempts<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Attempt>>;
+
+    /// Every task in `state`, oldest first: at startup, the `running` ones to
+    /// recover and the `queued` ones to resume.
+    fn tasks_in_state(&self, state: TaskState) -> StoreFuture<'_, Vec<Task>>;
+
+    /// Calls, tokens and cost, summed per (task agent, called agent, kind,
+    /// provider, model), sorted by those keys.
+    fn usage<'a>(&'a self, query: &'a UsageQuery) -> StoreFuture<'a, Vec<UsageRow>>;
+
+    /// How many tasks are in each state: every state of [`TaskState::ALL`], in
+    /// that order, zeros included.
+    fn counts_by_state(&self) -> StoreFuture<'_, Vec<(TaskState, u64)>>;
+
+    /// Finishes pending work and closes the database. Calls made afterwards fail.
+    fn close(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Which tasks [`Store::list_tasks`] returns. The default matches every task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct TaskFilter {
+    /// Only tasks in one of these states; empty for every state.
+    pub states: Vec<TaskState>,
+    /// Only this agent's tasks.
+    pub agent: Option<String>,
+    /// Only tasks delegated by this task.
+    pub parent_id: Option<TaskId>,
+    /// Only this subject's tasks (an authenticated client sees only its own).
+    pub subject: Option<String>,
+    /// Only tasks created at or after this time.
+    pub since: Option<Millis>,
+    /// Only tasks created before this time.
+    pub until: Option<Millis>,
+}
+
+/// One page of [`Store::list_tasks`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskPage {
+    /// The tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Pass this to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Which attempts [`Store::usage`] sums.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct UsageQuery {
+    /// Only attempts started at or after this time.
+    pub since: Option<Millis>,
+    /// Only attempts started before this time.
+    pub until: Option<Millis>,
+    /// Only attempts of this subject's tasks.
+    pub subject: Option<String>,
+}
+
+/// Usage summed over the attempts sharing one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageRow {
+    /// The agent of the task the calls were made for.
+    pub task_agent: String,
+    /// The agent whose model was called (differs from `task_agent` for audits
+    /// and routing).
+    pub agent: String,
+    /// What the calls were for.
+    pub kind: AttemptKind,
+    /// Provider name.
+    pub provider: String,
+    /// Model id.
+    pub model: String,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that returned no answer.
+    pub failed_calls: u64,
+    /// Input tokens billed.
+    pub input_tokens: u64,
+    /// Output tokens billed.
+    pub output_tokens: u64,
+    /// Cost in USD.
+    pub cost_usd: f64,
+}
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A compare-and-set update lost: someone else changed the task first.
+    #[error("task {id} is {found}, not {expected}: it changed meanwhile")]
+    Conflict {
+        /// The task.
+        id: TaskId,
+        /// The state the writer expected.
+        expected: TaskState,
+        /// The state stored.
+        found: TaskState,
+    },
+    /// An update asked for a move the state machine forbids.
+    #[error("task {id} cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The task.
+        id: TaskId,
+        /// Its state before.
+        from: TaskState,
+        /// The state asked for.
+        to: TaskState,
+    },
+    /// The task does not exist.
+    #[error("no task {id}")]
+    NotFound {
+        /// The id looked for.
+        id: TaskId,
+    },
+    /// A row with the same key already exists.
+    #[error("{what} already exists")]
+    Duplicate {
+        /// The row, e.g. `task 01h…` or `attempt 3 of task 01h…`.
+        what: String,
+    },
+    /// A paging cursor that this store did not hand out.
+    #[error(
+        "invalid cursor `{cursor}`: pass the `next_cursor` of the previous page unchanged, or no cursor for the first page"
+    )]
+    BadCursor {
+        /// The cursor given.
+        cursor: String,
+    },
+    /// A value the database cannot hold (a counter past 2^63, a cost that is
+    /// not a finite number).
+    #[error("cannot store {what}")]
+    Invalid {
+        /// The value and why.
+        what: String,
+    },
+    /// A stored row that cannot be read back (unknown state, bad JSON, ...).
+    #[error(
+        "corrupt data in the database: {what} (was it written by a newer version of dispatch?)"
+    )]
+    Corrupt {
+        /// The row and column, and what is wrong with it.
+        what: String,
+    },
+    /// The database failed an operation; the text says which and why.
+    #[error("{0}")]
+    Database(String),
+    /// The database could not be opened or migrated.
+    #[error("cannot open database at {path}: {message}")]
+    Open {
+        /// The path or URL given.
+        path: String,
+        /// Why, and what to do about it.
+        message: String,
+    },
+}
+
+/// Builds and reads the opaque paging cursor: the (created_at, id) of the last
+/// task of a page, hex-encoded so that clients treat it as a token rather than
+/// something to edit. Shared by every backend so cursors stay compatible.
+pub(crate) mod cursor {
+    use super::StoreError;
+    use crate::task::Millis;
+    use std::fmt::Write;
+
+    /// The cursor after the task with this creation time and id.
+    pub(crate) fn encode(created_at: Millis, id: &str) -> String {
+        let plain = format!("{created_at}:{id}");
+        let mut out = String::with_capacity(plain.len() * 2);
+        for b in plain.bytes() {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// The position a cursor stands for.
+    pub(crate) fn decode(cursor: &str) -> Result<(Millis, String), StoreError> {
+        let bad = || StoreError::BadCursor {
+            cursor: cursor.chars().take(80).collect(),
+        };
+        if cursor.is_empty()
+            || !cursor.len().is_multiple_of(2)
+            || cursor.len() > 512
+            || !cursor.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(bad());
+        }
+        let bytes = (0..cursor.len())
+            .step_by(2)
+            .map(|i| {
+                cursor
+                    .get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(bad)?;
+        let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (millis, id) = plain.split_once(':').ok_or_else(bad)?;
+        let millis = millis.parse::<Millis>().map_err(|_| bad())?;
+        if id.is_empty() {
+            return Err(bad());
+        }
+        Ok((millis, id.to_string()))
+    }
+}
+
+/// Formats a backend error as "cannot OPERATION: REASON".
+pub(crate) fn database_error(op: fmt::Arguments<'_>, reason: impl fmt::Display) -> StoreError {
+    StoreError::Database(format!("cannot {op}: {reason}"))
+}

@@ -1,0 +1,605 @@
+//! [`Store`] on SQLite, through sqlx.
+//!
+//! Writes go to one writer task that owns the only write connection and
+//! commits queued writes in groups (see [`super::sqlite_write`]); reads use a
+//! small pool of their own. SQLite allows one writer at a time anyway:
+//! queueing writers in-process instead of letting several connections fight
+//! over the file lock avoids `SQLITE_BUSY` sleeps and "database is locked"
+//! errors under load, and WAL lets readers run alongside the writer.
+
+use std::fmt::Display;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::sqlite_write::{AttemptRow, TaskRow, Write, Writer};
+use super::{
+    MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
+    database_error,
+};
+use crate::task::{Attempt, Millis, Task, TaskState};
+
+/// How long a statement waits for a lock held by another process before
+/// failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read connections. Reads are short; two cores gain nothing from more.
+const READERS: u32 = 4;
+
+/// What to tell a user whose database cannot be opened for lack of access.
+const WRITABLE_HINT: &str = "set DISPATCH_DATABASE_URL or --root to a writable folder";
+
+/// Every column of `tasks` ([`task_from_row`] reads them by name).
+macro_rules! task_columns {
+    () => {
+        "id, agent, state, input, parent_id, depth, subject, created_at, started_at, \
+         finished_at, model, attempts, input_tokens, output_tokens, cost_usd, output, reason, \
+         error, kb_path, routing, requeues"
+    };
+}
+
+const SELECT_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
+
+const TASKS_IN_STATE: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE state = ?1 ORDER BY created_at, id"
+);
+
+const SELECT_ATTEMPTS: &str = "SELECT task_id, seq, kind, agent, provider, model, started_at, \
+     latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, cost_source, \
+     verdict, revision_message FROM attempts WHERE task_id = ?1 ORDER BY seq";
+
+/// A [`Store`] in one SQLite file (or in memory, for tests).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The queue of the task that owns the write connection.
+    writer: Writer,
+    /// Connections for reads (for an in-memory database, the write connection).
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the database at `url_or_path` (`sqlite://path`, `sqlite:path` or a
+    /// plain file path), creating the file and its folder if missing, and
+    /// brings its schema up to date.
+    ///
+    /// Call it inside the tokio runtime that will use the store: the writer
+    /// task is spawned there.
+    pub async fn open(url_or_path: &str) -> Result<SqliteStore, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: url_or_path.to_string(),
+            message,
+        };
+        let options = if url_or_path.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url_or_path).map_err(|e| {
+                open_err(format!(
+                    "{e}; use sqlite://PATH, sqlite:PATH or a plain file path"
+                ))
+            })?
+        } else {
+            SqliteConnectOptions::new().filename(url_or_path)
+        };
+        let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
+        if in_memory {
+            return Self::open_memory_with(options.create_if_missing(true))
+                .await
+                .map_err(|e| open_err(e.to_string()));
+        }
+        let path = options.get_filename().to_path_buf();
+        prepare_file(&path).map_err(open_err)?;
+
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL loses no data on a process crash, only the
+            // last commits on power loss, and saves an fsync per commit.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            // Keeps the WAL file from staying at its high-water mark after a burst.
+            .pragma("journal_size_limit", "67108864")
+            .pragma("mmap_size", "268435456")
+            // Statistics for the planner (which index serves a filtered
+            // listing), refreshed cheaply as connections close.
+            .optimize_on_close(true, 400);
+
+        let writer = pool_options(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_err(explain_open_error(&e)))?;
+        migrate(&writer).await.map_err(open_err)?;
+        let reader = pool_options(READERS)
+            .min_connections(0)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(explain_open_error(&e)))?;
+        tracing::debug!(path = %path.display(), "database open");
+        Ok(SqliteStore {
+            writer: Writer::spawn(writer),
+            reader,
+        })
+    }
+
+    /// A fresh, empty database in memory, gone when the store is dropped
+    /// (for tests). Like [`SqliteStore::open`], needs a tokio runtime.
+    pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(|e| database_error(format_args!("open an in-memory database"), e))?;
+        Self::open_memory_with(options).await
+    }
+
+    /// One connection serves reads and writes: a second connection to a
+    /// shared-cache memory database would meet table locks, not WAL.
+    async fn open_memory_with(options: SqliteConnectOptions) -> Result<SqliteStore, StoreError> {
+        let pool = pool_options(1)
+            .connect_with(options.foreign_keys(true))
+            .await
+            .map_err(|e| database_error(format_args!("open an in-memory database"), e))?;
+        migrate(&pool)
+            .await
+            .map_err(|m| database_error(format_args!("open an in-memory database"), m))?;
+        Ok(SqliteStore {
+            writer: Writer::spawn(pool.clone()),
+            reader: pool,
+        })
+    }
+
+    /// The read pool, for tests that plant rows the store would refuse (on an
+    /// in-memory store it is the one connection).
+    #[cfg(test)]
+    pub(super) fn raw_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    async fn create_task_impl(&self, task: &Task) -> Result<(), StoreError> {
+        let row = TaskRow::new(task)?;
+        self.writer.write(Write::CreateTask(row)).await
+    }
+
+    async fn update_task_impl(&self, task: &Task, expected: TaskState) -> Result<(), StoreError> {
+        if expected != task.state && !expected.can_become(task.state) {
+            return Err(StoreError::IllegalTransition {
+                id: task.id.clone(),
+                from: expected,
+                to: task.state,
+            });
+        }
+        let row = TaskRow::new(task)?;
+        self.writer.write(Write::UpdateTask(row, expected)).await
+    }
+
+    async fn get_task_impl(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(SELECT_TASK)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read task {id}"), e))?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_tasks_impl(
+        &self,
+        filter: &TaskFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<TaskPage, StoreError> {
+        let after = cursor.map(cursor::decode).transpose()?;
+        let limit = limit.clamp(1, MAX_PAGE);
+
+        let mut q = QueryBuilder::<Sqlite>::new(concat!("SELECT ", task_columns!(), " FROM tasks"));
+        let mut glue = " WHERE ";
+        let mut and = |q: &mut QueryBuilder<Sqlite>| {
+            q.push(glue);
+            glue = " AND ";
+        };
+        if !filter.states.is_empty() {
+            and(&mut q);
+            q.push("state IN (");
+            let mut list = q.separated(", ");
+            for state in &filter.states {
+                list.push_bind(state.as_str());
+            }
+            q.push(")");
+        }
+        if let Some(agent) = &filter.agent {
+            and(&mut q);
+            q.push("agent = ").push_bind(agent.as_str());
+        }
+        if let Some(parent) = &filter.parent_id {
+            and(&mut q);
+            q.push("parent_id = ").push_bind(parent.as_str());
+        }
+        if let Some(subject) = &filter.subject {
+            and(&mut q);
+            q.push("subject = ").push_bind(subject.as_str());
+        }
+        if let Some(since) = filter.since {
+            and(&mut q);
+            q.push("created_at >= ").push_bind(since);
+        }
+        if let Some(until) = filter.until {
+            and(&mut q);
+            q.push("created_at < ").push_bind(until);
+        }
+        if let Some((created_at, id)) = &after {
+            and(&mut q);
+            q.push("(created_at, id) < (")
+                .push_bind(*created_at)
+                .push(", ")
+                .push_bind(id.as_str())
+                .push(")");
+        }
+        // One row more than asked says whether there is a next page.
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+
+        let rows = q
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("list tasks"), e))?;
+        let more = rows.len() > limit as usize;
+        let tasks = rows
+            .iter()
+            .take(limit as usize)
+            .map(task_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = match tasks.last() {
+            Some(last) if more => Some(cursor::encode(last.created_at, &last.id)),
+            _ => None,
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn add_attempt_impl(&self, attempt: &Attempt) -> Result<(), StoreError> {
+        let row = AttemptRow::new(attempt)?;
+        self.writer.write(Write::AddAttempt(row)).await
+    }
+
+    async fn attempts_impl(&self, task_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let rows = sqlx::query(SELECT_ATTEMPTS)
+            .bind(task_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read the attempts of task {task_id}"), e))?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn tasks_in_state_impl(&self, state: TaskState) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(TASKS_IN_STATE)
+            .bind(state.as_str())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("list {state} tasks"), e))?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn usage_impl(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT t.agent, a.agent, a.kind, a.provider, a.model, COUNT(*), \
+             SUM(1 - a.ok), SUM(a.input_tokens), SUM(a.output_tokens), SUM(a.cost_usd) \
+             FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE 1 = 1",
+        );
+        if let Some(since) = query.since {
+            q.push(" AND a.started_at >= ").push_bind(since);
+        }
+        if let Some(until) = query.until {
+            q.push(" AND a.started_at < ").push_bind(until);
+        }
+        if let Some(subject) = &query.subject {
+            q.push(" AND t.subject = ").push_bind(subject.as_str());
+        }
+        q.push(" GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5");
+        let rows = q
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("sum usage"), e))?;
+        rows.iter()
+            .map(|row| {
+                let what = || "usage row".to_string();
+                Ok(UsageRow {
+                    task_agent: get(row, 0, &what)?,
+                    agent: get(row, 1, &what)?,
+                    kind: parse_column(&get::<String>(row, 2, &what)?, || {
+                        "attempts, column kind".to_string()
+                    })?,
+                    provider: get(row, 3, &what)?,
+                    model: get(row, 4, &what)?,
+                    calls: unsigned(get(row, 5, &what)?, 5, &what)?,
+                    failed_calls: unsigned(get(row, 6, &what)?, 6, &what)?,
+                    input_tokens: unsigned(get(row, 7, &what)?, 7, &what)?,
+                    output_tokens: unsigned(get(row, 8, &what)?, 8, &what)?,
+                    cost_usd: get(row, 9, &what)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn counts_by_state_impl(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(|e| db_err(format_args!("count tasks"), e))?;
+        let mut counts: Vec<(TaskState, u64)> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
+        for (state, n) in rows {
+            let state: TaskState = parse_column(&state, || "tasks, column state".to_string())?;
+            let n = u64::try_from(n).unwrap_or(0);
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn close_impl(&self) {
+        // Writes first: queued ones still commit.
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_task<'a>(&'a self, task: &'a Task) -> StoreFuture<'a, ()> {
+        Box::pin(self.create_task_impl(task))
+    }
+
+    fn update_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()> {
+        Box::pin(self.update_task_impl(task, expected))
+    }
+
+    fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
+        Box::pin(self.get_task_impl(id))
+    }
+
+    fn list_tasks<'a>(
+        &'a self,
+        filter: &'a TaskFilter,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, TaskPage> {
+        Box::pin(self.list_tasks_impl(filter, cursor, limit))
+    }
+
+    fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()> {
+        Box::pin(self.add_attempt_impl(attempt))
+    }
+
+    fn attempts<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Attempt>> {
+        Box::pin(self.attempts_impl(task_id))
+    }
+
+    fn tasks_in_state(&self, state: TaskState) -> StoreFuture<'_, Vec<Task>> {
+        Box::pin(self.tasks_in_state_impl(state))
+    }
+
+    fn usage<'a>(&'a self, query: &'a UsageQuery) -> StoreFuture<'a, Vec<UsageRow>> {
+        Box::pin(self.usage_impl(query))
+    }
+
+    fn counts_by_state(&self) -> StoreFuture<'_, Vec<(TaskState, u64)>> {
+        Box::pin(self.counts_by_state_impl())
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.close_impl().await;
+            Ok(())
+        })
+    }
+}
+
+/// Pool settings shared by the writer and reader pools.
+fn pool_options(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        // A local file needs no liveness ping; the ping would be a round trip
+        // to the connection's thread on every query.
+        .test_before_acquire(false)
+        // Connections to a local file do not go stale; keeping them keeps the
+        // prepared statements (and an in-memory database) alive.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(30))
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<(), String> {
+    sqlx::migrate!("./migrations").run(pool).await.map_err(|e| {
+        format!(
+            "cannot bring the schema up to date: {e}; if another version of dispatch created \
+             this database, run that version or point DISPATCH_DATABASE_URL at a new file"
+        )
+    })
+}
+
+/// Creates the folder and file ahead of SQLite, whose own error for either
+/// ("unable to open database file") does not say what is wrong.
+fn prepare_file(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("the path is empty; give a file path or sqlite://PATH".to_string());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create folder {}: {}", dir.display(), io_reason(&e)))?;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|e| io_reason(&e))
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            format!("permission denied; {WRITABLE_HINT}")
+        }
+        std::io::ErrorKind::IsADirectory => {
+            "it is a folder; give the path of a file inside it".to_string()
+        }
+        _ => format!("{e}; {WRITABLE_HINT}"),
+    }
+}
+
+fn explain_open_error(e: &sqlx::Error) -> String {
+    let reason = reason(e);
+    if reason.contains("not a database") || reason.contains("malformed") {
+        format!(
+            "{reason}; the file is not a dispatch database or is damaged: move it away or point \
+             DISPATCH_DATABASE_URL at another file"
+        )
+    } else if reason.contains("locked") || reason.contains("busy") {
+        format!("{reason}; another program holds the database: stop it or use another file")
+    } else {
+        format!("{reason}; {WRITABLE_HINT}")
+    }
+}
+
+/// The database's own words when there are some, without sqlx's preamble.
+pub(super) fn reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn db_err(op: std::fmt::Arguments<'_>, e: sqlx::Error) -> StoreError {
+    tracing::warn!(error = %e, "database operation failed: {op}");
+    database_error(op, reason(&e))
+}
+
+fn corrupt(what: String) -> StoreError {
+    tracing::error!("corrupt row: {what}");
+    StoreError::Corrupt { what }
+}
+
+/// Parses a stored enum name.
+pub(super) fn parse_column<T: FromStr>(s: &str, what: impl Fn() -> String) -> Result<T, StoreError>
+where
+    T::Err: Display,
+{
+    s.parse::<T>()
+        .map_err(|e| corrupt(format!("{}: {e}", what())))
+}
+
+/// Reads one column, reporting a missing column or a wrong type as corruption.
+fn get<'r, T>(
+    row: &'r SqliteRow,
+    col: impl sqlx::ColumnIndex<SqliteRow> + Display + Copy,
+    what: &dyn Fn() -> String,
+) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get::<T, _>(col)
+        .map_err(|e| corrupt(format!("{}, column {col}: {e}", what())))
+}
+
+/// Reads a column stored from an unsigned Rust field.
+fn unsigned<T: TryFrom<i64>>(
+    v: i64,
+    col: impl Display,
+    what: &dyn Fn() -> String,
+) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| corrupt(format!("{}, column {col}: {v} is out of range", what())))
+}
+
+fn opt_unsigned<T: TryFrom<i64>>(
+    v: Option<i64>,
+    col: &str,
+    what: &dyn Fn() -> String,
+) -> Result<Option<T>, StoreError> {
+    v.map(|v| unsigned(v, col, what)).transpose()
+}
+
+fn json(s: &str, col: &str, what: &dyn Fn() -> String) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(s)
+        .map_err(|e| corrupt(format!("{}, column {col}: invalid JSON: {e}", what())))
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
+    let id: String = get(row, "id", &|| "task".to_string())?;
+    let what = || format!("task {id}");
+    let w: &dyn Fn() -> String = &what;
+    let state: String = get(row, "state", w)?;
+    let input: String = get(row, "input", w)?;
+    let reason: Option<String> = get(row, "reason", w)?;
+    let routing: Option<String> = get(row, "routing", w)?;
+    Ok(Task {
+        agent: get(row, "agent", w)?,
+        state: parse_column(&state, || format!("{}, column state", what()))?,
+        input: json(&input, "input", w)?,
+        parent_id: get(row, "parent_id", w)?,
+        depth: unsigned(get(row, "depth", w)?, "depth", w)?,
+        subject: get(row, "subject", w)?,
+        created_at: get::<Millis>(row, "created_at", w)?,
+        started_at: get(row, "started_at", w)?,
+        finished_at: get(row, "finished_at", w)?,
+        model: get(row, "model", w)?,
+        attempts: unsigned(get(row, "attempts", w)?, "attempts", w)?,
+        input_tokens: unsigned(get(row, "input_tokens", w)?, "input_tokens", w)?,
+        output_tokens: unsigned(get(row, "output_tokens", w)?, "output_tokens", w)?,
+        cost_usd: get(row, "cost_usd", w)?,
+        output: get(row, "output", w)?,
+        reason: reason
+            .map(|r| parse_column(&r, || format!("{}, column reason", what())))
+            .transpose()?,
+        error: get(row, "error", w)?,
+        kb_path: get(row, "kb_path", w)?,
+        routing: routing.map(|r| json(&r, "routing", w)).transpose()?,
+        requeues: unsigned(get(row, "requeues", w)?, "requeues", w)?,
+        id,
+    })
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<Attempt, StoreError> {
+    let task_id: String = get(row, "task_id", &|| "attempt".to_string())?;
+    let seq: i64 = get(row, "seq", &|| format!("attempt of task {task_id}"))?;
+    let what = || format!("attempt {seq} of task {task_id}");
+    let w: &dyn Fn() -> String = &what;
+    let kind: String = get(row, "kind", w)?;
+    let cost_source: String = get(row, "cost_source", w)?;
+    let verdict: Option<String> = get(row, "verdict", w)?;
+    let ok: i64 = get(row, "ok", w)?;
+    Ok(Attempt {
+        seq: unsigned(seq, "seq", w)?,
+        kind: parse_column(&kind, || format!("{}, column kind", what()))?,
+        agent: get(row, "agent", w)?,
+        provider: get(row, "provider", w)?,
+        model: get(row, "model", w)?,
+        started_at: get::<Millis>(row, "started_at", w)?,
+        latency_ms: unsigned(get(row, "latency_ms", w)?, "latency_ms", w)?,
+        ok: match ok {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(corrupt(format!(
+                    "{}, column ok: {other} is not 0 or 1",
+                    what()
+                )));
+            }
+        },
+        http_status: opt_unsigned(get(row, "http_status", w)?, "http_status", w)?,
+        error: get(row, "error", w)?,
+        input_tokens: unsigned(get(row, "input_tokens", w)?, "input_tokens", w)?,
+        output_tokens: unsigned(get(row, "output_tokens", w)?, "output_tokens", w)?,
+        cost_usd: get(row, "cost_usd", w)?,
+        cost_source: parse_column(&cost_source, || format!("{}, column cost_source", what()))?,
+        verdict: verdict.map(|v| json(&v, "verdict", w)).transpose()?,
+        revision_message: get(row, "revision_message", w)?,
+        task_id,
+    })
+}

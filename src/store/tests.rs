@@ -1,0 +1,930 @@
+//! Tests of [`SqliteStore`] through the [`Store`] trait, as the engine uses it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::task::{AttemptKind, CostSource, FailReason, new_task_id};
+
+async fn memory() -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open_in_memory().await.expect("open in memory"))
+}
+
+/// A task with every optional field set, odd text and large numbers.
+fn full_task() -> Task {
+    Task {
+        id: new_task_id(),
+        agent: "rédacteur-🦀".to_string(),
+        state: TaskState::Failed,
+        input: json!({"prompt": "日本語 \u{0000} \"quotes\" \\", "n": [1, 2.5, null, true]}),
+        parent_id: Some(new_task_id()),
+        depth: u32::MAX,
+        subject: Some("user@example.com|ß".to_string()),
+        created_at: 1_700_000_000_123,
+        started_at: Some(-1),
+        finished_at: Some(i64::MAX),
+        model: Some("openrouter/anthropic/claude-sonnet".to_string()),
+        attempts: u32::MAX,
+        input_tokens: i64::MAX as u64,
+        output_tokens: 12_345_678_901,
+        cost_usd: 1_234.567_890_123_456_7,
+        output: Some("line 1\nline 2 — ✓\r\n\t".to_string()),
+        reason: Some(FailReason::AuditRejected),
+        error: Some("HTTP 429: too many requests".to_string()),
+        kb_path: Some("outbox/2024/ünïcode.md".to_string()),
+        routing: Some(json!({"chosen": "writer", "scores": {"writer": 0.9}})),
+        requeues: 7,
+    }
+}
+
+fn attempt(task_id: &str, seq: u32) -> Attempt {
+    Attempt {
+        task_id: task_id.to_string(),
+        seq,
+        kind: AttemptKind::Primary,
+        agent: "writer".to_string(),
+        provider: "openrouter".to_string(),
+        model: "some/model".to_string(),
+        started_at: 1_000 + i64::from(seq),
+        latency_ms: 250,
+        ok: true,
+        http_status: None,
+        error: None,
+        input_tokens: 100,
+        output_tokens: 50,
+        cost_usd: 0.001,
+        cost_source: CostSource::Reported,
+        verdict: None,
+        revision_message: None,
+    }
+}
+
+#[tokio::test]
+async fn every_task_field_round_trips() {
+    let store = memory().await;
+    let full = full_task();
+    store.create_task(&full).await.unwrap();
+    assert_eq!(store.get_task(&full.id).await.unwrap(), Some(full.clone()));
+
+    // The minimal task: every Option None, a plain string input.
+    let bare = Task::new("a", json!("just a string"));
+    store.create_task(&bare).await.unwrap();
+    assert_eq!(store.get_task(&bare.id).await.unwrap(), Some(bare.clone()));
+
+    // JSON null is a value, not an absent one.
+    let mut null_routing = Task::new("a", serde_json::Value::Null);
+    null_routing.routing = Some(serde_json::Value::Null);
+    store.create_task(&null_routing).await.unwrap();
+    let back = store.get_task(&null_routing.id).await.unwrap().unwrap();
+    assert_eq!(back.routing, Some(serde_json::Value::Null));
+    assert_eq!(back.input, serde_json::Value::Null);
+
+    // Every fail reason survives.
+    for (i, reason) in [
+        FailReason::ProviderError,
+        FailReason::Rejected,
+        FailReason::Timeout,
+        FailReason::Interrupted,
+        FailReason::AuditRejected,
+        FailReason::AuditFailed,
+        FailReason::AuditError,
+        FailReason::Cancelled,
+        FailReason::Invalid,
+        FailReason::Internal,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut t = Task::new("r", json!(i));
+        t.reason = Some(reason);
+        store.create_task(&t).await.unwrap();
+        assert_eq!(
+            store.get_task(&t.id).await.unwrap().unwrap().reason,
+            Some(reason)
+        );
+    }
+
+    assert_eq!(store.get_task("no-such-task").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn every_attempt_field_round_trips() {
+    let store = memory().await;
+    let task = Task::new("writer", json!("x"));
+    store.create_task(&task).await.unwrap();
+
+    let full = Attempt {
+        task_id: task.id.clone(),
+        seq: u32::MAX,
+        kind: AttemptKind::AuditRepair,
+        agent: "auditeur-✓".to_string(),
+        provider: "prövider".to_string(),
+        model: "vendor/model:free".to_string(),
+        started_at: i64::MIN,
+        latency_ms: i64::MAX as u64,
+        ok: false,
+        http_status: Some(u16::MAX),
+        error: Some("timeout after 30 s — 超时".to_string()),
+        input_tokens: i64::MAX as u64,
+        output_tokens: 0,
+        cost_usd: -0.5,
+        cost_source: CostSource::PriceTable,
+        verdict: Some(json!({"verdict": "revise", "notes": ["a", "b"]})),
+        revision_message: Some("please fix ¶2".to_string()),
+    };
+    store.add_attempt(&full).await.unwrap();
+    let mut bare = attempt(&task.id, 1);
+    bare.kind = AttemptKind::Escalation;
+    bare.cost_source = CostSource::Unknown;
+    store.add_attempt(&bare).await.unwrap();
+    let mut routing = attempt(&task.id, 2);
+    routing.kind = AttemptKind::Routing;
+    routing.verdict = Some(serde_json::Value::Null);
+    store.add_attempt(&routing).await.unwrap();
+
+    assert_eq!(
+        store.attempts(&task.id).await.unwrap(),
+        vec![bare, routing, full]
+    );
+    assert!(store.attempts("unknown").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn values_the_database_cannot_hold_are_refused() {
+    let store = memory().await;
+    let mut t = Task::new("a", json!(1));
+    t.input_tokens = u64::MAX;
+    let err = store.create_task(&t).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("input_tokens"), "{err}");
+
+    t.input_tokens = 0;
+    t.cost_usd = f64::NAN;
+    let err = store.create_task(&t).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+
+    t.cost_usd = 0.0;
+    store.create_task(&t).await.unwrap();
+    let mut a = attempt(&t.id, 1);
+    a.output_tokens = u64::MAX;
+    let err = store.add_attempt(&a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    assert!(store.attempts(&t.id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn duplicates_and_orphans_are_refused() {
+    let store = memory().await;
+    let t = Task::new("a", json!(1));
+    store.create_task(&t).await.unwrap();
+    let err = store.create_task(&t).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
+
+    store.add_attempt(&attempt(&t.id, 1)).await.unwrap();
+    let err = store.add_attempt(&attempt(&t.id, 1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
+
+    let err = store.add_attempt(&attempt("ghost", 1)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { id } if id == "ghost"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn update_is_compare_and_set() {
+    let store = memory().await;
+    let mut t = Task::new("a", json!("in"));
+    store.create_task(&t).await.unwrap();
+
+    t.state = TaskState::Running;
+    t.started_at = Some(5);
+    store.update_task(&t, TaskState::Queued).await.unwrap();
+
+    // A second writer that still believes the task is queued loses.
+    let mut stale = t.clone();
+    stale.state = TaskState::Cancelled;
+    stale.reason = Some(FailReason::Cancelled);
+    let err = store
+        .update_task(&stale, TaskState::Queued)
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::Conflict {
+            id,
+            expected,
+            found,
+        } => {
+            assert_eq!(id, &t.id);
+            assert_eq!(*expected, TaskState::Queued);
+            assert_eq!(*found, TaskState::Running);
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert!(err.to_string().contains("running"), "{err}");
+    assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t.clone()));
+
+    // Same-state updates are how counters move while running.
+    t.input_tokens = 10;
+    t.attempts = 1;
+    store.update_task(&t, TaskState::Running).await.unwrap();
+
+    t.state = TaskState::Succeeded;
+    t.output = Some("done".into());
+    t.finished_at = Some(9);
+    store.update_task(&t, TaskState::Running).await.unwrap();
+    assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t.clone()));
+
+    let ghost = Task::new("a", json!(1));
+    let err = store
+        .update_task(&ghost, TaskState::Queued)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_before_writing() {
+    let store = memory().await;
+    let mut t = Task::new("a", json!(1));
+    t.state = TaskState::Succeeded;
+    store.create_task(&t).await.unwrap();
+
+    let mut back = t.clone();
+    back.state = TaskState::Running;
+    let err = store
+        .update_task(&back, TaskState::Succeeded)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::IllegalTransition {
+                from: TaskState::Succeeded,
+                to: TaskState::Running,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let q = Task::new("a", json!(1));
+    store.create_task(&q).await.unwrap();
+    let mut skip = q.clone();
+    skip.state = TaskState::Succeeded;
+    let err = store
+        .update_task(&skip, TaskState::Queued)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IllegalTransition { .. }), "{err}");
+    assert_eq!(store.get_task(&q.id).await.unwrap(), Some(q));
+
+    // Every transition the state machine allows goes through.
+    for from in TaskState::ALL {
+        for to in TaskState::ALL.into_iter().filter(|to| from.can_become(*to)) {
+            let mut t = Task::new("a", json!(1));
+            t.state = from;
+            store.create_task(&t).await.unwrap();
+            t.state = to;
+            store.update_task(&t, from).await.unwrap();
+        }
+    }
+}
+
+/// 250 tasks spread over agents, parents, subjects, states and times, with
+/// some creation times shared so that the id has to break ties.
+async fn seeded() -> (Arc<dyn Store>, Vec<Task>) {
+    let store = memory().await;
+    let parents = [new_task_id(), new_task_id()];
+    let mut all = Vec::new();
+    for i in 0..250u32 {
+        let mut t = Task::new(
+            ["alpha", "beta", "gamma"][i as usize % 3],
+            json!({ "i": i }),
+        );
+        t.created_at = 1_000_000 + i64::from(i / 4) * 1000;
+        t.state = TaskState::ALL[i as usize % 5];
+        t.parent_id = (i % 7 < 2).then(|| parents[i as usize % 2].clone());
+        t.subject = match i % 4 {
+            0 => None,
+            1 => Some("alice".into()),
+            _ => Some("bob".into()),
+        };
+        store.create_task(&t).await.unwrap();
+        all.push(t);
+    }
+    (store, all)
+}
+
+/// Pages through `filter` with limit 100 and checks the result is exactly the
+/// matching tasks, newest first, each once.
+async fn check_paging(
+    store: &dyn Store,
+    all: &[Task],
+    filter: &TaskFilter,
+    keep: impl Fn(&Task) -> bool,
+) {
+    let mut want: Vec<&Task> = all.iter().filter(|t| keep(t)).collect();
+    want.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_tasks(filter, cursor.as_deref(), 100)
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.tasks.len() <= 100);
+        got.extend(page.tasks);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    let got_ids: Vec<&str> = got.iter().map(|t| t.id.as_str()).collect();
+    let want_ids: Vec<&str> = want.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got_ids, want_ids, "filter {filter:?}");
+    assert_eq!(
+        got_ids.iter().collect::<HashSet<_>>().len(),
+        got_ids.len(),
+        "a task repeated"
+    );
+    assert_eq!(pages, want.len().div_ceil(100).max(1), "filter {filter:?}");
+}
+
+#[tokio::test]
+async fn paging_yields_every_task_once_for_every_filter() {
+    let (store, all) = seeded().await;
+    let store = &*store;
+    let parent = all.iter().find_map(|t| t.parent_id.clone()).unwrap();
+
+    check_paging(store, &all, &TaskFilter::default(), |_| true).await;
+    let f = TaskFilter {
+        states: vec![TaskState::Queued, TaskState::Failed],
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| {
+        matches!(t.state, TaskState::Queued | TaskState::Failed)
+    })
+    .await;
+    let f = TaskFilter {
+        agent: Some("beta".into()),
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| t.agent == "beta").await;
+    let f = TaskFilter {
+        parent_id: Some(parent.clone()),
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| t.parent_id.as_ref() == Some(&parent)).await;
+    let f = TaskFilter {
+        subject: Some("bob".into()),
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| t.subject.as_deref() == Some("bob")).await;
+    let (since, until) = (1_010_000, 1_050_000);
+    let f = TaskFilter {
+        since: Some(since),
+        until: Some(until),
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| {
+        t.created_at >= since && t.created_at < until
+    })
+    .await;
+    let f = TaskFilter {
+        since: Some(since),
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| t.created_at >= since).await;
+
+    // Everything at once.
+    let f = TaskFilter {
+        states: vec![
+            TaskState::Running,
+            TaskState::Succeeded,
+            TaskState::Cancelled,
+        ],
+        agent: Some("alpha".into()),
+        subject: Some("bob".into()),
+        until: Some(1_060_000),
+        ..Default::default()
+    };
+    check_paging(store, &all, &f, |t| {
+        !matches!(t.state, TaskState::Queued | TaskState::Failed)
+            && t.agent == "alpha"
+            && t.subject.as_deref() == Some("bob")
+            && t.created_at < 1_060_000
+    })
+    .await;
+
+    // Nothing matches: one empty page.
+    let f = TaskFilter {
+        agent: Some("nobody".into()),
+        ..Default::default()
+    };
+    let page = store.list_tasks(&f, None, 100).await.unwrap();
+    assert!(page.tasks.is_empty() && page.next_cursor.is_none());
+
+    // Limits are clamped rather than refused.
+    let page = store
+        .list_tasks(&TaskFilter::default(), None, 0)
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 1);
+    let page = store
+        .list_tasks(&TaskFilter::default(), None, u32::MAX)
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 250);
+    assert!(page.next_cursor.is_none());
+}
+
+#[tokio::test]
+async fn tasks_created_while_paging_do_not_shift_pages() {
+    let (store, all) = seeded().await;
+    let first = store
+        .list_tasks(&TaskFilter::default(), None, 100)
+        .await
+        .unwrap();
+    let newer = Task::new("alpha", json!("late"));
+    store.create_task(&newer).await.unwrap();
+    let second = store
+        .list_tasks(&TaskFilter::default(), first.next_cursor.as_deref(), 100)
+        .await
+        .unwrap();
+    let seen: HashSet<_> = first
+        .tasks
+        .iter()
+        .chain(&second.tasks)
+        .map(|t| &t.id)
+        .collect();
+    assert_eq!(seen.len(), 200);
+    assert!(!seen.contains(&newer.id));
+    assert!(all.len() == 250);
+}
+
+#[tokio::test]
+async fn a_bad_cursor_is_refused_with_advice() {
+    let store = memory().await;
+    let f = TaskFilter::default();
+    for bad in [
+        "",
+        "garbage",
+        "zz",
+        "+f+f",
+        "abc",
+        &cursor::encode(5, "x")[2..],
+        // Well-formed hex, wrong content.
+        "41",
+        "3a6964",
+        "31323a",
+        "ff",
+    ] {
+        let err = store.list_tasks(&f, Some(bad), 10).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadCursor { .. }), "{bad}: {err}");
+        assert!(err.to_string().contains("next_cursor"), "{err}");
+    }
+    let (millis, id) = cursor::decode(&cursor::encode(-42, "01h:x")).unwrap();
+    assert_eq!((millis, id.as_str()), (-42, "01h:x"));
+}
+
+#[tokio::test]
+async fn attempts_come_back_in_seq_order() {
+    let store = memory().await;
+    let t = Task::new("a", json!(1));
+    store.create_task(&t).await.unwrap();
+    for seq in [3, 1, 10, 2] {
+        store.add_attempt(&attempt(&t.id, seq)).await.unwrap();
+    }
+    let seqs: Vec<u32> = store
+        .attempts(&t.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 10]);
+}
+
+#[tokio::test]
+async fn usage_sums_by_agent_kind_and_model() {
+    let store = memory().await;
+    let mut writer = Task::new("writer", json!(1));
+    writer.subject = Some("alice".into());
+    let mut coder = Task::new("coder", json!(2));
+    coder.subject = Some("bob".into());
+    store.create_task(&writer).await.unwrap();
+    store.create_task(&coder).await.unwrap();
+
+    let call = |task: &Task, seq, kind, agent: &str, model: &str, at, ok, cost| Attempt {
+        task_id: task.id.clone(),
+        seq,
+        kind,
+        agent: agent.to_string(),
+        provider: "or".to_string(),
+        model: model.to_string(),
+        started_at: at,
+        latency_ms: 1,
+        ok,
+        http_status: (!ok).then_some(500),
+        error: None,
+        input_tokens: 10 * u64::from(seq),
+        output_tokens: u64::from(seq),
+        cost_usd: cost,
+        cost_source: CostSource::Reported,
+        verdict: None,
+        revision_message: None,
+    };
+    use AttemptKind::*;
+    for a in [
+        call(&writer, 1, Primary, "writer", "m1", 100, false, 0.0),
+        call(&writer, 2, Primary, "writer", "m1", 200, true, 0.25),
+        call(&writer, 3, Audit, "auditor", "m2", 300, true, 0.5),
+        call(&writer, 4, Primary, "writer", "m3", 400, true, 1.0),
+        call(&coder, 1, Routing, "router", "m2", 150, true, 0.125),
+        call(&coder, 2, Primary, "coder", "m1", 250, true, 2.0),
+        call(&coder, 3, Escalation, "coder", "m4", 350, false, 0.0),
+    ] {
+        store.add_attempt(&a).await.unwrap();
+    }
+
+    let row = |task_agent: &str, agent: &str, kind, model: &str, calls, failed, inp, out, cost| {
+        UsageRow {
+            task_agent: task_agent.to_string(),
+            agent: agent.to_string(),
+            kind,
+            provider: "or".to_string(),
+            model: model.to_string(),
+            calls,
+            failed_calls: failed,
+            input_tokens: inp,
+            output_tokens: out,
+            cost_usd: cost,
+        }
+    };
+
+    // Sorted by the key columns; kinds sort by their stable names.
+    let all = store.usage(&UsageQuery::default()).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            row("coder", "coder", Escalation, "m4", 1, 1, 30, 3, 0.0),
+            row("coder", "coder", Primary, "m1", 1, 0, 20, 2, 2.0),
+            row("coder", "router", Routing, "m2", 1, 0, 10, 1, 0.125),
+            row("writer", "auditor", Audit, "m2", 1, 0, 30, 3, 0.5),
+            row("writer", "writer", Primary, "m1", 2, 1, 30, 3, 0.25),
+            row("writer", "writer", Primary, "m3", 1, 0, 40, 4, 1.0),
+        ]
+    );
+
+    // A window on the attempt's start: [200, 350).
+    let window = store
+        .usage(&UsageQuery {
+            since: Some(200),
+            until: Some(350),
+            subject: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        window,
+        vec![
+            row("coder", "coder", Primary, "m1", 1, 0, 20, 2, 2.0),
+            row("writer", "auditor", Audit, "m2", 1, 0, 30, 3, 0.5),
+            row("writer", "writer", Primary, "m1", 1, 0, 20, 2, 0.25),
+        ]
+    );
+
+    let alice = store
+        .usage(&UsageQuery {
+            since: None,
+            until: Some(301),
+            subject: Some("alice".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alice,
+        vec![
+            row("writer", "auditor", Audit, "m2", 1, 0, 30, 3, 0.5),
+            row("writer", "writer", Primary, "m1", 2, 1, 30, 3, 0.25),
+        ]
+    );
+
+    let nobody = store
+        .usage(&UsageQuery {
+            subject: Some("carol".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(nobody.is_empty());
+}
+
+#[tokio::test]
+async fn tasks_in_state_are_oldest_first() {
+    let (store, all) = seeded().await;
+    for state in TaskState::ALL {
+        let mut want: Vec<&Task> = all.iter().filter(|t| t.state == state).collect();
+        want.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let got = store.tasks_in_state(state).await.unwrap();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "{state}");
+    }
+    let counts = store.counts_by_state().await.unwrap();
+    assert_eq!(
+        counts,
+        TaskState::ALL.iter().map(|s| (*s, 50)).collect::<Vec<_>>()
+    );
+    let empty = memory().await;
+    assert!(
+        empty
+            .tasks_in_state(TaskState::Running)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        empty
+            .counts_by_state()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, n)| *n == 0)
+    );
+}
+
+#[tokio::test]
+async fn a_file_database_keeps_its_data_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    // The folder does not exist yet: open creates it.
+    let path = dir.path().join("nested/deeper/dispatch.db");
+    let path = path.to_str().unwrap();
+
+    let mut t = full_task();
+    t.state = TaskState::Running;
+    t.reason = None;
+    {
+        let store = SqliteStore::open(path).await.unwrap();
+        store.create_task(&t).await.unwrap();
+        store.add_attempt(&attempt(&t.id, 1)).await.unwrap();
+        store.close().await.unwrap();
+    }
+    {
+        // A URL to the same file; migrations already applied are skipped.
+        let store = SqliteStore::open(&format!("sqlite://{path}"))
+            .await
+            .unwrap();
+        assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t.clone()));
+        assert_eq!(
+            store.tasks_in_state(TaskState::Running).await.unwrap(),
+            vec![t.clone()]
+        );
+        t.state = TaskState::Queued;
+        t.requeues += 1;
+        store.update_task(&t, TaskState::Running).await.unwrap();
+        // Dropped without close, as in a crash: committed writes are in the WAL.
+    }
+    let store = SqliteStore::open(&format!("sqlite:{path}")).await.unwrap();
+    assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t.clone()));
+    assert_eq!(
+        store.attempts(&t.id).await.unwrap(),
+        vec![attempt(&t.id, 1)]
+    );
+    store.close().await.unwrap();
+    let err = store.get_task(&t.id).await.unwrap_err();
+    assert!(err.to_string().starts_with("cannot read task"), "{err}");
+}
+
+#[tokio::test]
+async fn open_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "not a folder").unwrap();
+
+    // A folder path that runs through a file.
+    let under_file = file.join("db.sqlite");
+    let err = SqliteStore::open(under_file.to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("cannot open database at"),
+        "{err}"
+    );
+
+    // A file that is not a database.
+    let err = SqliteStore::open(file.to_str().unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("not a dispatch database"), "{err}");
+
+    // A folder.
+    let err = SqliteStore::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("folder"), "{err}");
+
+    let err = SqliteStore::open("sqlite://x.db?mode=bogus")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_errors_not_panics() {
+    let sqlite = SqliteStore::open_in_memory().await.unwrap();
+    let good = Task::new("a", json!(1));
+    let store: &dyn Store = &sqlite;
+    store.create_task(&good).await.unwrap();
+
+    let raw = |sql: &'static str| {
+        let pool = sqlite.raw_pool().clone();
+        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+    };
+    raw("INSERT INTO tasks (id, agent, state, input, depth, created_at, attempts, input_tokens, \
+         output_tokens, cost_usd, requeues) VALUES ('bad-state', 'a', 'done', '1', 0, 5, 0, 0, 0, 0, 0)")
+    .await;
+    let err = store.get_task("bad-state").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("done"), "{err}");
+    assert!(err.to_string().contains("bad-state"), "{err}");
+    let err = store
+        .list_tasks(&TaskFilter::default(), None, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let err = store.counts_by_state().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    // A CAS against a corrupt row says so rather than claiming a conflict.
+    let mut bad = good.clone();
+    bad.id = "bad-state".into();
+    let err = store
+        .update_task(&bad, TaskState::Queued)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+    raw(
+        "INSERT INTO tasks (id, agent, state, input, depth, created_at, attempts, input_tokens, \
+         output_tokens, cost_usd, requeues, reason, routing) VALUES \
+         ('bad-json', 'a', 'queued', '{nope', 0, 5, 0, 0, 0, 0, 0, NULL, NULL), \
+         ('bad-reason', 'a', 'queued', '1', 0, 5, 0, 0, 0, 0, 0, 'gremlins', NULL), \
+         ('bad-depth', 'a', 'queued', '1', -3, 5, 0, 0, 0, 0, 0, NULL, NULL), \
+         ('bad-routing', 'a', 'queued', '1', 0, 5, 0, 0, 0, 0, 0, NULL, '[')",
+    )
+    .await;
+    for id in ["bad-json", "bad-reason", "bad-depth", "bad-routing"] {
+        let err = store.get_task(id).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{id}: {err}");
+    }
+    let err = store.tasks_in_state(TaskState::Queued).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+    raw("INSERT INTO attempts (task_id, seq, kind, agent, provider, model, started_at, latency_ms, \
+         ok, input_tokens, output_tokens, cost_usd, cost_source) VALUES \
+         ((SELECT id FROM tasks WHERE agent = 'a' AND state = 'queued' AND input = '1' AND depth = 0 \
+         AND id NOT LIKE 'bad-%'), 1, 'vibes', 'a', 'p', 'm', 1, 1, 1, 0, 0, 0, 'reported')")
+    .await;
+    let err = store.attempts(&good.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let err = store.usage(&UsageQuery::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+    // The good row is still readable.
+    assert_eq!(store.get_task(&good.id).await.unwrap(), Some(good));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_do_not_meet_locked_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path.to_str().unwrap()).await.unwrap());
+
+    let per_writer = 25;
+    let mut handles = Vec::new();
+    for w in 0..32 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let mut t = Task::new(&format!("agent{}", w % 3), json!({ "w": w, "i": i }));
+                store.create_task(&t).await?;
+                t.state = TaskState::Running;
+                store.update_task(&t, TaskState::Queued).await?;
+                store.add_attempt(&attempt(&t.id, 1)).await?;
+                // Readers run alongside the writers.
+                store.get_task(&t.id).await?;
+                store.list_tasks(&TaskFilter::default(), None, 20).await?;
+                t.state = TaskState::Succeeded;
+                store.update_task(&t, TaskState::Running).await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let counts = store.counts_by_state().await.unwrap();
+    assert!(
+        counts.contains(&(TaskState::Succeeded, 32 * per_writer)),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_updates_on_one_task_have_one_winner() {
+    let store = memory().await;
+    let t = Task::new("a", json!(1));
+    store.create_task(&t).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        let mut t = t.clone();
+        handles.push(tokio::spawn(async move {
+            t.state = if i % 2 == 0 {
+                TaskState::Running
+            } else {
+                TaskState::Cancelled
+            };
+            store.update_task(&t, TaskState::Queued).await
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_write_does_not_sink_its_group() {
+    let sqlite = SqliteStore::open_in_memory().await.unwrap();
+    // A failure that is neither a duplicate nor an orphan, so the writer
+    // cannot tell whether the transaction survived it.
+    sqlx::query(
+        "CREATE TRIGGER explode BEFORE INSERT ON tasks WHEN NEW.agent = 'explode' \
+         BEGIN SELECT RAISE(ABORT, 'boom'); END",
+    )
+    .execute(sqlite.raw_pool())
+    .await
+    .unwrap();
+    // Holding the in-memory store's one connection makes the writes pile up
+    // into groups.
+    let held = sqlite.raw_pool().acquire().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let t = Task::new(if i % 10 == 3 { "explode" } else { "fine" }, json!(i));
+            let result = store.create_task(&t).await;
+            (t, result)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(held);
+    for h in handles {
+        let (t, result) = h.await.unwrap();
+        if t.agent == "explode" {
+            let err = result.unwrap_err();
+            assert!(matches!(err, StoreError::Database(_)), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("cannot create task {}", t.id)),
+                "{text}"
+            );
+            assert!(text.contains("boom"), "{text}");
+            assert_eq!(store.get_task(&t.id).await.unwrap(), None);
+        } else {
+            result.unwrap();
+            assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_writes() {
+    let store = memory().await;
+    let t = Task::new("a", json!(1));
+    store.create_task(&t).await.unwrap();
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    let err = store
+        .create_task(&Task::new("a", json!(2)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("closed"), "{err}");
+    let err = store.add_attempt(&attempt(&t.id, 1)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot record attempt 1 of task {}", t.id)),
+        "{err}"
+    );
+}
