@@ -177,6 +177,7 @@ impl App {
             if resumed + failed > 0 {
                 tracing::info!(resumed, failed, "recovered unfinished tasks");
             }
+            engine.spawn_recovery_sweep(Duration::from_secs(15));
         }
         Ok(engine)
     }

@@ -239,6 +239,9 @@ pub struct Task {
     pub routing: Option<serde_json::Value>,
     /// Times the task was re-queued after a crash.
     pub requeues: u32,
+    /// The server process driving it while queued or running
+    /// (`host:pid:start-ms`); recovery only takes over tasks whose owner is gone.
+    pub owner: Option<String>,
 }
 
 impl Task {
@@ -266,6 +269,7 @@ impl Task {
             kb_path: None,
             routing: None,
             requeues: 0,
+            owner: None,
         }
     }
 }

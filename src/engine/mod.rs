@@ -10,6 +10,7 @@
 
 mod input;
 mod outbox;
+mod owner;
 mod report;
 mod router;
 mod run;
@@ -281,9 +282,10 @@ impl Engine {
         let mut resumed = 0;
         let mut failed = 0;
         for mut task in self.store.tasks_in_state(TaskState::Running).await? {
-            if self.live_handle(&task.id).is_some() {
+            if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
                 continue;
             }
+            task.owner = Some(owner::this_process().to_string());
             if task.requeues < self.cfg.max_requeues {
                 task.state = TaskState::Queued;
                 task.requeues += 1;
@@ -305,13 +307,41 @@ impl Engine {
                 failed += 1;
             }
         }
-        for task in self.store.tasks_in_state(TaskState::Queued).await? {
-            if self.live_handle(&task.id).is_none() {
-                self.spawn_driver(task);
-                resumed += 1;
+        for mut task in self.store.tasks_in_state(TaskState::Queued).await? {
+            if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
+                continue;
+            }
+            // Claim it first (compare-and-set), so two recovering servers cannot both drive it.
+            task.owner = Some(owner::this_process().to_string());
+            match self.store.update_task(&task, TaskState::Queued).await {
+                Ok(()) => {
+                    self.spawn_driver(task);
+                    resumed += 1;
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok((resumed, failed))
+    }
+
+    /// Recover now and then every `every`, for as long as the engine lives: a
+    /// one-shot CLI run that was killed leaves tasks only a server can finish.
+    pub fn spawn_recovery_sweep(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(engine) = weak.upgrade() else { return };
+                if let Err(e) = engine.recover().await {
+                    tracing::warn!(error = %e, "recovery sweep failed");
+                }
+            }
+        });
     }
 
     /// Resolve an agent name against the current registry.
@@ -351,6 +381,7 @@ impl Engine {
             });
         }
         let mut task = Task::new(&req.agent, req.input);
+        task.owner = Some(owner::this_process().to_string());
         task.parent_id = req.parent_id;
         task.depth = depth;
         task.subject = req.subject;

@@ -40,7 +40,7 @@ macro_rules! task_columns {
     () => {
         "id, agent, state, input, parent_id, depth, subject, created_at, started_at, \
          finished_at, model, attempts, input_tokens, output_tokens, cost_usd, output, reason, \
-         error, kb_path, routing, requeues"
+         error, kb_path, routing, requeues, owner"
     };
 }
 
@@ -561,6 +561,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
         kb_path: get(row, "kb_path", w)?,
         routing: routing.map(|r| json(&r, "routing", w)).transpose()?,
         requeues: unsigned(get(row, "requeues", w)?, "requeues", w)?,
+        owner: get(row, "owner", w)?,
         id,
     })
 }

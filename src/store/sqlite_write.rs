@@ -32,15 +32,15 @@ const QUEUE: usize = 4096;
 
 const INSERT_TASK: &str = "INSERT INTO tasks (id, agent, state, input, parent_id, depth, subject, \
      created_at, started_at, finished_at, model, attempts, input_tokens, output_tokens, cost_usd, \
-     output, reason, error, kb_path, routing, requeues) \
+     output, reason, error, kb_path, routing, requeues, owner) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-     ?20, ?21)";
+     ?20, ?21, ?22)";
 
 const UPDATE_TASK: &str = "UPDATE tasks SET agent = ?2, state = ?3, input = ?4, parent_id = ?5, \
      depth = ?6, subject = ?7, created_at = ?8, started_at = ?9, finished_at = ?10, model = ?11, \
      attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, output = ?16, \
-     reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21 \
-     WHERE id = ?1 AND state = ?22";
+     reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, owner = ?22 \
+     WHERE id = ?1 AND state = ?23";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, provider, model, \
      started_at, latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, \
@@ -339,6 +339,7 @@ pub(super) struct TaskRow {
     kb_path: Option<String>,
     routing: Option<String>,
     requeues: i64,
+    owner: Option<String>,
 }
 
 impl TaskRow {
@@ -370,6 +371,7 @@ impl TaskRow {
                 .map(|r| to_json(r, "routing", &what))
                 .transpose()?,
             requeues: i64::from(t.requeues),
+            owner: t.owner.clone(),
         })
     }
 }
@@ -424,7 +426,7 @@ impl AttemptRow {
     }
 }
 
-/// Binds `?1..?21` of [`INSERT_TASK`] and [`UPDATE_TASK`].
+/// Binds `?1..?22` of [`INSERT_TASK`] and [`UPDATE_TASK`].
 fn bind_task<'q>(
     q: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
     t: &TaskRow,
@@ -450,6 +452,7 @@ fn bind_task<'q>(
         .bind(t.kb_path.as_deref())
         .bind(t.routing.as_deref())
         .bind(t.requeues)
+        .bind(t.owner.as_deref())
 }
 
 /// Formats lazily: messages are built only when something is refused.

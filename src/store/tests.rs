@@ -36,6 +36,7 @@ fn full_task() -> Task {
         kb_path: Some("outbox/2024/ünïcode.md".to_string()),
         routing: Some(json!({"chosen": "writer", "scores": {"writer": 0.9}})),
         requeues: 7,
+        owner: Some("host:1:2".into()),
     }
 }
 
