@@ -153,6 +153,7 @@ impl App {
                 classifier: c.router.classifier.clone(),
             },
             baseline,
+            audit_seed: c.audit.seed,
         })
     }
 

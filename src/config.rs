@@ -108,6 +108,17 @@ pub struct Config {
     /// Crash recovery.
     #[serde(default)]
     pub recovery: RecoverySection,
+    /// Mirror audits.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Seed for sampling which answers are audited (reproducible runs); random if unset.
+    pub seed: Option<u64>,
 }
 
 /// `[limits]`

@@ -242,6 +242,8 @@ pub struct Task {
     /// The server process driving it while queued or running
     /// (`host:pid:start-ms`); recovery only takes over tasks whose owner is gone.
     pub owner: Option<String>,
+    /// The audit decision and the verdict of each round (JSON), for agents with a mirror.
+    pub audit: Option<serde_json::Value>,
 }
 
 impl Task {
@@ -270,6 +272,7 @@ impl Task {
             routing: None,
             requeues: 0,
             owner: None,
+            audit: None,
         }
     }
 }
@@ -386,6 +389,8 @@ pub struct Attempt {
     pub verdict: Option<serde_json::Value>,
     /// The message sent to ask for a revision, for revision attempts.
     pub revision_message: Option<String>,
+    /// What the model answered (primary, escalation and audit calls that succeeded).
+    pub output: Option<String>,
 }
 
 #[cfg(test)]

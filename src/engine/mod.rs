@@ -8,6 +8,7 @@
 //! marks a task `failed` if its driver dies, so no path leaves a task
 //! `running` in the store while nothing runs it.
 
+mod audit;
 mod input;
 mod outbox;
 mod owner;
@@ -24,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use audit::{AuditTrail, Decision, Issue, Report, Round, Verdict};
 pub use input::render_input;
 pub use outbox::rfc3339;
 pub use report::{UsageReport, UsageReportRow};
@@ -58,6 +60,8 @@ pub struct EngineConfig {
     pub router: RouterConfig,
     /// The model `usage_report` compares costs against.
     pub baseline: Option<ModelRef>,
+    /// Seed for audit sampling (reproducible runs); random when `None`.
+    pub audit_seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             default_timeout: crate::provider::DEFAULT_REQUEST_TIMEOUT,
             router: RouterConfig::default(),
             baseline: None,
+            audit_seed: None,
         }
     }
 }
@@ -206,6 +211,7 @@ pub struct Engine {
     waiting: AtomicUsize,
     live: Mutex<HashMap<TaskId, Arc<Live>>>,
     shutdown: CancellationToken,
+    sampler: audit::Sampler,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,6 +248,7 @@ impl Engine {
         kb: Kb,
         cfg: EngineConfig,
     ) -> Arc<Engine> {
+        let cfg_seed = cfg.audit_seed;
         Arc::new(Engine {
             global: Arc::new(Semaphore::new(cfg.global_limit.max(1))),
             store,
@@ -253,6 +260,7 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            sampler: audit::Sampler::new(cfg_seed),
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Engine;
+use super::audit::AuditTrail;
 use crate::kb::WriteMode;
 use crate::task::{Attempt, Millis, Task, TaskState};
 
@@ -31,6 +32,10 @@ struct Header<'a> {
     duration_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_task: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audited: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    verdicts: Vec<String>,
     calls: Vec<Call>,
 }
 
@@ -61,6 +66,10 @@ pub fn path_for(task: &Task) -> String {
 
 /// Render the outbox document.
 pub fn render(task: &Task, attempts: &[Attempt]) -> String {
+    let trail: Option<AuditTrail> = task
+        .audit
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
     let header = Header {
         task: &task.id,
         agent: &task.agent,
@@ -83,6 +92,16 @@ pub fn render(task: &Task, attempts: &[Attempt]) -> String {
             _ => None,
         },
         parent_task: task.parent_id.as_deref(),
+        audited: trail.as_ref().map(|t| t.decision.audited),
+        verdicts: trail
+            .as_ref()
+            .map(|t| {
+                t.rounds
+                    .iter()
+                    .map(|r| r.verdict.as_str().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
         calls: attempts
             .iter()
             .map(|a| Call {
@@ -106,8 +125,48 @@ pub fn render(task: &Task, attempts: &[Attempt]) -> String {
     doc.push_str("## Input\n\n");
     doc.push_str(&super::render_input(&task.input));
     doc.push_str("\n\n## Output\n\n");
+    if task.state == TaskState::Failed && task.output.is_some() {
+        doc.push_str("> This output was **not accepted** (");
+        doc.push_str(task.reason.map_or("failed", |r| r.as_str()));
+        doc.push_str("); it is kept for reference.\n\n");
+    }
     doc.push_str(task.output.as_deref().unwrap_or("(none)"));
     doc.push('\n');
+    if let Some(t) = &trail {
+        doc.push_str(&format!(
+            "\n## Audit trail\n\nAuditor: `{}`. {}.\n",
+            t.mirror, t.decision.reason
+        ));
+        if !t.rounds.is_empty() {
+            doc.push_str(
+                "\n| answer | model | verdict | confidence | feedback |\n|---|---|---|---|---|\n",
+            );
+            for r in &t.rounds {
+                doc.push_str(&format!(
+                    "| {}{} | {} | {} | {} | {} |\n",
+                    r.attempt,
+                    if r.escalation { " (escalation)" } else { "" },
+                    r.model,
+                    r.verdict.as_str(),
+                    r.confidence
+                        .map(|c| format!("{c:.2}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.feedback.replace('|', "\\|").replace('\n', " ")
+                ));
+            }
+        }
+        let revisions: Vec<&Attempt> = attempts
+            .iter()
+            .filter(|a| a.ok && a.revision_message.is_some())
+            .collect();
+        for a in revisions {
+            doc.push_str(&format!(
+                "\n### Revision request (call {})\n\n{}\n",
+                a.seq,
+                a.revision_message.as_deref().unwrap_or("")
+            ));
+        }
+    }
     doc
 }
 

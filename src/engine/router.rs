@@ -189,6 +189,7 @@ pub(super) async fn route(
                 cost_source: log.cost_source,
                 verdict: None,
                 revision_message: None,
+                output: None,
             })
             .collect();
         match result {

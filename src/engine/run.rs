@@ -5,10 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::audit::{
+    AuditTrail, Report, Round, Verdict, audit_message, parse_report, repair_message,
+    revision_message,
+};
 use super::{Engine, EngineError, Live, TaskEvent, input, outbox};
-use crate::agent::Agent;
+use crate::agent::{Agent, ModelRef};
 use crate::provider::{
     AttemptLog, ChainErrorKind, ChatRequest, Message, ProgressFn, estimate_request_tokens,
 };
@@ -23,9 +27,22 @@ enum Outcome {
     Failed {
         reason: FailReason,
         error: String,
+        /// The last answer, kept (marked as not accepted) when an audit rejected it.
         output: Option<String>,
+        model: Option<String>,
     },
     Cancelled,
+}
+
+impl Outcome {
+    fn failed(reason: FailReason, error: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            reason,
+            error: error.into(),
+            output: None,
+            model: None,
+        }
+    }
 }
 
 /// Counters a run accumulates from its attempts (shared with the attempt
@@ -88,15 +105,28 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
     }
     publish(&live, TaskState::Running);
 
-    // 3. Run the agent, unless cancelled.
-    let prior = engine
-        .store
-        .attempts(&task.id)
-        .await
-        .map(|a| a.len() as u32)
-        .unwrap_or(0);
-    let tally = Arc::new(Tally::starting_at(prior));
-    let (tx, rx) = mpsc::unbounded_channel::<Attempt>();
+    // 3. Run the agent, unless cancelled. Attempts recorded before a crash
+    // stay; the audit loop resumes from them.
+    let prior = match engine.store.attempts(&task.id).await {
+        Ok(p) => p,
+        Err(e) => {
+            let outcome = Outcome::failed(
+                FailReason::Internal,
+                format!("cannot read earlier attempts: {e}"),
+            );
+            finish(&engine, &live, task, TaskState::Running, outcome).await;
+            return;
+        }
+    };
+    let tally = Arc::new(Tally::starting_at(
+        prior.iter().map(|a| a.seq).max().unwrap_or(0),
+    ));
+    let trail = Arc::new(Mutex::new(
+        task.audit
+            .clone()
+            .and_then(|v| serde_json::from_value::<AuditTrail>(v).ok()),
+    ));
+    let (tx, rx) = mpsc::unbounded_channel::<Record>();
     let writer = tokio::spawn(write_attempts(engine.clone(), rx, live.clone()));
     let outcome = {
         let ctx = RunCtx {
@@ -105,6 +135,8 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
             live: &live,
             tally: tally.clone(),
             attempts: tx,
+            prior,
+            trail: trail.clone(),
         };
         tokio::select! {
             biased;
@@ -116,6 +148,9 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
     // and the stored attempts agree before the final state is written.
     let _ = writer.await;
     tally.apply(&mut task);
+    if let Some(t) = trail.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        task.audit = serde_json::to_value(t).ok();
+    }
     finish(&engine, &live, task, TaskState::Running, outcome).await;
 }
 
@@ -138,12 +173,14 @@ async fn finish(
             reason,
             error,
             output,
+            model,
         } => {
             task.state = TaskState::Failed;
             task.reason = Some(reason);
             task.error = Some(error);
             if output.is_some() {
                 task.output = output;
+                task.model = model;
             }
         }
         Outcome::Cancelled => {
@@ -177,14 +214,22 @@ async fn finish(
     );
 }
 
+/// An attempt on its way to the store, with an acknowledgement for the
+/// callers that must not go on before it is durable.
+type Record = (Attempt, Option<oneshot::Sender<()>>);
+
 /// Persist attempts in order as they arrive, and tell subscribers.
 async fn write_attempts(
     engine: Arc<Engine>,
-    mut rx: mpsc::UnboundedReceiver<Attempt>,
+    mut rx: mpsc::UnboundedReceiver<Record>,
     live: Arc<Live>,
 ) {
-    while let Some(a) = rx.recv().await {
-        if let Err(e) = engine.store.add_attempt(&a).await {
+    while let Some((a, ack)) = rx.recv().await {
+        let stored = engine.store.add_attempt(&a).await;
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+        if let Err(e) = stored {
             tracing::error!(task = %a.task_id, seq = a.seq, error = %e, "cannot record an attempt");
         }
         let _ = live.events.send(TaskEvent::Attempt {
@@ -198,15 +243,39 @@ pub(super) struct RunCtx<'a> {
     pub task: &'a Task,
     pub live: &'a Arc<Live>,
     pub tally: Arc<Tally>,
-    pub attempts: mpsc::UnboundedSender<Attempt>,
+    pub attempts: mpsc::UnboundedSender<Record>,
+    /// Attempts recorded by an earlier run of this task (before a crash).
+    pub prior: Vec<Attempt>,
+    /// The audit decision and rounds, shared with the driver.
+    pub trail: Arc<Mutex<Option<AuditTrail>>>,
+}
+
+/// A provider chain call that answered, with its attempt held back until the
+/// caller has added what only it knows (the verdict).
+struct Answer {
+    text: String,
+    model: ModelRef,
+    attempt: Attempt,
+}
+
+/// One answer of the primary (or escalation) model.
+#[derive(Clone)]
+struct Draft {
+    text: String,
+    model: String,
+    escalation: bool,
 }
 
 impl RunCtx<'_> {
-    /// The callback that turns the provider layer's attempt logs into stored attempts.
+    /// The callback that turns the provider layer's attempt logs into stored
+    /// attempts. Failed calls are stored at once; the successful one is kept
+    /// in `pending` for the caller to complete.
     fn recorder(
         &self,
         kind: AttemptKind,
         agent: &str,
+        revision: Option<String>,
+        pending: Arc<Mutex<Option<Attempt>>>,
     ) -> impl Fn(AttemptLog) + Send + Sync + 'static {
         let tally = self.tally.clone();
         let tx = self.attempts.clone();
@@ -227,7 +296,7 @@ impl RunCtx<'_> {
                 (log.cost_usd.max(0.0) * 1e6).round() as u64,
                 Ordering::Relaxed,
             );
-            let _ = tx.send(Attempt {
+            let attempt = Attempt {
                 task_id: task_id.clone(),
                 seq,
                 kind,
@@ -244,8 +313,23 @@ impl RunCtx<'_> {
                 cost_usd: log.cost_usd,
                 cost_source: log.cost_source,
                 verdict: None,
-                revision_message: None,
-            });
+                revision_message: revision.clone(),
+                output: None,
+            };
+            if attempt.ok {
+                *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(attempt);
+            } else {
+                let _ = tx.send((attempt, None));
+            }
+        }
+    }
+
+    /// Store an answer or a verdict and wait until it is durable: the loop
+    /// acts on it next, and a crash must find it (resume depends on it).
+    async fn commit(&self, attempt: Attempt) {
+        let (ack, done) = oneshot::channel();
+        if self.attempts.send((attempt, Some(ack))).is_ok() {
+            let _ = done.await;
         }
     }
 
@@ -262,6 +346,76 @@ impl RunCtx<'_> {
                 let _ = events.send(TaskEvent::Streaming { chars: c.0 });
             }
         })
+    }
+
+    fn say(&self, model: &ModelRef, what: impl Into<String>) {
+        let _ = self.live.events.send(TaskEvent::Calling {
+            model: model.to_string(),
+            what: what.into(),
+        });
+    }
+
+    /// Call a model chain; the successful attempt comes back uncommitted.
+    async fn call(
+        &self,
+        kind: AttemptKind,
+        agent: &Agent,
+        chain: &[ModelRef],
+        req: &ChatRequest,
+        revision: Option<String>,
+    ) -> Result<Answer, crate::provider::ChainError> {
+        let pending = Arc::new(Mutex::new(None));
+        let record = self.recorder(kind, &agent.name, revision, pending.clone());
+        let progress = req.stream.then(|| self.progress());
+        let success = self
+            .engine
+            .providers
+            .call_chain(
+                chain,
+                req,
+                timeout_of(self.engine, agent),
+                progress,
+                &record,
+            )
+            .await?;
+        let attempt = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut attempt = attempt.unwrap_or_else(|| Attempt {
+            // The provider layer reports every call; this is a safety net.
+            task_id: self.task.id.clone(),
+            seq: self.tally.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            kind,
+            agent: agent.name.clone(),
+            provider: success.model.provider.clone(),
+            model: success.model.model.clone(),
+            started_at: now_millis(),
+            latency_ms: 0,
+            ok: true,
+            http_status: None,
+            error: None,
+            input_tokens: success.response.usage.input_tokens,
+            output_tokens: success.response.usage.output_tokens,
+            cost_usd: success.cost_usd,
+            cost_source: success.cost_source,
+            verdict: None,
+            revision_message: None,
+            output: None,
+        });
+        attempt.output = Some(success.response.text.clone());
+        Ok(Answer {
+            text: success.response.text,
+            model: success.model,
+            attempt,
+        })
+    }
+
+    /// Record the audit trail on the task now, so a crash cannot lose a decision.
+    async fn save_trail(&self, trail: &AuditTrail) {
+        *self.trail.lock().unwrap_or_else(|p| p.into_inner()) = Some(trail.clone());
+        let mut t = self.task.clone();
+        t.audit = serde_json::to_value(trail).ok();
+        if let Err(e) = self.engine.store.update_task(&t, TaskState::Running).await {
+            tracing::warn!(task = %t.id, error = %e, "cannot record the audit trail yet");
+        }
     }
 }
 
@@ -280,69 +434,345 @@ pub(super) fn request_for(agent: &Agent, input: &serde_json::Value) -> ChatReque
     }
 }
 
+fn chain_failure(e: &crate::provider::ChainError) -> FailReason {
+    match e.kind {
+        ChainErrorKind::Rejected => FailReason::Rejected,
+        ChainErrorKind::Timeout => FailReason::Timeout,
+        ChainErrorKind::Exhausted => FailReason::ProviderError,
+    }
+}
+
+/// Rebuild the loop's progress from attempts an earlier run recorded.
+fn resume(prior: &[Attempt]) -> (Vec<Draft>, Vec<Round>) {
+    let mut drafts = Vec::new();
+    let mut rounds = Vec::new();
+    for a in prior.iter().filter(|a| a.ok) {
+        match a.kind {
+            AttemptKind::Primary | AttemptKind::Escalation => {
+                if let Some(text) = &a.output {
+                    drafts.push(Draft {
+                        text: text.clone(),
+                        model: format!("{}/{}", a.provider, a.model),
+                        escalation: a.kind == AttemptKind::Escalation,
+                    });
+                }
+            }
+            AttemptKind::Audit | AttemptKind::AuditRepair => {
+                if let Some(r) = a
+                    .verdict
+                    .as_ref()
+                    .and_then(|v| serde_json::from_value::<Round>(v.clone()).ok())
+                {
+                    rounds.push(r);
+                }
+            }
+            AttemptKind::Routing => {}
+        }
+    }
+    (drafts, rounds)
+}
+
 async fn run_agent(ctx: &RunCtx<'_>) -> Outcome {
     let agent = match ctx.engine.agent(&ctx.task.agent) {
         Ok(a) => a,
-        Err(e) => {
-            return Outcome::Failed {
-                reason: FailReason::Invalid,
-                error: e.to_string(),
-                output: None,
-            };
-        }
+        Err(e) => return Outcome::failed(FailReason::Invalid, e.to_string()),
     };
     if agent.is_workflow() {
-        return Outcome::Failed {
-            reason: FailReason::Invalid,
-            error: format!(
+        return Outcome::failed(
+            FailReason::Invalid,
+            format!(
                 "`{}` is a workflow agent (it has `dag:`); workflows are not supported by this version yet",
                 agent.name
             ),
-            output: None,
-        };
+        );
     }
     if agent.models.is_empty() {
-        return Outcome::Failed {
-            reason: FailReason::Invalid,
-            error: format!(
+        return Outcome::failed(
+            FailReason::Invalid,
+            format!(
                 "agent `{}` has no model dispatch can call: add `model: provider/model-id` to {}",
                 agent.name,
                 agent.source.display()
             ),
-            output: None,
-        };
+        );
     }
-    let req = request_for(&agent, &ctx.task.input);
-    let _ = ctx.live.events.send(TaskEvent::Calling {
-        model: agent.models[0].to_string(),
-        what: "answering".into(),
-    });
-    let record = ctx.recorder(AttemptKind::Primary, &agent.name);
-    let result = ctx
-        .engine
-        .providers
-        .call_chain(
-            &agent.models,
-            &req,
-            timeout_of(ctx.engine, &agent),
-            Some(ctx.progress()),
-            &record,
-        )
-        .await;
-    match result {
-        Ok(success) => Outcome::Succeeded {
-            output: success.response.text,
-            model: success.model.to_string(),
+    let auditor = match &agent.mirror {
+        None => None,
+        Some(m) => match ctx.engine.agent(m) {
+            Ok(a) if !a.models.is_empty() => Some(a),
+            Ok(_) => {
+                return Outcome::failed(
+                    FailReason::Invalid,
+                    format!(
+                        "the auditor `{m}` of `{}` has no model dispatch can call",
+                        agent.name
+                    ),
+                );
+            }
+            Err(_) => {
+                return Outcome::failed(
+                    FailReason::Invalid,
+                    format!(
+                        "the auditor `{m}` of `{}` is not loaded: see agent_list",
+                        agent.name
+                    ),
+                );
+            }
         },
-        Err(e) => Outcome::Failed {
-            reason: match e.kind {
-                ChainErrorKind::Rejected => FailReason::Rejected,
-                ChainErrorKind::Timeout => FailReason::Timeout,
-                ChainErrorKind::Exhausted => FailReason::ProviderError,
-            },
-            error: e.message,
-            output: None,
+    };
+
+    // Whether this task is audited is decided once and recorded before any
+    // call, so a resumed task keeps its decision.
+    let mut trail = ctx.trail.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let (Some(auditor), None) = (&auditor, &trail) {
+        let decision = ctx.engine.sampler.decide(&agent.name, agent.audit.as_ref());
+        let t = AuditTrail {
+            mirror: auditor.name.clone(),
+            decision,
+            rounds: Vec::new(),
+            final_verdict: None,
+        };
+        ctx.save_trail(&t).await;
+        trail = Some(t);
+    }
+    let audited = trail.as_ref().is_some_and(|t| t.decision.audited);
+
+    let input_text = input::render_input(&ctx.task.input);
+    let (mut drafts, mut rounds) = resume(&ctx.prior);
+    let max_revisions = agent.max_retries;
+    let max_answers = 1 + max_revisions + u32::from(agent.escalate.is_some());
+    let rejected = |drafts: &[Draft], reason: FailReason, error: String| {
+        let last = drafts.last();
+        Outcome::Failed {
+            reason,
+            error,
+            output: last.map(|d| d.text.clone()),
+            model: last.map(|d| d.model.clone()),
+        }
+    };
+
+    loop {
+        // An answer waiting for judgement.
+        if drafts.len() > rounds.len() {
+            let Some(draft) = drafts.last().cloned() else {
+                return Outcome::failed(FailReason::Internal, "audit loop lost its answer");
+            };
+            let (Some(auditor), true) = (&auditor, audited) else {
+                return Outcome::Succeeded {
+                    output: draft.text,
+                    model: draft.model,
+                };
+            };
+            let n = drafts.len() as u32;
+            ctx.say(&auditor.models[0], "auditing");
+            let round = match audit(
+                ctx,
+                &agent,
+                auditor,
+                &input_text,
+                &draft,
+                n,
+                max_answers,
+                &rounds,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    return rejected(
+                        &drafts,
+                        FailReason::AuditError,
+                        format!("the auditor `{}` could not be reached: {e}", auditor.name),
+                    );
+                }
+            };
+            ctx.engine.sampler.observe(&agent.name, round.verdict);
+            rounds.push(round.clone());
+            if let Some(t) = trail.as_mut() {
+                t.rounds = rounds.clone();
+                t.final_verdict = match round.verdict {
+                    Verdict::NeedsRevision => None,
+                    v => Some(v),
+                };
+                ctx.save_trail(t).await;
+            }
+            match round.verdict {
+                Verdict::Pass => {
+                    return Outcome::Succeeded {
+                        output: draft.text,
+                        model: draft.model,
+                    };
+                }
+                Verdict::Fail => {
+                    return rejected(
+                        &drafts,
+                        FailReason::AuditFailed,
+                        format!(
+                            "the auditor `{}` failed the answer: {}",
+                            auditor.name, round.feedback
+                        ),
+                    );
+                }
+                Verdict::Error => {
+                    return rejected(&drafts, FailReason::AuditError, round.feedback.clone());
+                }
+                Verdict::NeedsRevision => {}
+            }
+        }
+
+        // Every answer so far is judged (or there is none yet): write the next one.
+        let base = request_for(&agent, &ctx.task.input);
+        let (kind, chain, req, revision) = match (drafts.last(), rounds.last()) {
+            (None, _) => {
+                ctx.say(&agent.models[0], "answering");
+                (AttemptKind::Primary, agent.models.clone(), base, None)
+            }
+            (Some(last), Some(round)) => {
+                let revisions_done = drafts.iter().filter(|d| !d.escalation).count() as u32 - 1;
+                let escalated = drafts.iter().any(|d| d.escalation);
+                let (kind, chain, message) = if escalated {
+                    return rejected(
+                        &drafts,
+                        FailReason::AuditRejected,
+                        format!(
+                            "the escalation model's answer was also rejected: {}",
+                            round.feedback
+                        ),
+                    );
+                } else if revisions_done < max_revisions {
+                    let k = revisions_done + 1;
+                    ctx.say(&agent.models[0], format!("revising {k}/{max_revisions}"));
+                    (
+                        AttemptKind::Primary,
+                        agent.models.clone(),
+                        revision_message(round, k, max_revisions),
+                    )
+                } else if let Some(esc) = &agent.escalate {
+                    ctx.say(esc, "escalating");
+                    let mut m = revision_message(round, max_revisions + 1, max_revisions + 1);
+                    m.push_str("\n\n(This is the last attempt, on a stronger model.)");
+                    (AttemptKind::Escalation, vec![esc.clone()], m)
+                } else {
+                    return rejected(
+                        &drafts,
+                        FailReason::AuditRejected,
+                        format!(
+                            "the auditor still asked for changes after {max_revisions} revision(s): {}",
+                            round.feedback
+                        ),
+                    );
+                };
+                let mut req = base;
+                req.messages.push(Message::assistant(last.text.clone()));
+                req.messages.push(Message::user(message.clone()));
+                (kind, chain, req, Some(message))
+            }
+            (Some(_), None) => {
+                // Unreachable by the loop's invariant (answers > rounds is handled above).
+                return Outcome::failed(
+                    FailReason::Internal,
+                    "audit loop lost track of its rounds",
+                );
+            }
+        };
+        match ctx.call(kind, &agent, &chain, &req, revision).await {
+            Ok(answer) => {
+                ctx.commit(answer.attempt).await;
+                drafts.push(Draft {
+                    text: answer.text,
+                    model: answer.model.to_string(),
+                    escalation: kind == AttemptKind::Escalation,
+                });
+            }
+            Err(e) if drafts.is_empty() => return Outcome::failed(chain_failure(&e), e.message),
+            Err(e) => {
+                return rejected(
+                    &drafts,
+                    chain_failure(&e),
+                    format!("the revision could not be written: {}", e.message),
+                );
+            }
+        }
+    }
+}
+
+/// One audit of one answer: the call, the strict parse, one repair request,
+/// and the verdict `error` if that fails too. Never a pass by default.
+#[allow(clippy::too_many_arguments)]
+async fn audit(
+    ctx: &RunCtx<'_>,
+    agent: &Agent,
+    auditor: &Agent,
+    input: &str,
+    draft: &Draft,
+    n: u32,
+    max_answers: u32,
+    earlier: &[Round],
+) -> Result<Round, crate::provider::ChainError> {
+    let message = audit_message(&agent.name, input, &draft.text, n, max_answers, earlier);
+    let mut req = ChatRequest {
+        system: auditor.system_prompt.clone(),
+        messages: vec![Message::user(message)],
+        temperature: auditor.temperature,
+        max_tokens: auditor.max_tokens,
+        stream: false,
+    };
+    let round_of = |report: Result<Report, String>| match report {
+        Ok(r) => Round {
+            attempt: n,
+            model: draft.model.clone(),
+            escalation: draft.escalation,
+            verdict: r.verdict,
+            feedback: r.feedback,
+            issues: r.issues,
+            confidence: r.confidence,
         },
+        Err(e) => Round {
+            attempt: n,
+            model: draft.model.clone(),
+            escalation: draft.escalation,
+            verdict: Verdict::Error,
+            feedback: format!("the auditor's answer could not be parsed twice: {e}"),
+            issues: Vec::new(),
+            confidence: None,
+        },
+    };
+    let first = ctx
+        .call(AttemptKind::Audit, auditor, &auditor.models, &req, None)
+        .await?;
+    match parse_report(&first.text) {
+        Ok(report) => {
+            let round = round_of(Ok(report));
+            let mut a = first.attempt;
+            a.verdict = serde_json::to_value(&round).ok();
+            ctx.commit(a).await;
+            Ok(round)
+        }
+        Err(error) => {
+            let mut a = first.attempt;
+            a.verdict = Some(serde_json::json!({"unparseable": error}));
+            ctx.commit(a).await;
+            ctx.say(
+                &auditor.models[0],
+                "asking the auditor to repair its verdict",
+            );
+            req.messages.push(Message::assistant(first.text));
+            req.messages.push(Message::user(repair_message(&error)));
+            let second = ctx
+                .call(
+                    AttemptKind::AuditRepair,
+                    auditor,
+                    &auditor.models,
+                    &req,
+                    None,
+                )
+                .await?;
+            let round = round_of(parse_report(&second.text));
+            let mut a = second.attempt;
+            a.verdict = serde_json::to_value(&round).ok();
+            ctx.commit(a).await;
+            Ok(round)
+        }
     }
 }
 

@@ -159,9 +159,12 @@ pub struct CallView {
     pub cost_usd: f64,
     /// reported, price_table or unknown.
     pub cost_source: String,
-    /// The audit verdict, for audits.
+    /// The audit verdict (with feedback and issues), for audits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Value>,
+    /// The message that asked for this revision, for revision calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_message: Option<String>,
 }
 
 impl From<&Attempt> for CallView {
@@ -180,6 +183,7 @@ impl From<&Attempt> for CallView {
             cost_usd: a.cost_usd,
             cost_source: a.cost_source.as_str().to_string(),
             verdict: a.verdict.clone(),
+            revision_message: a.revision_message.clone(),
         }
     }
 }
@@ -232,6 +236,10 @@ pub struct TaskView {
     /// How the router chose the agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<Value>,
+    /// For agents with a mirror: whether this task was audited and why, each
+    /// round's verdict and feedback, and the final verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Value>,
     /// Every provider call (task_status only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<CallView>>,
@@ -270,6 +278,7 @@ impl TaskView {
             kb_path: t.kb_path.clone(),
             parent_task_id: t.parent_id.clone(),
             routing: t.routing.clone(),
+            audit: t.audit.clone(),
             calls: None,
             hint: (!done).then(|| {
                 format!(
@@ -306,6 +315,28 @@ impl TaskView {
                         self.task_id, self.agent, self.state
                     ));
                 }
+            }
+        }
+        if let Some(a) = &self.audit {
+            let rounds: Vec<String> = a["rounds"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x["verdict"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if a["decision"]["audited"] == Value::Bool(false) {
+                s.push_str(&format!(
+                    "\n\n(not audited: {})",
+                    a["decision"]["reason"].as_str().unwrap_or("")
+                ));
+            } else if !rounds.is_empty() {
+                s.push_str(&format!(
+                    "\n\naudit by {}: {}",
+                    a["mirror"].as_str().unwrap_or("?"),
+                    rounds.join(" → ")
+                ));
             }
         }
         s.push_str(&format!(

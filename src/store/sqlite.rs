@@ -40,7 +40,7 @@ macro_rules! task_columns {
     () => {
         "id, agent, state, input, parent_id, depth, subject, created_at, started_at, \
          finished_at, model, attempts, input_tokens, output_tokens, cost_usd, output, reason, \
-         error, kb_path, routing, requeues, owner"
+         error, kb_path, routing, requeues, owner, audit"
     };
 }
 
@@ -54,7 +54,7 @@ const TASKS_IN_STATE: &str = concat!(
 
 const SELECT_ATTEMPTS: &str = "SELECT task_id, seq, kind, agent, provider, model, started_at, \
      latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, cost_source, \
-     verdict, revision_message FROM attempts WHERE task_id = ?1 ORDER BY seq";
+     verdict, revision_message, output FROM attempts WHERE task_id = ?1 ORDER BY seq";
 
 /// A [`Store`] in one SQLite file (or in memory, for tests).
 #[derive(Debug, Clone)]
@@ -538,6 +538,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
     let input: String = get(row, "input", w)?;
     let reason: Option<String> = get(row, "reason", w)?;
     let routing: Option<String> = get(row, "routing", w)?;
+    let audit: Option<String> = get(row, "audit", w)?;
     Ok(Task {
         agent: get(row, "agent", w)?,
         state: parse_column(&state, || format!("{}, column state", what()))?,
@@ -562,6 +563,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
         routing: routing.map(|r| json(&r, "routing", w)).transpose()?,
         requeues: unsigned(get(row, "requeues", w)?, "requeues", w)?,
         owner: get(row, "owner", w)?,
+        audit: audit.map(|a| json(&a, "audit", w)).transpose()?,
         id,
     })
 }
@@ -601,6 +603,7 @@ fn attempt_from_row(row: &SqliteRow) -> Result<Attempt, StoreError> {
         cost_source: parse_column(&cost_source, || format!("{}, column cost_source", what()))?,
         verdict: verdict.map(|v| json(&v, "verdict", w)).transpose()?,
         revision_message: get(row, "revision_message", w)?,
+        output: get(row, "output", w)?,
         task_id,
     })
 }

@@ -32,20 +32,20 @@ const QUEUE: usize = 4096;
 
 const INSERT_TASK: &str = "INSERT INTO tasks (id, agent, state, input, parent_id, depth, subject, \
      created_at, started_at, finished_at, model, attempts, input_tokens, output_tokens, cost_usd, \
-     output, reason, error, kb_path, routing, requeues, owner) \
+     output, reason, error, kb_path, routing, requeues, owner, audit) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-     ?20, ?21, ?22)";
+     ?20, ?21, ?22, ?23)";
 
 const UPDATE_TASK: &str = "UPDATE tasks SET agent = ?2, state = ?3, input = ?4, parent_id = ?5, \
      depth = ?6, subject = ?7, created_at = ?8, started_at = ?9, finished_at = ?10, model = ?11, \
      attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, output = ?16, \
-     reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, owner = ?22 \
-     WHERE id = ?1 AND state = ?23";
+     reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, owner = ?22, \
+     audit = ?23 WHERE id = ?1 AND state = ?24";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, provider, model, \
      started_at, latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, \
-     cost_source, verdict, revision_message) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+     cost_source, verdict, revision_message, output) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
 /// The queue of writes; cloned into every handle of one store.
 #[derive(Debug, Clone)]
@@ -288,6 +288,7 @@ async fn apply(conn: &mut SqliteConnection, w: &Write) -> Result<(), Failure> {
                 .bind(a.cost_source)
                 .bind(a.verdict.as_deref())
                 .bind(a.revision_message.as_deref())
+                .bind(a.output.as_deref())
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| {
@@ -340,6 +341,7 @@ pub(super) struct TaskRow {
     routing: Option<String>,
     requeues: i64,
     owner: Option<String>,
+    audit: Option<String>,
 }
 
 impl TaskRow {
@@ -372,6 +374,11 @@ impl TaskRow {
                 .transpose()?,
             requeues: i64::from(t.requeues),
             owner: t.owner.clone(),
+            audit: t
+                .audit
+                .as_ref()
+                .map(|a| to_json(a, "audit", &what))
+                .transpose()?,
         })
     }
 }
@@ -395,6 +402,7 @@ pub(super) struct AttemptRow {
     cost_source: &'static str,
     verdict: Option<String>,
     revision_message: Option<String>,
+    output: Option<String>,
 }
 
 impl AttemptRow {
@@ -422,11 +430,12 @@ impl AttemptRow {
                 .map(|v| to_json(v, "verdict", &what))
                 .transpose()?,
             revision_message: a.revision_message.clone(),
+            output: a.output.clone(),
         })
     }
 }
 
-/// Binds `?1..?22` of [`INSERT_TASK`] and [`UPDATE_TASK`].
+/// Binds `?1..?23` of [`INSERT_TASK`] and [`UPDATE_TASK`].
 fn bind_task<'q>(
     q: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
     t: &TaskRow,
@@ -453,6 +462,7 @@ fn bind_task<'q>(
         .bind(t.routing.as_deref())
         .bind(t.requeues)
         .bind(t.owner.as_deref())
+        .bind(t.audit.as_deref())
 }
 
 /// Formats lazily: messages are built only when something is refused.

@@ -37,6 +37,7 @@ fn full_task() -> Task {
         routing: Some(json!({"chosen": "writer", "scores": {"writer": 0.9}})),
         requeues: 7,
         owner: Some("host:1:2".into()),
+        audit: Some(serde_json::json!({"mirror": "m", "rounds": ["é"]})),
     }
 }
 
@@ -59,6 +60,7 @@ fn attempt(task_id: &str, seq: u32) -> Attempt {
         cost_source: CostSource::Reported,
         verdict: None,
         revision_message: None,
+        output: None,
     }
 }
 
@@ -134,6 +136,7 @@ async fn every_attempt_field_round_trips() {
         cost_source: CostSource::PriceTable,
         verdict: Some(json!({"verdict": "revise", "notes": ["a", "b"]})),
         revision_message: Some("please fix ¶2".to_string()),
+        output: Some("the answer ✓".to_string()),
     };
     store.add_attempt(&full).await.unwrap();
     let mut bare = attempt(&task.id, 1);
@@ -541,6 +544,7 @@ async fn usage_sums_by_agent_kind_and_model() {
         cost_source: CostSource::Reported,
         verdict: None,
         revision_message: None,
+        output: None,
     };
     use AttemptKind::*;
     for a in [

@@ -301,3 +301,4 @@ where
 /// A generous deadline for things that normally take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 pub mod fake_provider;
+pub mod fixture;
