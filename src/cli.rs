@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a workflow, or show a run.
+    Workflow {
+        #[command(subcommand)]
+        action: WorkflowAction,
+    },
     /// Tokens and cost per agent and model, and the saving against a baseline model.
     Report {
         /// Window start: a duration ago (`7d`, `24h`) or an RFC 3339 time.
@@ -103,6 +108,36 @@ pub struct RunArgs {
     /// Show the model chain, the messages and an estimated cost; call nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `dispatch workflow ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkflowAction {
+    /// Run a workflow: FILE is a .json/.yaml definition (or an .agent.md with `dag:`),
+    /// otherwise the name of a workflow agent. INPUT as for `dispatch run`.
+    Run {
+        /// Definition file or workflow agent name.
+        workflow: String,
+        /// The run's input: text, `@FILE`, or `-` for stdin.
+        input: Option<String>,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run: every step's state, task and cost.
+    Show {
+        /// The run id (`run-...`).
+        run: String,
+        /// Print the graph as Mermaid.
+        #[arg(long, conflicts_with_all = ["dot", "json"])]
+        mermaid: bool,
+        /// Print the graph as Graphviz DOT.
+        #[arg(long, conflicts_with = "json")]
+        dot: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `dispatch tasks`
@@ -177,6 +212,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => runtime()?.block_on(crate::cli_tasks::run(paths, args)),
         Command::Tasks(args) => runtime()?.block_on(crate::cli_tasks::tasks(paths, args)),
         Command::Task { id, json } => runtime()?.block_on(crate::cli_tasks::task(paths, &id, json)),
+        Command::Workflow {
+            action:
+                WorkflowAction::Run {
+                    workflow,
+                    input,
+                    json,
+                },
+        } => runtime()?.block_on(crate::cli_tasks::workflow_run(
+            paths,
+            &workflow,
+            input.as_deref(),
+            json,
+        )),
+        Command::Workflow {
+            action:
+                WorkflowAction::Show {
+                    run,
+                    mermaid,
+                    dot,
+                    json,
+                },
+        } => runtime()?.block_on(crate::cli_tasks::workflow_show(
+            paths, &run, mermaid, dot, json,
+        )),
         Command::Report {
             since,
             baseline,

@@ -280,8 +280,7 @@ pub async fn report(
 ) -> anyhow::Result<ExitCode> {
     let app = open(paths)?;
     let engine = app.engine(false).await?;
-    let since_ms =
-        crate::mcp::tasks::parse_when(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let since_ms = crate::engine::parse_when(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let baseline = match baseline.map(parse_model) {
         None => None,
         Some(Ok(ModelSpec::Ref(m))) => Some(m),
@@ -336,6 +335,185 @@ pub async fn report(
         ),
         (None, Some(n)) => println!("{n}"),
         _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Read a workflow definition from a file, or take a workflow agent's.
+fn workflow_def(
+    app: &App,
+    arg: &str,
+) -> anyhow::Result<(crate::workflow::WorkflowDef, Option<String>)> {
+    use crate::workflow::WorkflowDef;
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {arg}"))?;
+        let value: Value = if arg.ends_with(".agent.md") {
+            let report = crate::agent::reader::parse_agent(&text, path, &app.config.read_context());
+            let agent = report
+                .agent
+                .ok_or_else(|| anyhow::anyhow!("{arg} has errors: run `dispatch agents check`"))?;
+            agent
+                .dag
+                .ok_or_else(|| anyhow::anyhow!("{arg} has no `dag:`"))?
+        } else if arg.ends_with(".yaml") || arg.ends_with(".yml") {
+            serde_yaml::from_str(&text).with_context(|| format!("{arg} is not valid YAML"))?
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("{arg} is not valid JSON"))?
+        };
+        let def = WorkflowDef::from_json(&value).map_err(|e| anyhow::anyhow!("{arg}: {e}"))?;
+        return Ok((def, None));
+    }
+    let snap = app.registry.snapshot();
+    let Some(agent) = snap.get(arg) else {
+        bail!(
+            "`{arg}` is neither a file nor an agent; workflow agents: {}",
+            {
+                let names: Vec<&str> = snap
+                    .agents
+                    .values()
+                    .filter(|l| l.agent.is_workflow())
+                    .map(|l| l.agent.name.as_str())
+                    .collect();
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            }
+        );
+    };
+    let dag = agent.dag.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("`{arg}` is not a workflow agent (no `dag:`); use `dispatch run`")
+    })?;
+    let mut def =
+        WorkflowDef::from_json(dag).map_err(|e| anyhow::anyhow!("the dag of `{arg}`: {e}"))?;
+    def.name.get_or_insert_with(|| arg.to_string());
+    Ok((def, Some(arg.to_string())))
+}
+
+/// `dispatch workflow run`
+pub async fn workflow_run(
+    paths: Paths,
+    workflow: &str,
+    input: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = open(paths)?;
+    let (def, agent) = workflow_def(&app, workflow)?;
+    let input = match input {
+        None if std::io::stdin().is_terminal() => Value::String(String::new()),
+        other => read_input(other)?,
+    };
+    let engine = app.engine(false).await?;
+    let run = engine
+        .start_run(crate::engine::RunRequest {
+            def,
+            input,
+            agent,
+            subject: None,
+        })
+        .await?;
+    eprintln!("run {} started", run.id);
+    let mut events = engine.subscribe_run(&run.id);
+    let printer = tokio::spawn(async move {
+        if let Some(rx) = events.as_mut() {
+            while let Ok(ev) = rx.recv().await {
+                eprintln!("step {}: {}", ev.step, ev.state.as_str());
+            }
+        }
+    });
+    let finished = tokio::select! {
+        r = engine.wait_run(&run.id, None, Duration::MAX) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: cancelling run {}", run.id);
+            engine.cancel_run(&run.id, None).await?
+        }
+    };
+    printer.abort();
+    let (run, steps) = engine.run_status(&finished.id, None).await?;
+    let view = crate::engine::run_view(&engine, &run, &steps).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print_run(&view);
+        if let Some(out) = &view.output {
+            println!("\n{out}");
+        }
+    }
+    Ok(if run.state == crate::task::RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_run(v: &crate::engine::RunView) {
+    println!(
+        "run {} · {} · {} · {} in / {} out tokens · ${:.6} · {:.1} s · kb: {}",
+        v.run_id,
+        v.name.as_deref().unwrap_or("(inline)"),
+        v.state.as_str(),
+        v.input_tokens,
+        v.output_tokens,
+        v.cost_usd,
+        v.elapsed_ms as f64 / 1000.0,
+        v.session
+    );
+    if let Some(e) = &v.error {
+        println!("error: {e}");
+    }
+    println!(
+        "{:<20}  {:<20}  {:<10}  {:<26}  {:>10}",
+        "STEP", "AGENT", "STATE", "TASK", "COST"
+    );
+    for s in &v.steps {
+        println!(
+            "{:<20}  {:<20}  {:<10}  {:<26}  {:>10}",
+            s.id,
+            s.agent,
+            s.state.as_str(),
+            s.task_id.as_deref().unwrap_or("-"),
+            format!("${:.4}", s.cost_usd)
+        );
+    }
+}
+
+/// `dispatch workflow show`
+pub async fn workflow_show(
+    paths: Paths,
+    run_id: &str,
+    mermaid: bool,
+    dot: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = open(paths)?;
+    let engine = app.engine(false).await?;
+    let (run, steps) = engine.run_status(run_id, None).await?;
+    if mermaid || dot {
+        let def = crate::workflow::WorkflowDef::from_json(&run.definition)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Rendering needs a plan; agents may have changed since, so accept any name.
+        let plan = crate::workflow::validate(&def, &|_| true)
+            .map_err(|e| anyhow::anyhow!("stored definition no longer validates: {e:?}"))?;
+        let state_of = |i: usize| {
+            steps
+                .get(i)
+                .map_or(crate::task::StepState::Pending, |s| s.state)
+        };
+        let text = if mermaid {
+            crate::workflow::mermaid(&plan, &state_of)
+        } else {
+            crate::workflow::dot(&plan, &state_of)
+        };
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view = crate::engine::run_view(&engine, &run, &steps).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print_run(&view);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,8 @@
 //! - [`provider`]: LLM clients (OpenAI-compatible, Anthropic), retries,
 //!   failover, circuit breakers, prices. Only this module knows a wire format.
 //! - [`store`]: durable tasks and attempts (SQLite). Only this module knows SQL.
+//! - [`workflow`]: workflow definitions: validation into a petgraph plan,
+//!   templates, Mermaid and DOT rendering.
 //! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
 //!   module knows MCP and JSON-RPC.
 //! - [`diag`]: `file:line:col` diagnostics.
@@ -40,3 +42,4 @@ pub mod registry;
 pub mod store;
 pub mod task;
 pub mod watch;
+pub mod workflow;

@@ -393,6 +393,111 @@ pub struct Attempt {
     pub output: Option<String>,
 }
 
+/// A workflow run's id: `run-` and a ULID, so it is never mistaken for a task id.
+pub fn new_run_id() -> String {
+    format!("run-{}", new_task_id())
+}
+
+/// Where a workflow run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Steps are running or waiting.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed and its descendants were skipped.
+    Failed,
+    /// Every step ran, but some failed with `continue_on_error`.
+    Partial,
+    /// A client cancelled it.
+    Cancelled,
+}
+
+impl RunState {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Partial => "partial",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True once the run will not change again.
+    pub fn is_terminal(self) -> bool {
+        self != RunState::Running
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use RunState::*;
+        [Running, Succeeded, Failed, Partial, Cancelled]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown run state `{s}`"))
+    }
+}
+
+/// Where one step of a run is (defined with the workflow diagrams that show it).
+pub use crate::workflow::StepState;
+
+/// A workflow run, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Run {
+    /// `run-<ulid>`.
+    pub id: String,
+    /// The workflow's name, if it has one.
+    pub name: Option<String>,
+    /// The workflow agent it was started from, if any.
+    pub agent: Option<String>,
+    /// Current state.
+    pub state: RunState,
+    /// The run's input (`{{input}}`).
+    pub input: serde_json::Value,
+    /// The workflow definition (JSON), as validated.
+    pub definition: serde_json::Value,
+    /// The owner (authenticated subject), if any.
+    pub subject: Option<String>,
+    /// The server process driving it (see `Task::owner`).
+    pub owner: Option<String>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it finished.
+    pub finished_at: Option<Millis>,
+    /// What went wrong, for failed or cancelled runs.
+    pub error: Option<String>,
+}
+
+/// One step of a run, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepRecord {
+    /// The run.
+    pub run_id: String,
+    /// The step's id in the definition.
+    pub step_id: String,
+    /// Its position in the definition.
+    pub idx: u32,
+    /// Current state.
+    pub state: StepState,
+    /// The engine task running (or that ran) it.
+    pub task_id: Option<TaskId>,
+    /// Tasks started for it (1 + retries used).
+    pub tries: u32,
+    /// When its first task started.
+    pub started_at: Option<Millis>,
+    /// When it reached a final state.
+    pub finished_at: Option<Millis>,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+    /// Its output file in the KB (`sessions/<run>/<step>.md`).
+    pub output_path: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,3 +182,23 @@ fn configured_providers_are_accepted_in_models() {
     assert!(out.contains("unknown provider `nowhere`"), "{out}");
     assert!(!out.contains("l.agent.md"), "{out}");
 }
+
+#[test]
+fn check_warns_about_auditors_without_the_verdict_format() {
+    let p = Project::new();
+    p.write_agent(
+        "writer.agent.md",
+        "---\nmodel: openai/gpt-4o\nmirror: lazy-judge\nmax_retries: 2\n---\nWrite.\n",
+    );
+    p.write_agent(
+        "lazy-judge.agent.md",
+        "---\nmodel: openai/gpt-4o\n---\nJudge the answer.\n",
+    );
+    let o = run(&["agents", "check"], &p);
+    assert!(o.status.success(), "a warning is not an error");
+    let out = stdout(&o);
+    assert!(
+        out.contains("warning: `lazy-judge` audits other agents but its prompt does not state the verdict format"),
+        "{out}"
+    );
+}

@@ -58,6 +58,8 @@ async fn tools_have_valid_names_schemas_descriptions_and_annotations() {
             "task_list",
             "task_cancel",
             "usage_report",
+            "workflow_run",
+            "workflow_status",
             "kb_read",
             "kb_write",
             "kb_list",
@@ -86,7 +88,8 @@ async fn tools_have_valid_names_schemas_descriptions_and_annotations() {
                 && a.idempotent_hint.is_some()
         );
         // Only the tools that call models reach outside.
-        let calls_models = ["agent_run", "agent_delegate"].contains(&t.name.as_ref());
+        let calls_models =
+            ["agent_run", "agent_delegate", "workflow_run"].contains(&t.name.as_ref());
         assert_eq!(a.open_world_hint, Some(calls_models), "{}", t.name);
     }
     let write = tools.iter().find(|t| t.name == "kb_write").unwrap();

@@ -15,6 +15,8 @@ mod owner;
 mod report;
 mod router;
 mod run;
+mod views;
+mod workflow;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +33,8 @@ pub use outbox::rfc3339;
 pub use report::{UsageReport, UsageReportRow};
 pub use router::{RouteDecision, RouterConfig};
 pub use run::DryRun;
+pub use views::{RunView, StepView, run_view};
+pub use workflow::{RunEvent, RunRequest};
 
 use crate::agent::ModelRef;
 use crate::kb::Kb;
@@ -212,6 +216,7 @@ pub struct Engine {
     live: Mutex<HashMap<TaskId, Arc<Live>>>,
     shutdown: CancellationToken,
     sampler: audit::Sampler,
+    runs: Mutex<HashMap<String, Arc<workflow::LiveRun>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -235,6 +240,9 @@ pub struct Submit {
     pub subject: Option<String>,
     /// How the agent was chosen, when the router chose it.
     pub routing: Option<RouteDecision>,
+    /// Use this id (a workflow step records it before submitting, so a crash
+    /// in between cannot start the step twice).
+    pub id: Option<TaskId>,
 }
 
 impl Engine {
@@ -261,6 +269,7 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             sampler: audit::Sampler::new(cfg_seed),
+            runs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -315,7 +324,8 @@ impl Engine {
                 failed += 1;
             }
         }
-        for mut task in self.store.tasks_in_state(TaskState::Queued).await? {
+        let queued = self.store.tasks_in_state(TaskState::Queued).await?;
+        for mut task in queued {
             if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
                 continue;
             }
@@ -330,6 +340,8 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Runs last: their steps re-attach to the tasks recovered above.
+        resumed += self.recover_runs().await?;
         Ok((resumed, failed))
     }
 
@@ -389,6 +401,9 @@ impl Engine {
             });
         }
         let mut task = Task::new(&req.agent, req.input);
+        if let Some(id) = req.id {
+            task.id = id;
+        }
         task.owner = Some(owner::this_process().to_string());
         task.parent_id = req.parent_id;
         task.depth = depth;
@@ -670,6 +685,24 @@ impl Engine {
     pub fn dry_run(&self, agent: &str, input: &serde_json::Value) -> Result<DryRun, EngineError> {
         run::dry_run(self, agent, input)
     }
+}
+
+/// `7d`, `24h`, `30m`, `90s` (that long ago) or an RFC 3339 time, as Unix
+/// milliseconds; the error says which forms are accepted.
+pub fn parse_when(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_millis() - d.as_millis() as i64);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0));
+    }
+    Err(format!(
+        "`{s}` is not a time: use a duration ago such as `7d`, `24h`, `30m`, or an RFC 3339 time such as `2026-01-31T12:00:00Z`"
+    ))
 }
 
 fn fresh_permit() -> OwnedSemaphorePermit {

@@ -5,6 +5,7 @@
 pub mod resources;
 pub mod tasks;
 pub mod tools;
+pub mod workflows;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ not done, call task_result with its task_id instead of running it again.
 let the router choose.
 - task_status / task_result / task_list / task_cancel: follow, collect, list and stop tasks.
 - usage_report: tokens and cost per agent and model, and the saving against one baseline model.
+- workflow_run / workflow_status: run a DAG of agents (inline, or a workflow agent such as \
+review-and-document) and follow each step; task_cancel with the run id stops it.
 - kb_search: find earlier work by text or regex before redoing it; results are `path:line: snippet`.
 - kb_read: read a KB file by KB-relative path (e.g. `outbox/code-review-42.md`); follow \
 `next_offset` for long files.

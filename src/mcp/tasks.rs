@@ -13,10 +13,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::tools::{ToolError, ToolReply};
+use super::workflows::{RunView, is_run_id};
 use crate::agent::parse_model;
 use crate::engine::{Engine, RouteDecision, Submit, UsageReport};
 use crate::store::TaskFilter;
-use crate::task::{Attempt, FailReason, Task, TaskState, now_millis};
+use crate::task::{Attempt, FailReason, RunState, Task, TaskState};
 
 /// Default and longest `wait_seconds` of `agent_run` (below the usual 60 s client timeout).
 pub const DEFAULT_WAIT_SECS: f64 = 45.0;
@@ -64,6 +65,9 @@ pub struct AgentRunArgs {
     /// Seconds to wait for the result (default 45, at most 3600). If the task is not
     /// finished by then, you get its id and state: poll with task_result.
     pub wait_seconds: Option<f64>,
+    /// An inline workflow to run instead of a single agent (the prototype's form):
+    /// `{"steps": [{"id", "agent", "input", "depends_on"}]}`; `agent` names the run.
+    pub dag: Option<Value>,
 }
 
 /// Arguments of `agent_delegate`.
@@ -243,6 +247,9 @@ pub struct TaskView {
     /// Every provider call (task_status only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<CallView>>,
+    /// For workflow runs: the run with every step (see workflow_status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Value>,
     /// What to do next, when not done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
@@ -280,6 +287,7 @@ impl TaskView {
             routing: t.routing.clone(),
             audit: t.audit.clone(),
             calls: None,
+            workflow: None,
             hint: (!done).then(|| {
                 format!(
                     "not finished yet: call task_result with task_id \"{}\" and wait_seconds to get the output, or task_cancel to stop it",
@@ -405,6 +413,70 @@ fn wait_of(v: Option<f64>, default: f64) -> Result<Duration, ToolError> {
     Ok(Duration::from_secs_f64(secs.min(MAX_WAIT_SECS)))
 }
 
+/// A workflow run shown as a task (for `agent_run` on a workflow, and for
+/// task tools given a run id).
+fn run_as_task(v: RunView) -> Result<TaskView, ToolError> {
+    let state = match v.state {
+        RunState::Running => TaskState::Running,
+        RunState::Succeeded => TaskState::Succeeded,
+        RunState::Failed | RunState::Partial => TaskState::Failed,
+        RunState::Cancelled => TaskState::Cancelled,
+    };
+    let error = match v.state {
+        RunState::Partial => Some(format!("partial: {}", v.error.clone().unwrap_or_default())),
+        _ => v.error.clone(),
+    };
+    Ok(TaskView {
+        task_id: v.run_id.clone(),
+        agent: v.name.clone().unwrap_or_else(|| "workflow".into()),
+        state,
+        done: v.done,
+        reason: match v.state {
+            RunState::Cancelled => Some(FailReason::Cancelled),
+            _ => None,
+        },
+        error,
+        output: v.output.clone(),
+        model: None,
+        attempts: v.steps.iter().map(|s| s.tries).sum(),
+        input_tokens: v.input_tokens,
+        output_tokens: v.output_tokens,
+        cost_usd: v.cost_usd,
+        latency_ms: Some(v.elapsed_ms),
+        created_at: String::new(),
+        finished_at: None,
+        kb_path: Some(v.session.clone()),
+        parent_task_id: None,
+        routing: None,
+        audit: None,
+        calls: None,
+        hint: v.hint.clone(),
+        workflow: Some(to_value(&v)?),
+    })
+}
+
+/// A run (waited for up to `wait`) as a task view.
+async fn run_view(
+    engine: &Arc<Engine>,
+    id: &str,
+    ctx: &CallCtx,
+    wait: Duration,
+) -> Result<TaskView, ToolError> {
+    let run = tokio::select! {
+        r = engine.wait_run(id, ctx.subject.as_deref(), wait) => r.map_err(engine_error)?,
+        _ = ctx.cancelled.cancelled() => engine.visible_run(id, ctx.subject.as_deref()).await.map_err(engine_error)?,
+    };
+    let steps = engine
+        .store()
+        .steps(&run.id)
+        .await
+        .map_err(|e| ToolError::Engine(e.to_string()))?;
+    let mut t = run_as_task(super::workflows::view(engine, &run, &steps).await)?;
+    t.created_at = rfc3339(run.created_at);
+    t.finished_at = run.finished_at.map(rfc3339);
+    Ok(t)
+}
+
 /// `agent_run`: submit, then wait with progress; a client cancel cancels the task.
 pub async fn agent_run(
     engine: &Arc<Engine>,
@@ -412,6 +484,30 @@ pub async fn agent_run(
     ctx: &CallCtx,
 ) -> Result<ToolReply, ToolError> {
     let wait = wait_of(args.wait_seconds, DEFAULT_WAIT_SECS)?;
+    let is_workflow =
+        args.dag.is_some() || engine.agent(&args.agent).is_ok_and(|a| a.is_workflow());
+    if is_workflow {
+        let (def, agent) =
+            super::workflows::definition(engine, args.dag.as_ref(), Some(&args.agent))?;
+        let v = super::workflows::start_and_wait(
+            engine,
+            def,
+            agent,
+            args.input,
+            args.wait_seconds,
+            ctx,
+        )
+        .await?;
+        let (created, finished) = match engine.visible_run(&v.run_id, ctx.subject.as_deref()).await
+        {
+            Ok(r) => (rfc3339(r.created_at), r.finished_at.map(rfc3339)),
+            Err(_) => (String::new(), None),
+        };
+        let mut t = run_as_task(v)?;
+        t.created_at = created;
+        t.finished_at = finished;
+        return reply_task(t);
+    }
     let task = engine
         .submit(Submit {
             agent: args.agent,
@@ -508,6 +604,7 @@ pub async fn agent_delegate(
             parent_id: args.parent_task_id,
             subject: ctx.subject.clone(),
             routing: routing.clone(),
+            id: None,
         })
         .await
         .map_err(engine_error)?;
@@ -531,6 +628,12 @@ pub async fn task_status(
     args: TaskIdArgs,
     ctx: &CallCtx,
 ) -> Result<ToolReply, ToolError> {
+    if is_run_id(&args.task_id) {
+        let mut view = run_view(engine, &args.task_id, ctx, Duration::ZERO).await?;
+        view.output = None;
+        let text = serde_json::to_string_pretty(&view).unwrap_or_default();
+        return Ok(ToolReply::with_text(to_value(&view)?, text));
+    }
     let (task, attempts) = engine
         .status(&args.task_id, ctx.subject.as_deref())
         .await
@@ -548,6 +651,9 @@ pub async fn task_result(
     ctx: &CallCtx,
 ) -> Result<ToolReply, ToolError> {
     let wait = wait_of(args.wait_seconds, 0.0)?;
+    if is_run_id(&args.task_id) {
+        return reply_task(run_view(engine, &args.task_id, ctx, wait).await?);
+    }
     let task = tokio::select! {
         t = engine.wait(&args.task_id, ctx.subject.as_deref(), wait) => t.map_err(engine_error)?,
         _ = ctx.cancelled.cancelled() => engine.visible_task(&args.task_id, ctx.subject.as_deref()).await.map_err(engine_error)?,
@@ -586,6 +692,27 @@ pub async fn task_cancel(
     args: TaskIdArgs,
     ctx: &CallCtx,
 ) -> Result<ToolReply, ToolError> {
+    if is_run_id(&args.task_id) {
+        let before = engine
+            .visible_run(&args.task_id, ctx.subject.as_deref())
+            .await
+            .map_err(engine_error)?;
+        let after = engine
+            .cancel_run(&args.task_id, ctx.subject.as_deref())
+            .await
+            .map_err(engine_error)?;
+        let out = crate::engine::CancelOutcome {
+            task_id: after.id.clone(),
+            cancelled: !before.state.is_terminal() && after.state == RunState::Cancelled,
+            state: match after.state {
+                RunState::Running => TaskState::Running,
+                RunState::Succeeded => TaskState::Succeeded,
+                RunState::Failed | RunState::Partial => TaskState::Failed,
+                RunState::Cancelled => TaskState::Cancelled,
+            },
+        };
+        return Ok(ToolReply::json(to_value(&out)?));
+    }
     let out = engine
         .cancel(&args.task_id, ctx.subject.as_deref())
         .await
@@ -621,17 +748,5 @@ pub async fn usage_report(
 
 /// `7d`, `24h`, `30m`, `90s` (ago) or an RFC 3339 time, as Unix milliseconds.
 pub fn parse_when(s: &str) -> Result<i64, ToolError> {
-    let s = s.trim();
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now_millis() - d.as_millis() as i64);
-    }
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0));
-    }
-    Err(ToolError::Engine(format!(
-        "`{s}` is not a time: use a duration ago such as `7d`, `24h`, `30m`, or an RFC 3339 time such as `2026-01-31T12:00:00Z`"
-    )))
+    crate::engine::parse_when(s).map_err(ToolError::Engine)
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::tasks::{self, CallCtx};
+use super::workflows;
 use crate::agent::SourceFormat;
 use crate::app::App;
 use crate::diag::Diagnostic;
@@ -233,6 +234,36 @@ pub static TOOLS: LazyLock<Vec<ToolSpec>> = LazyLock::new(|| {
             ),
         },
         ToolSpec {
+            name: "workflow_run",
+            legacy_name: "workflow/run",
+            tool: tool::<workflows::WorkflowRunArgs, workflows::RunView>(
+                "workflow_run",
+                "Run a workflow",
+                "Run a multi-step workflow (a DAG of agents): an inline `workflow` or a workflow \
+                 agent such as `review-and-document`. Each step starts as soon as its own \
+                 dependencies are done; independent steps run in parallel. Step inputs use \
+                 `{{input}}`, `{{step.output}}` and `{{step.output.field}}`. Everything is \
+                 validated before anything runs. Waits up to `wait_seconds` (default 45; 0 returns \
+                 at once) and returns every step's state, task and cost.",
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(true),
+            ),
+        },
+        ToolSpec {
+            name: "workflow_status",
+            legacy_name: "workflow/status",
+            tool: tool::<workflows::RunIdArgs, workflows::RunView>(
+                "workflow_status",
+                "Workflow status",
+                "State of a workflow run: each step's state, task id, output file and cost, the \
+                 totals, and the final output once done. Cancel a run with task_cancel and its id.",
+                read_only(),
+            ),
+        },
+        ToolSpec {
             name: "kb_read",
             legacy_name: "kb/read",
             tool: tool::<KbReadArgs, crate::kb::ReadChunk>(
@@ -338,6 +369,10 @@ pub async fn call(
         "task_list" => tasks::task_list(engine, parse(spec.name, args)?, caller).await,
         "task_cancel" => tasks::task_cancel(engine, parse(spec.name, args)?, caller).await,
         "usage_report" => tasks::usage_report(engine, parse(spec.name, args)?, caller).await,
+        "workflow_run" => workflows::workflow_run(engine, parse(spec.name, args)?, caller).await,
+        "workflow_status" => {
+            workflows::workflow_status(engine, parse(spec.name, args)?, caller).await
+        }
         "kb_read" => {
             let a: KbReadArgs = parse(spec.name, args)?;
             blocking(app, move |app| {

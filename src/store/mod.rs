@@ -20,7 +20,9 @@ use std::pin::Pin;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::task::{Attempt, AttemptKind, Millis, Task, TaskId, TaskState};
+use crate::task::{
+    Attempt, AttemptKind, Millis, Run, RunState, StepRecord, Task, TaskId, TaskState,
+};
 
 mod sqlite;
 mod sqlite_write;
@@ -89,6 +91,21 @@ pub trait Store: Send + Sync + 'static {
     /// How many tasks are in each state: every state of [`TaskState::ALL`], in
     /// that order, zeros included.
     fn counts_by_state(&self) -> StoreFuture<'_, Vec<(TaskState, u64)>>;
+
+    /// Inserts or replaces a workflow run (the run's coordinator is its only writer).
+    fn put_run<'a>(&'a self, run: &'a Run) -> StoreFuture<'a, ()>;
+
+    /// The run with this id, if there is one.
+    fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Run>>;
+
+    /// Every run in `state`, oldest first (to resume `running` ones at startup).
+    fn runs_in_state(&self, state: RunState) -> StoreFuture<'_, Vec<Run>>;
+
+    /// Inserts or replaces one step's state.
+    fn put_step<'a>(&'a self, step: &'a StepRecord) -> StoreFuture<'a, ()>;
+
+    /// A run's steps in definition order.
+    fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>>;
 
     /// Finishes pending work and closes the database. Calls made afterwards fail.
     fn close(&self) -> StoreFuture<'_, ()>;

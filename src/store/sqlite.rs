@@ -18,12 +18,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sqlite_write::{AttemptRow, TaskRow, Write, Writer};
+use super::sqlite_write::{AttemptRow, RunRow, StepRow, TaskRow, Write, Writer};
 use super::{
     MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
     database_error,
 };
-use crate::task::{Attempt, Millis, Task, TaskState};
+use crate::task::{Attempt, Millis, Run, RunState, StepRecord, Task, TaskState};
 
 /// How long a statement waits for a lock held by another process before
 /// failing with "database is locked".
@@ -390,6 +390,61 @@ impl Store for SqliteStore {
         Box::pin(self.counts_by_state_impl())
     }
 
+    fn put_run<'a>(&'a self, run: &'a Run) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let row = RunRow::new(run)?;
+            self.writer.write(Write::PutRun(row)).await
+        })
+    }
+
+    fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Run>> {
+        Box::pin(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE id = ?1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read run {id}"), e))?;
+            row.as_ref().map(run_from_row).transpose()
+        })
+    }
+
+    fn runs_in_state(&self, state: RunState) -> StoreFuture<'_, Vec<Run>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE state = ?1 ORDER BY created_at, id"
+            ))
+            .bind(state.as_str())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("list {} runs", state.as_str()), e))?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn put_step<'a>(&'a self, step: &'a StepRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.writer.write(Write::PutStep(StepRow::new(step))).await })
+    }
+
+    fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT run_id, step_id, idx, state, task_id, tries, started_at, finished_at, \
+                 error, output_path FROM run_steps WHERE run_id = ?1 ORDER BY idx",
+            )
+            .bind(run_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read the steps of run {run_id}"), e))?;
+            rows.iter().map(step_from_row).collect()
+        })
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.close_impl().await;
@@ -528,6 +583,55 @@ fn opt_unsigned<T: TryFrom<i64>>(
 fn json(s: &str, col: &str, what: &dyn Fn() -> String) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(s)
         .map_err(|e| corrupt(format!("{}, column {col}: invalid JSON: {e}", what())))
+}
+
+macro_rules! run_columns {
+    () => {
+        "id, name, agent, state, input, definition, subject, owner, created_at, finished_at, error"
+    };
+}
+use run_columns;
+
+fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
+    let id: String = get(row, "id", &|| "run".to_string())?;
+    let what = || format!("run {id}");
+    let w = &what;
+    let state: String = get(row, "state", w)?;
+    let input: String = get(row, "input", w)?;
+    let definition: String = get(row, "definition", w)?;
+    Ok(Run {
+        name: get(row, "name", w)?,
+        agent: get(row, "agent", w)?,
+        state: parse_column(&state, || format!("{}, column state", what()))?,
+        input: json(&input, "input", w)?,
+        definition: json(&definition, "definition", w)?,
+        subject: get(row, "subject", w)?,
+        owner: get(row, "owner", w)?,
+        created_at: get(row, "created_at", w)?,
+        finished_at: get(row, "finished_at", w)?,
+        error: get(row, "error", w)?,
+        id,
+    })
+}
+
+fn step_from_row(row: &SqliteRow) -> Result<StepRecord, StoreError> {
+    let run_id: String = get(row, "run_id", &|| "run step".to_string())?;
+    let step_id: String = get(row, "step_id", &|| format!("a step of run {run_id}"))?;
+    let what = || format!("step {step_id} of run {run_id}");
+    let w = &what;
+    let state: String = get(row, "state", w)?;
+    Ok(StepRecord {
+        idx: unsigned(get(row, "idx", w)?, "idx", w)?,
+        state: parse_column(&state, || format!("{}, column state", what()))?,
+        task_id: get(row, "task_id", w)?,
+        tries: unsigned(get(row, "tries", w)?, "tries", w)?,
+        started_at: get(row, "started_at", w)?,
+        finished_at: get(row, "finished_at", w)?,
+        error: get(row, "error", w)?,
+        output_path: get(row, "output_path", w)?,
+        run_id,
+        step_id,
+    })
 }
 
 fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {

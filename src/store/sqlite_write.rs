@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::{parse_column, reason};
 use super::{StoreError, database_error};
-use crate::task::{Attempt, Task, TaskId, TaskState};
+use crate::task::{Attempt, Run, StepRecord, Task, TaskId, TaskState};
 
 /// The most writes committed together. Bounds how long one transaction runs.
 const MAX_GROUP: usize = 256;
@@ -69,6 +69,83 @@ pub(super) enum Write {
     CreateTask(TaskRow),
     UpdateTask(TaskRow, TaskState),
     AddAttempt(AttemptRow),
+    PutRun(RunRow),
+    PutStep(StepRow),
+}
+
+const PUT_RUN: &str = "INSERT INTO runs (id, name, agent, state, input, definition, subject, owner, \
+     created_at, finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (id) DO UPDATE SET name = ?2, agent = ?3, state = ?4, input = ?5, definition = ?6, \
+     subject = ?7, owner = ?8, created_at = ?9, finished_at = ?10, error = ?11";
+
+const PUT_STEP: &str = "INSERT INTO run_steps (run_id, step_id, idx, state, task_id, tries, \
+     started_at, finished_at, error, output_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     ON CONFLICT (run_id, step_id) DO UPDATE SET idx = ?3, state = ?4, task_id = ?5, tries = ?6, \
+     started_at = ?7, finished_at = ?8, error = ?9, output_path = ?10";
+
+/// A run as the columns of `runs` hold it.
+pub(super) struct RunRow {
+    id: String,
+    name: Option<String>,
+    agent: Option<String>,
+    state: &'static str,
+    input: String,
+    definition: String,
+    subject: Option<String>,
+    owner: Option<String>,
+    created_at: i64,
+    finished_at: Option<i64>,
+    error: Option<String>,
+}
+
+impl RunRow {
+    pub(super) fn new(r: &Run) -> Result<RunRow, StoreError> {
+        let what = Describe(|f| write!(f, "run {}", r.id));
+        Ok(RunRow {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            agent: r.agent.clone(),
+            state: r.state.as_str(),
+            input: to_json(&r.input, "input", &what)?,
+            definition: to_json(&r.definition, "definition", &what)?,
+            subject: r.subject.clone(),
+            owner: r.owner.clone(),
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            error: r.error.clone(),
+        })
+    }
+}
+
+/// A step as the columns of `run_steps` hold it.
+pub(super) struct StepRow {
+    run_id: String,
+    step_id: String,
+    idx: i64,
+    state: &'static str,
+    task_id: Option<String>,
+    tries: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    error: Option<String>,
+    output_path: Option<String>,
+}
+
+impl StepRow {
+    pub(super) fn new(s: &StepRecord) -> StepRow {
+        StepRow {
+            run_id: s.run_id.clone(),
+            step_id: s.step_id.clone(),
+            idx: i64::from(s.idx),
+            state: s.state.as_str(),
+            task_id: s.task_id.clone(),
+            tries: i64::from(s.tries),
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            error: s.error.clone(),
+            output_path: s.output_path.clone(),
+        }
+    }
 }
 
 impl Write {
@@ -78,6 +155,8 @@ impl Write {
             Write::CreateTask(t) => format!("create task {}", t.id),
             Write::UpdateTask(t, _) => format!("update task {}", t.id),
             Write::AddAttempt(a) => format!("record attempt {} of task {}", a.seq, a.task_id),
+            Write::PutRun(r) => format!("record run {}", r.id),
+            Write::PutStep(s) => format!("record step {} of run {}", s.step_id, s.run_id),
         }
     }
 }
@@ -223,6 +302,49 @@ async fn try_group(
 /// Runs one write on the writer connection.
 async fn apply(conn: &mut SqliteConnection, w: &Write) -> Result<(), Failure> {
     match w {
+        Write::PutRun(r) => {
+            sqlx::query(PUT_RUN)
+                .bind(r.id.as_str())
+                .bind(r.name.as_deref())
+                .bind(r.agent.as_deref())
+                .bind(r.state)
+                .bind(r.input.as_str())
+                .bind(r.definition.as_str())
+                .bind(r.subject.as_deref())
+                .bind(r.owner.as_deref())
+                .bind(r.created_at)
+                .bind(r.finished_at)
+                .bind(r.error.as_deref())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| Failure::Database(reason(&e)))?;
+            Ok(())
+        }
+        Write::PutStep(s) => {
+            sqlx::query(PUT_STEP)
+                .bind(s.run_id.as_str())
+                .bind(s.step_id.as_str())
+                .bind(s.idx)
+                .bind(s.state)
+                .bind(s.task_id.as_deref())
+                .bind(s.tries)
+                .bind(s.started_at)
+                .bind(s.finished_at)
+                .bind(s.error.as_deref())
+                .bind(s.output_path.as_deref())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| {
+                    if is_foreign_key_violation(&e) {
+                        Failure::Own(StoreError::NotFound {
+                            id: s.run_id.clone(),
+                        })
+                    } else {
+                        Failure::Database(reason(&e))
+                    }
+                })?;
+            Ok(())
+        }
         Write::CreateTask(t) => {
             bind_task(sqlx::query(INSERT_TASK), t)
                 .execute(&mut *conn)

@@ -933,3 +933,67 @@ async fn a_closed_store_refuses_writes() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn runs_and_steps_round_trip_and_upsert() {
+    use crate::task::{Run, RunState, StepRecord, StepState};
+    let s = memory().await;
+    let mut run = Run {
+        id: "run-1".into(),
+        name: Some("review-and-document".into()),
+        agent: Some("review-and-document".into()),
+        state: RunState::Running,
+        input: serde_json::json!({"diff": "+ a"}),
+        definition: serde_json::json!({"steps": [{"id": "a", "agent": "x"}]}),
+        subject: Some("alice".into()),
+        owner: Some("h:1:2".into()),
+        created_at: 10,
+        finished_at: None,
+        error: None,
+    };
+    s.put_run(&run).await.unwrap();
+    assert_eq!(s.get_run("run-1").await.unwrap().as_ref(), Some(&run));
+    assert_eq!(s.runs_in_state(RunState::Running).await.unwrap().len(), 1);
+    let mut step = StepRecord {
+        run_id: "run-1".into(),
+        step_id: "a".into(),
+        idx: 0,
+        state: StepState::Running,
+        task_id: Some("t1".into()),
+        tries: 1,
+        started_at: Some(11),
+        finished_at: None,
+        error: None,
+        output_path: None,
+    };
+    s.put_step(&step).await.unwrap();
+    step.state = StepState::Succeeded;
+    step.output_path = Some("sessions/run-1/a.md".into());
+    s.put_step(&step).await.unwrap();
+    let b = StepRecord {
+        step_id: "b".into(),
+        idx: 1,
+        state: StepState::Skipped,
+        ..step.clone()
+    };
+    s.put_step(&b).await.unwrap();
+    assert_eq!(s.steps("run-1").await.unwrap(), vec![step, b]);
+    run.state = RunState::Partial;
+    run.finished_at = Some(20);
+    s.put_run(&run).await.unwrap();
+    assert!(s.runs_in_state(RunState::Running).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_run("run-1").await.unwrap().unwrap().state,
+        RunState::Partial
+    );
+    assert!(s.get_run("nope").await.unwrap().is_none());
+    // A step of an unknown run is refused.
+    let orphan = StepRecord {
+        run_id: "run-x".into(),
+        ..s.steps("run-1").await.unwrap()[0].clone()
+    };
+    assert!(matches!(
+        s.put_step(&orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
