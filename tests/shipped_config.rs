@@ -198,3 +198,17 @@ async fn orchestrator_prompt_names_real_tools_and_agents() {
         );
     }
 }
+
+#[test]
+fn the_shipped_workflow_validates() {
+    let snap = dispatch::registry::load_dir(
+        &repo_root().join("agents"),
+        &dispatch::agent::reader::ReadContext::default(),
+        None,
+    );
+    let wf = snap.get("review-and-document").unwrap();
+    let def = dispatch::workflow::WorkflowDef::from_json(wf.dag.as_ref().unwrap()).unwrap();
+    let plan = dispatch::workflow::validate(&def, &|a| snap.get(a).is_some())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(plan.ids(), ["review", "docs", "notify"]);
+}

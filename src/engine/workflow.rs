@@ -21,7 +21,7 @@ use crate::kb::WriteMode;
 use crate::task::{
     Run, RunState, StepRecord, StepState, Task, TaskState, new_run_id, new_task_id, now_millis,
 };
-use crate::workflow::{Plan, RenderCtx, WorkflowDef, render_input, validate};
+use crate::workflow::{Plan, RenderCtx, Scheduler, WorkflowDef, render_input, validate};
 
 /// What a client asks to run.
 #[derive(Debug, Clone)]
@@ -328,38 +328,12 @@ async fn coordinate(
         .write_all(&engine, &run, &plan, &steps, &tasks, true)
         .await;
 
-    // Satisfied dependencies: succeeded, or failed with continue_on_error.
-    let ok_for_children = |s: &StepRecord, plan: &Plan, i: usize| {
-        s.state == StepState::Succeeded
-            || (s.state == StepState::Failed && plan.step(i).continue_on_error)
-    };
-    let mut missing: Vec<usize> = (0..n)
-        .map(|i| {
-            plan.deps(i)
-                .iter()
-                .filter(|&&d| !ok_for_children(&steps[d], &plan, d))
-                .count()
-        })
-        .collect();
-
+    let mut sched = Scheduler::new(&plan, steps.iter().map(|s| s.state).collect());
     // Skips caused by failures recorded before a crash are re-derived, so a
     // resumed run never starts a step below a failed one.
-    let mut to_skip: Vec<usize> = (0..n)
-        .filter(|&i| steps[i].state == StepState::Failed && !plan.step(i).continue_on_error)
-        .collect();
-    while let Some(f) = to_skip.pop() {
-        for d in plan.descendants(f) {
-            if steps[d].state == StepState::Pending {
-                steps[d].state = StepState::Skipped;
-                steps[d].error = Some(format!("skipped: `{}` failed", plan.ids()[f]));
-                steps[d].finished_at = Some(now_millis());
-                persist_step(&engine, &steps[d]).await;
-                let _ = live.events.send(RunEvent {
-                    step: steps[d].step_id.clone(),
-                    state: StepState::Skipped,
-                });
-            }
-        }
+    for (d, f) in sched.skips_from_failures(&plan) {
+        let why = format!("skipped: `{}` failed", plan.ids()[f]);
+        skip(&engine, &live, &mut steps[d], why).await;
     }
 
     let launch = |i: usize,
@@ -401,11 +375,9 @@ async fn coordinate(
 
     // Start what can start: steps left running by a crash re-attach, pending
     // steps whose dependencies are satisfied start now.
-    for i in 0..n {
-        let st = steps[i].state;
-        if st == StepState::Running || (st == StepState::Pending && missing[i] == 0) {
-            launch(i, &mut steps, &outputs, &mut running);
-        }
+    for i in sched.initial() {
+        sched.start(i);
+        launch(i, &mut steps, &outputs, &mut running);
     }
 
     let mut cancelled = false;
@@ -455,28 +427,15 @@ async fn coordinate(
             state: steps[i].state,
         });
 
-        if cancelled {
-            continue;
+        let (ready, skipped) = sched.complete(&plan, i, steps[i].state);
+        for d in skipped {
+            let why = format!("skipped: `{}` failed", plan.ids()[i]);
+            skip(&engine, &live, &mut steps[d], why).await;
         }
-        if ok_for_children(&steps[i], &plan, i) {
-            for &c in plan.children(i) {
-                missing[c] = missing[c].saturating_sub(1);
-                if missing[c] == 0 && steps[c].state == StepState::Pending {
-                    launch(c, &mut steps, &outputs, &mut running);
-                }
-            }
-        } else {
-            for d in plan.descendants(i) {
-                if steps[d].state == StepState::Pending {
-                    steps[d].state = StepState::Skipped;
-                    steps[d].error = Some(format!("skipped: `{}` failed", plan.ids()[i]));
-                    steps[d].finished_at = Some(now_millis());
-                    persist_step(&engine, &steps[d]).await;
-                    let _ = live.events.send(RunEvent {
-                        step: steps[d].step_id.clone(),
-                        state: StepState::Skipped,
-                    });
-                }
+        if !cancelled {
+            for c in ready {
+                sched.start(c);
+                launch(c, &mut steps, &outputs, &mut running);
             }
         }
         writer
@@ -485,16 +444,15 @@ async fn coordinate(
     }
 
     // Cancelled: whatever did not run is skipped.
-    for s in steps.iter_mut().filter(|s| s.state == StepState::Pending) {
-        s.state = StepState::Skipped;
-        s.error = Some(if cancelled {
-            "skipped: the run was cancelled".into()
+    for d in sched.skip_pending() {
+        let why = if cancelled {
+            "skipped: the run was cancelled"
         } else {
-            "skipped".into()
-        });
-        s.finished_at = Some(now_millis());
-        persist_step(&engine, s).await;
+            "skipped"
+        };
+        skip(&engine, &live, &mut steps[d], why.to_string()).await;
     }
+
     run.state = if cancelled {
         RunState::Cancelled
     } else if steps.iter().any(|s| s.state == StepState::Skipped) {
@@ -525,6 +483,17 @@ async fn coordinate(
     }
     live.state.send_replace(run.state);
     tracing::info!(run = %run.id, state = run.state.as_str(), "workflow finished");
+}
+
+async fn skip(engine: &Engine, live: &LiveRun, s: &mut StepRecord, why: String) {
+    s.state = StepState::Skipped;
+    s.error = Some(why);
+    s.finished_at = Some(now_millis());
+    persist_step(engine, s).await;
+    let _ = live.events.send(RunEvent {
+        step: s.step_id.clone(),
+        state: StepState::Skipped,
+    });
 }
 
 async fn persist_step(engine: &Engine, s: &StepRecord) {

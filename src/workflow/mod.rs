@@ -11,10 +11,12 @@
 
 pub mod def;
 pub mod render;
+pub mod schedule;
 pub mod template;
 pub mod validate;
 
 pub use def::{MAX_RETRY, MAX_STEPS, StepDef, WorkflowDef};
 pub use render::{StepState, dot, mermaid};
+pub use schedule::Scheduler;
 pub use template::{RenderCtx, RenderError, TemplateRef, references, render_input};
 pub use validate::{Plan, WorkflowError, validate};
