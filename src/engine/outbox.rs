@@ -181,7 +181,7 @@ pub async fn write(engine: &Arc<Engine>, task: &Task) -> Result<String, String> 
     let path = path_for(task);
     let kb = engine.kb.clone();
     let p = path.clone();
-    tokio::task::spawn_blocking(move || kb.write(&p, &doc, WriteMode::Overwrite))
+    tokio::task::spawn_blocking(move || kb.write_derived(&p, &doc, WriteMode::Overwrite))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;

@@ -648,8 +648,10 @@ impl SessionWriter {
         let path = format!("{}/{name}", self.dir);
         let kb = engine.kb.clone();
         let p = path.clone();
-        match tokio::task::spawn_blocking(move || kb.write(&p, &content, WriteMode::Overwrite))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            kb.write_derived(&p, &content, WriteMode::Overwrite)
+        })
+        .await
         {
             Ok(Ok(_)) => Some(path),
             Ok(Err(e)) => {

@@ -127,7 +127,19 @@ impl Kb {
         content: &str,
         mode: WriteMode,
     ) -> Result<WriteOutcome, KbError> {
-        write::write(self, rel, content, mode)
+        write::write(self, rel, content, mode, true)
+    }
+
+    /// Like [`Kb::write`] (atomic, same checks) but without forcing the data to
+    /// disk: for files derived from the task store (outbox, sessions), which
+    /// the store can always reproduce. Saves two fsyncs per file.
+    pub fn write_derived(
+        &self,
+        rel: &str,
+        content: &str,
+        mode: WriteMode,
+    ) -> Result<WriteOutcome, KbError> {
+        write::write(self, rel, content, mode, false)
     }
 
     /// Lists a folder (or describes a single file), sorted by path.

@@ -24,6 +24,7 @@ pub(super) fn write(
     rel: &str,
     content: &str,
     mode: WriteMode,
+    durable: bool,
 ) -> Result<WriteOutcome, KbError> {
     let (parsed, abs) = kb.locate(rel)?;
     if parsed.is_root() {
@@ -44,9 +45,12 @@ pub(super) fn write(
     };
     let io_err = |action, e: &io::Error| KbError::from_io(e, action, &rel);
 
-    // A poisoned lock only means another write panicked; the guarded data is
-    // `()`, so carry on.
-    let _guard = WRITE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    // Only appends read what they replace, so only they need the lock; the
+    // rename of a whole-file write is atomic on its own, and holding the lock
+    // across an fsync would serialise every write in the process. A poisoned
+    // lock only means another write panicked; the guarded data is `()`.
+    let _guard = (mode == WriteMode::Append)
+        .then(|| WRITE_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
 
     // `abs` has had its links resolved, so this is the real target.
     let existing = match fs::metadata(&abs) {
@@ -103,7 +107,13 @@ pub(super) fn write(
     // On any error below `tmp` is dropped, which deletes the temp file.
     tmp.write_all(&old)
         .and_then(|()| tmp.write_all(content.as_bytes()))
-        .and_then(|()| tmp.as_file().sync_all())
+        .and_then(|()| {
+            if durable {
+                tmp.as_file().sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| io_err("write", &e))?;
     let persisted = if mode == WriteMode::CreateNew {
         // No-clobber: if another writer created the file since the check
@@ -124,7 +134,9 @@ pub(super) fn write(
             }
         });
     }
-    sync_dir(&parent);
+    if durable {
+        sync_dir(&parent);
+    }
 
     Ok(WriteOutcome {
         path: rel,
