@@ -4,7 +4,6 @@
 //! Run: `cargo bench --bench workflow`.
 
 #[path = "../tests/common/fake_provider.rs"]
-#[allow(dead_code)]
 mod fake_provider;
 
 use std::collections::VecDeque;

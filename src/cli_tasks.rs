@@ -13,7 +13,7 @@ use crate::agent::{ModelSpec, parse_model};
 use crate::app::App;
 use crate::cli::{RunArgs, TasksArgs};
 use crate::config::Paths;
-use crate::engine::{Engine, Submit, TaskEvent};
+use crate::engine::{Submit, TaskEvent};
 use crate::store::TaskFilter;
 use crate::task::{Attempt, Task, TaskState};
 
@@ -89,14 +89,14 @@ pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let task = engine
-        .submit(Submit {
+    let (task, events) = engine
+        .submit_watched(Submit {
             agent: args.agent.clone(),
             input,
             ..Submit::default()
         })
         .await?;
-    let shown = show_progress(&engine, &task);
+    let shown = show_progress(events, &task);
     let finished = tokio::select! {
         t = engine.wait(&task.id, None, Duration::MAX) => t?,
         _ = tokio::signal::ctrl_c() => {
@@ -131,8 +131,10 @@ pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A spinner on a terminal, plain lines otherwise; both on stderr.
-fn show_progress(engine: &Arc<Engine>, task: &Task) -> Option<tokio::task::JoinHandle<()>> {
-    let mut rx = engine.subscribe(&task.id)?;
+fn show_progress(
+    mut rx: tokio::sync::broadcast::Receiver<TaskEvent>,
+    task: &Task,
+) -> Option<tokio::task::JoinHandle<()>> {
     let agent = task.agent.clone();
     let tty = std::io::stderr().is_terminal();
     Some(tokio::spawn(async move {

@@ -377,6 +377,15 @@ impl Engine {
 
     /// Create a task (persisted as `queued`) and start driving it.
     pub async fn submit(self: &Arc<Self>, req: Submit) -> Result<Task, EngineError> {
+        self.submit_watched(req).await.map(|(t, _)| t)
+    }
+
+    /// Like [`Engine::submit`], with a receiver of the task's events that is
+    /// subscribed before the task starts, so no event can be missed.
+    pub async fn submit_watched(
+        self: &Arc<Self>,
+        req: Submit,
+    ) -> Result<(Task, broadcast::Receiver<TaskEvent>), EngineError> {
         self.agent(&req.agent)?;
         input::validate(&req.input)?;
         let depth = match &req.parent_id {
@@ -428,9 +437,8 @@ impl Engine {
                 self.store.add_attempt(&a).await?;
             }
         }
-        let handle = self.spawn_driver(task.clone());
-        drop(handle);
-        Ok(task)
+        let (_, events) = self.spawn_driver(task.clone());
+        Ok((task, events))
     }
 
     /// Choose an agent for `input` with the router (keywords, patterns, then
@@ -440,8 +448,8 @@ impl Engine {
     }
 
     /// Register the live handles and start the driver under a supervisor.
-    fn spawn_driver(self: &Arc<Self>, task: Task) -> Arc<Live> {
-        let (events, _) = broadcast::channel(256);
+    fn spawn_driver(self: &Arc<Self>, task: Task) -> (Arc<Live>, broadcast::Receiver<TaskEvent>) {
+        let (events, first) = broadcast::channel(256);
         let (state, _) = watch::channel(task.state);
         let live = Arc::new(Live {
             cancel: self.shutdown.child_token(),
@@ -470,7 +478,7 @@ impl Engine {
             // Wake waiters even if the driver died before saying so.
             handle_live.state.send_modify(|_| {});
         });
-        live
+        (live, first)
     }
 
     /// Mark a task whose driver died as failed, whatever state it was left in.

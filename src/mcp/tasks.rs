@@ -508,8 +508,8 @@ pub async fn agent_run(
         t.finished_at = finished;
         return reply_task(t);
     }
-    let task = engine
-        .submit(Submit {
+    let (task, events) = engine
+        .submit_watched(Submit {
             agent: args.agent,
             input: args.input,
             subject: ctx.subject.clone(),
@@ -517,7 +517,7 @@ pub async fn agent_run(
         })
         .await
         .map_err(engine_error)?;
-    let progress = spawn_progress(engine, &task, ctx);
+    let progress = spawn_progress(events, &task, ctx);
     let waited = tokio::select! {
         t = engine.wait(&task.id, ctx.subject.as_deref(), wait) => Some(t),
         _ = ctx.cancelled.cancelled() => None,
@@ -550,12 +550,11 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value, ToolError> {
 
 /// Forward a task's events to the client as progress notifications.
 fn spawn_progress(
-    engine: &Arc<Engine>,
+    mut rx: tokio::sync::broadcast::Receiver<crate::engine::TaskEvent>,
     task: &Task,
     ctx: &CallCtx,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let (peer, token) = (ctx.peer.clone()?, ctx.progress_token.clone()?);
-    let mut rx = engine.subscribe(&task.id)?;
     let agent = task.agent.clone();
     Some(tokio::spawn(async move {
         let mut n = 0.0;
