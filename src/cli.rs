@@ -54,8 +54,9 @@ pub struct Globals {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the MCP server over stdio (stdout carries only JSON-RPC; logs go to stderr).
-    Serve,
+    /// Run the MCP server: over stdio (stdout carries only JSON-RPC; logs go to
+    /// stderr), or over HTTP with `--http`.
+    Serve(ServeArgs),
     /// List the agents (name, model chain, mirror, description).
     Agents {
         #[command(subcommand)]
@@ -93,6 +94,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `dispatch serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve HTTP on ADDR (`127.0.0.1:8080`) instead of stdio: Streamable HTTP at
+    /// /mcp, legacy SSE at /sse + /messages, /healthz, /metrics. Security
+    /// settings are [http] and [auth] in dispatch.toml.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Serve a non-loopback address without [auth] (only behind a proxy that
+    /// authenticates).
+    #[arg(long, requires = "http")]
+    pub allow_unauthenticated: bool,
 }
 
 /// `dispatch run`
@@ -197,7 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.globals;
     let paths = Paths::new(&g.root, g.agents.as_deref(), g.kb.as_deref());
     match cli.command {
-        Command::Serve => serve(paths),
+        Command::Serve(args) => serve(paths, args),
         Command::Agents { action: None } => {
             let snap = load_agents(&paths)?;
             print_table(&snap)?;
@@ -261,7 +276,7 @@ fn load_agents(paths: &Paths) -> anyhow::Result<Snapshot> {
     Ok(load_dir(&paths.agents, &config.read_context(), None))
 }
 
-fn serve(paths: Paths) -> anyhow::Result<ExitCode> {
+fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let app = Arc::new(App::open(paths)?);
         let engine = app.engine(true).await?;
@@ -269,8 +284,9 @@ fn serve(paths: Paths) -> anyhow::Result<ExitCode> {
         tracing::info!(
             agents = snap.agents.len(),
             errors = snap.errors().count(),
-            "dispatch {} ready on stdio",
-            env!("CARGO_PKG_VERSION")
+            "dispatch {} ready on {}",
+            env!("CARGO_PKG_VERSION"),
+            if args.http.is_some() { "HTTP" } else { "stdio" }
         );
         for d in snap.errors() {
             tracing::warn!("{d}");
@@ -287,9 +303,47 @@ fn serve(paths: Paths) -> anyhow::Result<ExitCode> {
             .watch_kb(kb_tx.clone())
             .inspect_err(|e| tracing::warn!(error = %e, "not watching the knowledge base"))
             .ok();
-        crate::mcp::serve_stdio(app, engine, kb_tx).await?;
+        match args.http {
+            None => crate::mcp::serve_stdio(app, engine, kb_tx).await?,
+            Some(addr) => {
+                let opts = crate::transport::HttpOptions {
+                    addr,
+                    allow_unauthenticated: args.allow_unauthenticated,
+                };
+                crate::transport::serve_http(app, engine, kb_tx, opts, shutdown_signal()).await?;
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
 }
 
 fn print_table(snap: &Snapshot) -> std::io::Result<()> {

@@ -111,6 +111,61 @@ pub struct Config {
     /// Mirror audits.
     #[serde(default)]
     pub audit: AuditSection,
+    /// The HTTP server (`dispatch serve --http`).
+    #[serde(default)]
+    pub http: HttpSection,
+    /// OAuth2 resource server for HTTP: without it, HTTP is unauthenticated.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
+}
+
+/// `[http]`: the HTTP server's hardening. Everything has a safe default for a
+/// server on a loopback address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// The URL clients use to reach the server (`https://dispatch.example.com`);
+    /// its host is allowed in `Host` and it is the base of the OAuth metadata
+    /// URL. Default: derived from `[auth] audience`, else the bound address.
+    pub public_url: Option<String>,
+    /// Accepted `Host` header values (`name` or `name:port`) besides loopback
+    /// names and the host of `public_url`; requests naming another host get
+    /// 403 (DNS rebinding protection).
+    pub allowed_hosts: Vec<String>,
+    /// Accepted browser `Origin`s (`https://app.example.com`,
+    /// `http://localhost:*`) besides loopback origins; others get 403. Requests
+    /// without `Origin` (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+    /// Largest request body in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Requests (POSTs) per minute allowed per subject (per client address
+    /// without auth); over it, 429 with `Retry-After`. 0 disables the limit.
+    pub rate_limit_per_minute: u32,
+    /// Requests a subject may send in a burst above the steady rate.
+    pub rate_limit_burst: u32,
+    /// Longest time to answer a request before 408 (streams, once started,
+    /// are not cut).
+    pub request_timeout_secs: u64,
+    /// On SIGTERM/ctrl-c, how long in-flight requests may take to finish.
+    pub shutdown_grace_secs: u64,
+    /// Serve `/metrics` (Prometheus). With `[auth]`, it needs `dispatch:read`.
+    pub metrics: bool,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            public_url: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 60,
+            request_timeout_secs: 300,
+            shutdown_grace_secs: 10,
+            metrics: true,
+        }
+    }
 }
 
 /// `[audit]`

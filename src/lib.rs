@@ -22,7 +22,11 @@
 //! - [`workflow`]: workflow definitions: validation into a petgraph plan,
 //!   templates, Mermaid and DOT rendering.
 //! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
-//!   module knows MCP and JSON-RPC.
+//!   module and [`transport`] know MCP and JSON-RPC.
+//! - [`transport`]: the HTTP server: Streamable HTTP, legacy SSE, health,
+//!   metrics, OAuth2 metadata, and the guards every request passes.
+//! - [`auth`]: the OAuth2 resource server: bearer tokens (JWT with JWKS, or
+//!   introspection), scopes per tool.
 //! - [`diag`]: `file:line:col` diagnostics.
 //! - [`watch`]: debounced folder watching.
 //!
@@ -30,6 +34,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod auth;
 pub mod cli;
 mod cli_tasks;
 pub mod config;
@@ -41,5 +46,6 @@ pub mod provider;
 pub mod registry;
 pub mod store;
 pub mod task;
+pub mod transport;
 pub mod watch;
 pub mod workflow;

@@ -37,7 +37,7 @@ fn assert_serve_command(argv: &[String]) {
         .collect();
     let cli = Cli::try_parse_from(&ours).unwrap_or_else(|e| panic!("{ours:?} does not parse: {e}"));
     assert!(
-        matches!(cli.command, Command::Serve),
+        matches!(cli.command, Command::Serve(_)),
         "{ours:?} is not `serve`"
     );
     assert!(

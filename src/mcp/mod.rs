@@ -18,8 +18,10 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::auth::Principal;
 use crate::engine::Engine;
 use crate::kb::KbError;
 
@@ -56,6 +58,14 @@ pub struct DispatchServer {
     app: Arc<App>,
     engine: Arc<Engine>,
     kb_changes: broadcast::Sender<()>,
+    /// The caller, when the transport fixed it for the whole session (legacy
+    /// SSE); Streamable HTTP brings it with each request instead.
+    principal: Option<Principal>,
+    /// The subject that opened this session: requests from anyone else are
+    /// refused, so a leaked session id is useless without its owner's token.
+    session_subject: Arc<std::sync::OnceLock<String>>,
+    /// Tool calls in flight, so an HTTP shutdown can wait for them.
+    calls: Option<TaskTracker>,
 }
 
 impl DispatchServer {
@@ -66,7 +76,42 @@ impl DispatchServer {
             app,
             engine,
             kb_changes,
+            principal: None,
+            session_subject: Arc::new(std::sync::OnceLock::new()),
+            calls: None,
         }
+    }
+
+    /// Fix the caller for every request of this session.
+    pub fn with_principal(mut self, principal: Option<Principal>) -> Self {
+        self.principal = principal;
+        self
+    }
+
+    /// Track tool calls in `tracker` (graceful shutdown waits for them).
+    pub fn with_call_tracker(mut self, tracker: TaskTracker) -> Self {
+        self.calls = Some(tracker);
+        self
+    }
+
+    /// The authenticated caller of a request: the HTTP layer leaves it in the
+    /// request's extensions; stdio has none (and sees every task).
+    fn principal_of(&self, ext: &rmcp::model::Extensions) -> Result<Option<Principal>, String> {
+        let p = ext
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .or_else(|| self.principal.clone());
+        if let Some(p) = &p {
+            let owner = self.session_subject.get_or_init(|| p.subject.clone());
+            if *owner != p.subject {
+                return Err(
+                    "this MCP session belongs to another user: start your own session (initialize) with your token"
+                        .into(),
+                );
+            }
+        }
+        Ok(p)
     }
 }
 
@@ -95,6 +140,31 @@ impl ServerHandler for DispatchServer {
         .with_instructions(INSTRUCTIONS)
     }
 
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, McpError> {
+        // Binds the session to whoever opened it (see `session_subject`).
+        self.principal_of(&context.extensions)
+            .map_err(|e| McpError::invalid_request(e, None))?;
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    /// Accepted (answered `{}`) for clients that still send it, although MCP
+    /// deprecated logging (SEP-2577) and the capability is not declared:
+    /// dispatch's logs go to stderr, so there is nothing to filter per session.
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        tracing::debug!(level = ?request.level, "client set its log level");
+        Ok(())
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -115,6 +185,22 @@ impl ServerHandler for DispatchServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
+        let principal = match self.principal_of(&context.extensions) {
+            Ok(p) => p,
+            Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e)]).into()),
+        };
+        // The HTTP layer already answered 403 for a missing scope; this keeps
+        // the rule true for any transport that carries a principal.
+        if let Some(p) = &principal {
+            let needed = crate::auth::required_scope(&name);
+            if !p.has(needed) {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "insufficient_scope: {name} needs the scope {}",
+                    needed.as_str()
+                ))])
+                .into());
+            }
+        }
         let progress_token = request
             .meta
             .as_ref()
@@ -124,14 +210,19 @@ impl ServerHandler for DispatchServer {
             peer: Some(context.peer.clone()),
             progress_token,
             cancelled: context.ct.clone(),
-            subject: None,
+            subject: principal.map(|p| p.subject),
         };
         let ctx = tools::Ctx {
             app: &self.app,
             engine: &self.engine,
             call: &caller,
         };
-        let result = match tools::call(&ctx, &name, request.arguments).await {
+        let call = tools::call(&ctx, &name, request.arguments);
+        let outcome = match &self.calls {
+            Some(t) => t.track_future(call).await,
+            None => call.await,
+        };
+        let result = match outcome {
             Ok(reply) => {
                 let text = reply.text.unwrap_or_else(|| {
                     serde_json::to_string_pretty(&reply.structured)
@@ -152,8 +243,10 @@ impl ServerHandler for DispatchServer {
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
+        self.principal_of(&context.extensions)
+            .map_err(|e| McpError::invalid_request(e, None))?;
         let cursor = request.and_then(|r| r.cursor);
         let app = self.app.clone();
         let (items, next) =
@@ -184,8 +277,10 @@ impl ServerHandler for DispatchServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        self.principal_of(&context.extensions)
+            .map_err(|e| McpError::invalid_request(e, None))?;
         let uri = request.uri;
         let path =
             resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;

@@ -302,3 +302,4 @@ where
 pub const DEADLINE: Duration = Duration::from_secs(20);
 pub mod fake_provider;
 pub mod fixture;
+pub mod http;

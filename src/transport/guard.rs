@@ -1,0 +1,528 @@
+//! What every HTTP request passes before it reaches MCP: `Host` and `Origin`
+//! allow-lists (DNS rebinding protection), bearer authentication, per-subject
+//! rate limits, body size limits and per-tool scopes.
+//!
+//! Order matters and is fixed here: a request from a page on another origin is
+//! refused before its token is even looked at, and a caller without a valid
+//! token learns nothing about rate limits or bodies.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use http::uri::Authority;
+
+use super::Shared;
+use crate::auth::{AuthError, Principal, Scope, required_scope, required_scope_for_method};
+
+/// Allowed `Host` and `Origin` values.
+#[derive(Debug, Clone)]
+pub struct AllowList {
+    /// Hosts (lower case, no brackets) with an optional port.
+    hosts: Vec<(String, Option<u16>)>,
+    /// Origins: scheme, host and port (`None` = any port).
+    origins: Vec<(String, String, Option<u16>)>,
+}
+
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+fn normalize_host(h: &str) -> String {
+    h.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+impl AllowList {
+    /// Loopback names plus `extra_hosts`, the bound IP (a literal IP cannot be
+    /// rebound) and the host of `public_url`; loopback origins plus
+    /// `extra_origins` and the origin of `public_url`.
+    pub fn new(
+        bound: SocketAddr,
+        public_url: Option<&str>,
+        extra_hosts: &[String],
+        extra_origins: &[String],
+    ) -> Result<AllowList, String> {
+        let mut hosts: Vec<(String, Option<u16>)> = LOOPBACK_NAMES
+            .iter()
+            .map(|h| (h.to_string(), None))
+            .collect();
+        if !bound.ip().is_unspecified() {
+            hosts.push((normalize_host(&bound.ip().to_string()), None));
+        }
+        let mut origins: Vec<(String, String, Option<u16>)> = Vec::new();
+        for scheme in ["http", "https"] {
+            for h in LOOPBACK_NAMES {
+                origins.push((scheme.into(), h.into(), None));
+            }
+        }
+        if let Some(url) = public_url {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| format!("[http] public_url = {url:?} is not a URL: {e}"))?;
+            let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) else {
+                return Err(format!(
+                    "[http] public_url = {url:?} needs a scheme and a host, like https://dispatch.example.com"
+                ));
+            };
+            hosts.push((normalize_host(auth.host()), auth.port_u16()));
+            origins.push((
+                scheme.to_ascii_lowercase(),
+                normalize_host(auth.host()),
+                auth.port_u16().or(default_port(scheme)),
+            ));
+        }
+        for h in extra_hosts {
+            let a: Authority = h.trim().parse().map_err(|e| {
+                format!("[http] allowed_hosts: {h:?} is not a host or host:port ({e})")
+            })?;
+            hosts.push((normalize_host(a.host()), a.port_u16()));
+        }
+        for o in extra_origins {
+            origins.push(parse_allowed_origin(o).ok_or_else(|| {
+                format!(
+                    "[http] allowed_origins: {o:?} is not an origin like https://app.example.com or http://localhost:*"
+                )
+            })?);
+        }
+        Ok(AllowList { hosts, origins })
+    }
+
+    /// The hosts in the form rmcp's own check takes (`name` or `name:port`).
+    pub fn host_strings(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|(h, p)| {
+                let h = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                match p {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h,
+                }
+            })
+            .collect()
+    }
+
+    /// The origins in the form rmcp's own check takes.
+    pub fn origin_strings(&self) -> Vec<String> {
+        self.origins
+            .iter()
+            .map(|(s, h, p)| {
+                let h = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                match p {
+                    Some(p) => format!("{s}://{h}:{p}"),
+                    None => format!("{s}://{h}:*"),
+                }
+            })
+            .collect()
+    }
+
+    /// Is this `Host` header value allowed?
+    pub fn host_allowed(&self, value: &str) -> bool {
+        let Ok(a) = value.parse::<Authority>() else {
+            return false;
+        };
+        let host = normalize_host(a.host());
+        self.hosts
+            .iter()
+            .any(|(h, p)| *h == host && p.is_none_or(|p| a.port_u16() == Some(p)))
+    }
+
+    /// Is this `Origin` header value allowed? (`null` never is.)
+    pub fn origin_allowed(&self, value: &str) -> bool {
+        let Some((scheme, host, port)) = parse_origin(value) else {
+            return false;
+        };
+        self.origins
+            .iter()
+            .any(|(s, h, p)| *s == scheme && *h == host && p.is_none_or(|p| port == Some(p)))
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// `scheme://host[:port]` with the scheme's default port filled in.
+fn parse_origin(value: &str) -> Option<(String, String, Option<u16>)> {
+    let uri: http::Uri = value.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let a = uri.authority()?;
+    let port = a.port_u16().or(default_port(&scheme));
+    Some((scheme, normalize_host(a.host()), port))
+}
+
+/// An allow-list entry: an origin, with `:*` for any port.
+fn parse_allowed_origin(value: &str) -> Option<(String, String, Option<u16>)> {
+    let v = value.trim();
+    if let Some(base) = v.strip_suffix(":*") {
+        let (s, h, _) = parse_origin(base)?;
+        return Some((s, h, None));
+    }
+    parse_origin(v)
+}
+
+/// Middleware: refuse requests whose `Host` or `Origin` is not allowed (403).
+pub async fn check_host_and_origin(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if shared.allow.host_allowed(&h) => {}
+        Some(h) => {
+            tracing::warn!(host = %h, "refused a request for a host not in [http] allowed_hosts (possible DNS rebinding)");
+            return forbidden(&format!(
+                "Host {h:?} is not allowed: add it to [http] allowed_hosts in dispatch.toml"
+            ));
+        }
+        None => return plain(StatusCode::BAD_REQUEST, "missing Host header"),
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let o = origin.to_str().unwrap_or("");
+        if !shared.allow.origin_allowed(o) {
+            tracing::warn!(origin = %o, "refused a request from an origin not in [http] allowed_origins");
+            return forbidden(&format!(
+                "Origin {o:?} is not allowed: add it to [http] allowed_origins in dispatch.toml"
+            ));
+        }
+    }
+    next.run(req).await
+}
+
+/// Requests per minute per key (subject, or client address without auth).
+pub struct Limiter {
+    inner: RateLimiter<String, DashMapStateStore<String>, DefaultClock>,
+}
+
+impl Limiter {
+    /// `None` when the limit is off (0 per minute).
+    pub fn new(per_minute: u32, burst: u32) -> Option<Limiter> {
+        let rate = NonZeroU32::new(per_minute)?;
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        Some(Limiter {
+            inner: RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)),
+        })
+    }
+
+    /// `Err(wait)` when `key` is over its limit.
+    fn check(&self, key: &str) -> Result<(), Duration> {
+        self.inner
+            .check_key(&key.to_string())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forget keys whose buckets are full again (bounded memory).
+    pub fn prune(&self) {
+        self.inner.retain_recent();
+        self.inner.shrink_to_fit();
+    }
+}
+
+/// Middleware for the MCP endpoints (and `/metrics`): authenticate, rate
+/// limit, cap the body and check the scope each JSON-RPC request needs.
+/// The [`Principal`] is left in the request's extensions for the MCP layer.
+pub async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let principal = match &shared.auth {
+        None => None,
+        Some(auth) => {
+            let header = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match auth.authenticate(header).await {
+                Ok(p) => Some(p),
+                Err(e) => return unauthorized(&shared, &e),
+            }
+        }
+    };
+
+    let is_post = parts.method == Method::POST;
+    if is_post && let Some(limiter) = &shared.limiter {
+        let key = match &principal {
+            Some(p) => format!("sub:{}", p.subject),
+            None => format!("ip:{}", peer.ip()),
+        };
+        if let Err(wait) = limiter.check(&key) {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut r = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "rate limit exceeded ([http] rate_limit_per_minute = {}): retry after {secs} s",
+                    shared.config.rate_limit_per_minute
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            return r;
+        }
+    }
+
+    let body = if is_post {
+        let bytes = match axum::body::to_bytes(body, shared.config.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => {
+                // `to_bytes` fails for an oversize body or a broken stream;
+                // the length check tells which.
+                if is_length_limit(&e) {
+                    return plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!(
+                            "request body over {} bytes ([http] max_body_bytes)",
+                            shared.config.max_body_bytes
+                        ),
+                    );
+                }
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                );
+            }
+        };
+        if let (Some(auth), Some(p)) = (&shared.auth, &principal)
+            && let Some(needed) = missing_scope(p, &bytes)
+        {
+            let mut r = json_error(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                &format!("this call needs the scope {}", needed.as_str()),
+            );
+            if let Ok(v) =
+                HeaderValue::from_str(&auth.insufficient_scope(&shared.metadata_url, needed))
+            {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return r;
+        }
+        Body::from(bytes)
+    } else {
+        body
+    };
+    if let Some(p) = principal {
+        parts.extensions.insert(p);
+    }
+    if !is_post {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    // A POST is in flight until its answer has been sent (for Streamable
+    // HTTP, until its response stream ends): shutdown waits for it.
+    let token = shared.calls.token();
+    let (rparts, rbody) = next.run(Request::from_parts(parts, body)).await.into_parts();
+    Response::from_parts(
+        rparts,
+        Body::new(TrackedBody {
+            inner: rbody,
+            _token: token,
+        }),
+    )
+}
+
+/// A response body that holds a shutdown-tracker token until it is done.
+struct TrackedBody {
+    inner: Body,
+    _token: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// The first scope a JSON-RPC message (or batch) needs that `p` lacks.
+fn missing_scope(p: &Principal, body: &Bytes) -> Option<Scope> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let messages: Vec<&serde_json::Value> = match &v {
+        serde_json::Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    messages.into_iter().find_map(|m| {
+        let method = m.get("method")?.as_str()?;
+        let needed = if method == "tools/call" {
+            let tool = m.get("params")?.get("name")?.as_str()?;
+            Some(required_scope(tool))
+        } else {
+            required_scope_for_method(method)
+        }?;
+        (!p.has(needed)).then_some(needed)
+    })
+}
+
+fn unauthorized(shared: &Shared, e: &AuthError) -> Response {
+    if let AuthError::Unavailable(why) = e {
+        tracing::warn!(error = %why, "cannot validate tokens");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the authorization server cannot be reached to validate the token; try again later",
+        );
+    }
+    let (code, text) = match e {
+        AuthError::Missing => ("invalid_request", e.to_string()),
+        other => ("invalid_token", other.to_string()),
+    };
+    let mut r = json_error(StatusCode::UNAUTHORIZED, code, &text);
+    if let Some(auth) = &shared.auth {
+        let error = (!matches!(e, AuthError::Missing)).then_some(e);
+        if let Ok(v) = HeaderValue::from_str(&auth.challenge(&shared.metadata_url, error)) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    r
+}
+
+fn json_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+fn forbidden(text: &str) -> Response {
+    plain(StatusCode::FORBIDDEN, text)
+}
+
+fn plain(status: StatusCode, text: &str) -> Response {
+    let mut r = (status, format!("{text}\n")).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list() -> AllowList {
+        AllowList::new(
+            "127.0.0.1:8080".parse().unwrap(),
+            Some("https://dispatch.example.com"),
+            &["internal.example:9000".into()],
+            &["https://app.example.com".into(), "http://dev.local:*".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hosts() {
+        let l = list();
+        for ok in [
+            "localhost:8080",
+            "127.0.0.1",
+            "[::1]:3000",
+            "dispatch.example.com",
+            "internal.example:9000",
+            "LOCALHOST:1",
+        ] {
+            assert!(l.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.com", "internal.example:9001", "localhost.evil.com", ""] {
+            assert!(!l.host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let l = list();
+        for ok in [
+            "http://localhost:5173",
+            "https://127.0.0.1",
+            "https://dispatch.example.com",
+            "https://app.example.com",
+            "https://app.example.com:443",
+            "http://dev.local:1234",
+        ] {
+            assert!(l.origin_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "null",
+            "https://evil.com",
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "not a url",
+        ] {
+            assert!(!l.origin_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_entries_say_what_to_fix() {
+        let e = AllowList::new(
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            &[],
+            &["app.example.com".into()],
+        )
+        .unwrap_err();
+        assert!(e.contains("allowed_origins"), "{e}");
+    }
+
+    #[test]
+    fn limiter_refuses_past_the_burst_with_a_wait() {
+        let l = Limiter::new(60, 2).unwrap();
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_ok());
+        let wait = l.check("a").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(l.check("b").is_ok(), "keys are independent");
+        assert!(Limiter::new(0, 5).is_none());
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP server without OAuth2: Streamable HTTP and legacy SSE against the
+//! real binary, session isolation, DNS rebinding protection, body and rate
+//! limits, health, refusal of unauthenticated non-loopback serving, and a
+//! graceful shutdown that lets a call in flight finish.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::fake_provider::Behavior;
+use common::fixture::{Fx, agent};
+use common::http::{HttpServer, SseClient, call};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+async fn server(toml: &str) -> (Fx, HttpServer) {
+    let fx = Fx::new(&[("helper", &agent("openai/gpt-4o-mini"))], toml).await;
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    (fx, s)
+}
+
+#[tokio::test]
+async fn streamable_http_runs_agents_and_kb_tools() {
+    let (fx, s) = server("").await;
+    fx.fake.set_default(Behavior::reply("hello over http"));
+    let c = s.streamable(None).await.expect("connect");
+    let tools = c.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "agent_run"));
+    let (err, v) = call(
+        &c,
+        "agent_run",
+        json!({"agent": "helper", "input": "hi", "wait_seconds": 30}),
+    )
+    .await;
+    assert!(!err, "{v}");
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert!(v["output"].as_str().unwrap().contains("hello over http"));
+    let (err, _) = call(
+        &c,
+        "kb_write",
+        json!({"path": "context/http.md", "content": "# via http\n"}),
+    )
+    .await;
+    assert!(!err);
+    let (err, v) = call(&c, "kb_read", json!({"path": "context/http.md"})).await;
+    assert!(!err && v["content"].as_str().unwrap().contains("via http"), "{v}");
+    c.cancel().await.ok();
+}
+
+#[tokio::test]
+async fn legacy_sse_serves_tools_and_two_clients_stay_apart() {
+    let (fx, s) = server("").await;
+    fx.fake.set_default(Behavior::reply("legacy answer"));
+    let base = s.url("");
+    let mut a = SseClient::connect(&base, None).await.expect("sse a");
+    let mut b = SseClient::connect(&base, None).await.expect("sse b");
+    assert_ne!(a.endpoint, b.endpoint, "each stream is its own session");
+    let init = a.handshake().await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "dispatch", "{init}");
+    b.handshake().await;
+
+    // Interleaved calls: each answer arrives on its own client's stream.
+    let la = a.request("tools/list", json!({})).await;
+    let rb = b
+        .call(
+            "agent_run",
+            json!({"agent": "helper", "input": "x", "wait_seconds": 30}),
+        )
+        .await;
+    let ra = a.call("agent_list", json!({})).await;
+    assert!(
+        la["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "kb_search")
+    );
+    assert_eq!(rb["structuredContent"]["state"], "succeeded", "{rb:#}");
+    assert!(
+        ra["structuredContent"]["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "helper"),
+        "{ra:#}"
+    );
+    // A post to a session that does not exist is refused.
+    let r = common::http::client()
+        .post(s.url("/messages?sessionId=0000"))
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Malformed JSON-RPC says so.
+    let r = a.post_raw(b"{not json".to_vec(), None).await;
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("JSON-RPC"));
+}
+
+#[tokio::test]
+async fn bad_host_or_origin_is_403_on_every_transport() {
+    let (_fx, s) = server("").await;
+    let http = common::http::client();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    for (path, post) in [("/mcp", true), ("/sse", false), ("/messages?sessionId=x", true)] {
+        let build = |h: (&str, &str)| {
+            let rb = if post {
+                http.post(s.url(path)).json(&init)
+            } else {
+                http.get(s.url(path))
+            };
+            rb.header("accept", "application/json, text/event-stream")
+                .header(h.0, h.1)
+        };
+        let r = build(("host", "evil.example:80")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "Host on {path}");
+        assert!(r.text().await.unwrap().contains("allowed_hosts"));
+        let r = build(("origin", "https://evil.example")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "Origin on {path}");
+    }
+    // A loopback origin (a local dev page) is fine.
+    let r = http
+        .post(s.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("origin", "http://localhost:5173")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_413() {
+    let (_fx, s) = server("[http]\nmax_body_bytes = 2048\n").await;
+    let big = json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad": "x".repeat(4096)}});
+    let http = common::http::client();
+    let r = http
+        .post(s.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(r.text().await.unwrap().contains("max_body_bytes"));
+    let sse = SseClient::connect(&s.url(""), None).await.expect("sse");
+    let r = sse.post_raw(big.to_string().into_bytes(), None).await;
+    assert_eq!(r.status().as_u16(), 413);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let (_fx, s) = server("[http]\nrate_limit_per_minute = 1\nrate_limit_burst = 3\n").await;
+    let http = common::http::client();
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..5 {
+        let r = http
+            .post(s.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&ping)
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 429 {
+            retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..3].iter().all(|&c| c != 429), "{statuses:?}");
+    assert_eq!(&statuses[3..], &[429, 429], "{statuses:?}");
+    let secs = retry_after.expect("Retry-After in seconds");
+    assert!((1..=60).contains(&secs), "{secs}");
+}
+
+#[tokio::test]
+async fn health_answers_for_any_host() {
+    let (_fx, s) = server("").await;
+    let r = common::http::client()
+        .get(s.url("/healthz"))
+        .header("host", "10.1.2.3:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["agents"], 1);
+    // Without [auth] there is no protected-resource metadata to advertise.
+    let r = common::http::client()
+        .get(s.url("/.well-known/oauth-protected-resource"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn non_loopback_without_auth_is_refused() {
+    let p = common::Project::new();
+    let out = tokio::process::Command::new(common::bin())
+        .args(["serve", "--http", "0.0.0.0:0", "--root"])
+        .arg(p.root())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without authentication"), "{err}");
+    assert!(err.contains("--allow-unauthenticated"), "{err}");
+    assert!(err.contains("[auth]"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_call_in_flight_finish() {
+    let (fx, s) = server("[http]\nshutdown_grace_secs = 30\n").await;
+    let release = Arc::new(Notify::new());
+    fx.fake.set_default(Behavior::gate(&release, "finished during shutdown"));
+    let c = s.streamable(None).await.expect("connect");
+    let running = tokio::spawn(async move {
+        let r = call(
+            &c,
+            "agent_run",
+            json!({"agent": "helper", "input": "slow", "wait_seconds": 60}),
+        )
+        .await;
+        (c, r)
+    });
+    common::eventually("the provider request", common::DEADLINE, || {
+        let n = fx.fake.in_flight();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let stderr = s.stderr.clone();
+    let term = tokio::spawn(s.terminate());
+    common::eventually("shutdown to start", common::DEADLINE, || {
+        let seen = stderr.lock().unwrap().contains("waiting for tool calls");
+        async move { seen.then_some(()) }
+    })
+    .await;
+    release.notify_waiters();
+    let Ok(joined) = tokio::time::timeout(common::DEADLINE, running).await else {
+        panic!("the call in flight did not finish: {}", stderr.lock().unwrap());
+    };
+    let (_c, (err, v)) = joined.unwrap();
+    assert!(!err, "{v}");
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert!(v["output"].as_str().unwrap().contains("finished during shutdown"));
+    let status = term.await.unwrap();
+    assert!(status.success(), "{status:?}");
+}
