@@ -19,6 +19,8 @@
 //! - [`provider`]: LLM clients (OpenAI-compatible, Anthropic), retries,
 //!   failover, circuit breakers, prices. Only this module knows a wire format.
 //! - [`store`]: durable tasks and attempts (SQLite). Only this module knows SQL.
+//! - [`metrics`]: Prometheus metrics (families, recording, the `/metrics`
+//!   text), shared by the engine and its providers.
 //! - [`workflow`]: workflow definitions: validation into a petgraph plan,
 //!   templates, Mermaid and DOT rendering.
 //! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
@@ -42,6 +44,7 @@ pub mod diag;
 pub mod engine;
 pub mod kb;
 pub mod mcp;
+pub mod metrics;
 pub mod provider;
 pub mod registry;
 pub mod store;

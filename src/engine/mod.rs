@@ -38,7 +38,8 @@ pub use workflow::{RunEvent, RunRequest};
 
 use crate::agent::ModelRef;
 use crate::kb::Kb;
-use crate::provider::Providers;
+use crate::metrics::{BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Metrics};
+use crate::provider::{BreakerState, Providers};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError, TaskFilter, TaskPage};
 use crate::task::{Attempt, FailReason, Task, TaskId, TaskState, now_millis};
@@ -217,6 +218,7 @@ pub struct Engine {
     shutdown: CancellationToken,
     sampler: audit::Sampler,
     runs: Mutex<HashMap<String, Arc<workflow::LiveRun>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -257,6 +259,8 @@ impl Engine {
         cfg: EngineConfig,
     ) -> Arc<Engine> {
         let cfg_seed = cfg.audit_seed;
+        // One registry for the engine and its providers: the providers'.
+        let metrics = providers.metrics().clone();
         Arc::new(Engine {
             global: Arc::new(Semaphore::new(cfg.global_limit.max(1))),
             store,
@@ -270,7 +274,54 @@ impl Engine {
             shutdown: CancellationToken::new(),
             sampler: audit::Sampler::new(cfg_seed),
             runs: Mutex::new(HashMap::new()),
+            metrics,
         })
+    }
+
+    /// The engine's metrics (shared with its providers).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition (OpenMetrics text; content type
+    /// [`crate::metrics::CONTENT_TYPE`]), sampling gauges now: tasks per state
+    /// (from the store, so every process sharing it is counted), the queue
+    /// depth and the breaker states. A store error keeps the last sampled counts.
+    pub async fn metrics_text(&self) -> String {
+        match self.store.counts_by_state().await {
+            Ok(counts) => {
+                for (state, n) in counts {
+                    self.metrics.set_tasks(state.as_str(), n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot count tasks by state"),
+        }
+        self.metrics.set_queue_depth(self.queue_depth());
+        for (provider, state) in self.providers.breaker_states() {
+            let level = match state {
+                BreakerState::Closed { .. } => BREAKER_CLOSED,
+                BreakerState::HalfOpen { .. } => BREAKER_HALF_OPEN,
+                BreakerState::Open { .. } => BREAKER_OPEN,
+            };
+            self.metrics.set_breaker_state(&provider, level);
+        }
+        self.metrics.render()
+    }
+
+    /// Count a task that this process just persisted in a terminal state.
+    fn record_finished(&self, task: &Task) {
+        let failure = match (task.state, task.reason) {
+            (TaskState::Failed, Some(r)) => Some(r.as_str()),
+            (TaskState::Failed, None) => Some(FailReason::Internal.as_str()),
+            _ => None,
+        };
+        let millis = task
+            .finished_at
+            .unwrap_or_else(now_millis)
+            .saturating_sub(task.created_at);
+        let elapsed = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
+        self.metrics
+            .task_finished(&task.agent, task.state.as_str(), failure, elapsed);
     }
 
     /// The store (for read-only queries by front ends).
@@ -320,6 +371,7 @@ impl Engine {
                 ));
                 task.finished_at = Some(now_millis());
                 self.store.update_task(&task, TaskState::Running).await?;
+                self.record_finished(&task);
                 tracing::warn!(task = %task.id, "failed an interrupted task (re-queue limit reached)");
                 failed += 1;
             }
@@ -421,7 +473,8 @@ impl Engine {
             .routing
             .as_ref()
             .and_then(|r| serde_json::to_value(r).ok());
-        // The classifier's calls are part of this task's cost.
+        // The classifier's calls are part of this task's cost (their tokens
+        // and cost were counted in the metrics when the router made them).
         for a in req.routing.iter().flat_map(|r| &r.attempts) {
             task.attempts += 1;
             task.input_tokens += a.input_tokens;
@@ -496,7 +549,10 @@ impl Engine {
             task.error = Some(error.to_string());
             task.finished_at = Some(now_millis());
             match self.store.update_task(&task, from).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.record_finished(&task);
+                    return;
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => {
                     tracing::error!(task = %id, error = %e, "cannot mark a dead task as failed");
@@ -664,6 +720,7 @@ impl Engine {
                 t.reason = Some(FailReason::Cancelled);
                 t.finished_at = Some(now_millis());
                 self.store.update_task(&t, from).await?;
+                self.record_finished(&t);
                 Ok(CancelOutcome {
                     task_id: t.id,
                     cancelled: true,

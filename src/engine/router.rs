@@ -169,6 +169,16 @@ pub(super) async fn route(
             .call_chain(&classifier.models, &req, timeout, None, &record)
             .await;
         let logs = std::mem::take(&mut *logs.lock().unwrap_or_else(|p| p.into_inner()));
+        for log in &logs {
+            engine.metrics.usage(
+                &classifier.name,
+                &log.provider,
+                &log.model,
+                log.usage.input_tokens,
+                log.usage.output_tokens,
+                log.cost_usd,
+            );
+        }
         attempts = logs
             .into_iter()
             .map(|log| Attempt {

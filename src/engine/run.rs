@@ -104,6 +104,9 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
         return;
     }
     publish(&live, TaskState::Running);
+    // Dropped before the final state is published, so a waiter that sees the
+    // task finished never sees it still counted as running.
+    let running = engine.metrics.task_running();
 
     // 3. Run the agent, unless cancelled. Attempts recorded before a crash
     // stay; the audit loop resumes from them.
@@ -114,6 +117,7 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
                 FailReason::Internal,
                 format!("cannot read earlier attempts: {e}"),
             );
+            drop(running);
             finish(&engine, &live, task, TaskState::Running, outcome).await;
             return;
         }
@@ -151,6 +155,7 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
     if let Some(t) = trail.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         task.audit = serde_json::to_value(t).ok();
     }
+    drop(running);
     finish(&engine, &live, task, TaskState::Running, outcome).await;
 }
 
@@ -195,12 +200,15 @@ async fn finish(
             Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot write the outbox file"),
         }
     }
-    if let Err(e) = engine.store.update_task(&task, from).await {
-        tracing::error!(task = %task.id, error = %e, "cannot persist the final state");
-        // Try once more from whatever the store holds, so nothing stays running.
-        engine
-            .fail_orphan(&task.id, &format!("could not record the outcome: {e}"))
-            .await;
+    match engine.store.update_task(&task, from).await {
+        Ok(()) => engine.record_finished(&task),
+        Err(e) => {
+            tracing::error!(task = %task.id, error = %e, "cannot persist the final state");
+            // Try once more from whatever the store holds, so nothing stays running.
+            engine
+                .fail_orphan(&task.id, &format!("could not record the outcome: {e}"))
+                .await;
+        }
     }
     let _ = live.events.send(TaskEvent::State { state: task.state });
     live.state.send_replace(task.state);
@@ -281,7 +289,16 @@ impl RunCtx<'_> {
         let tx = self.attempts.clone();
         let task_id = self.task.id.clone();
         let agent = agent.to_string();
+        let metrics = self.engine.metrics.clone();
         move |log: AttemptLog| {
+            metrics.usage(
+                &agent,
+                &log.provider,
+                &log.model,
+                log.usage.input_tokens,
+                log.usage.output_tokens,
+                log.cost_usd,
+            );
             let seq = tally.seq.fetch_add(1, Ordering::Relaxed) + 1;
             if !log.skipped {
                 tally.calls.fetch_add(1, Ordering::Relaxed);
@@ -587,6 +604,9 @@ async fn run_agent(ctx: &RunCtx<'_>) -> Outcome {
                 }
             };
             ctx.engine.sampler.observe(&agent.name, round.verdict);
+            ctx.engine
+                .metrics
+                .audit_verdict(&agent.name, round.verdict.as_str());
             rounds.push(round.clone());
             if let Some(t) = trail.as_mut() {
                 t.rounds = rounds.clone();

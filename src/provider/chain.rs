@@ -21,6 +21,7 @@ use super::{
     ResilienceConfig, Usage, env_var_name,
 };
 use crate::agent::ModelRef;
+use crate::metrics::Metrics;
 use crate::task::{CostSource, Millis, now_millis};
 
 /// How [`Providers`] waits between retries. Injectable so tests can record the
@@ -171,6 +172,7 @@ pub struct Providers {
     cfg: ResilienceConfig,
     clock: Arc<dyn Clock>,
     sleep: SleepFn,
+    metrics: Arc<Metrics>,
 }
 
 impl fmt::Debug for Providers {
@@ -228,6 +230,7 @@ impl Providers {
             cfg,
             clock: Arc::new(SystemClock),
             sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+            metrics: Arc::new(Metrics::new()),
         };
         for name in names {
             let settings = custom.get(name).unwrap_or(&default_settings);
@@ -324,6 +327,18 @@ impl Providers {
         self
     }
 
+    /// Record into `metrics` instead of the fresh registry [`Providers::new`]
+    /// made (an engine built on these providers shares them).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Providers {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where every call is counted and timed (`dispatch_provider_*`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The provider called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.providers.get(name)
@@ -415,6 +430,8 @@ impl Providers {
             let e = ProviderError::UnknownProvider {
                 provider: model.provider.clone(),
             };
+            self.metrics
+                .provider_request(&model.provider, &model.model, e.outcome(), None);
             on_attempt(self.failed_log(model, now_millis(), 0, &e));
             return Err(fail(e, 0));
         };
@@ -430,13 +447,32 @@ impl Providers {
                         retry_in,
                     };
                     tracing::info!(model = %model, "{e}");
+                    self.metrics
+                        .provider_request(&model.provider, &model.model, e.outcome(), None);
                     on_attempt(self.failed_log(model, started_at, 0, &e));
                     return Err(fail(e, sent));
                 }
             };
-            let t0 = Instant::now();
+            let mut in_flight = InFlight {
+                metrics: &self.metrics,
+                model,
+                t0: Instant::now(),
+                done: false,
+            };
             let result = provider.chat(&model.model, req, timeout, progress).await;
-            let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            in_flight.done = true;
+            let elapsed = in_flight.t0.elapsed();
+            let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            let (outcome, was_sent) = match &result {
+                Ok(_) => ("ok", true),
+                Err(e) => (e.outcome(), !e.is_skip()),
+            };
+            self.metrics.provider_request(
+                &model.provider,
+                &model.model,
+                outcome,
+                was_sent.then_some(elapsed),
+            );
             match result {
                 Ok(response) => {
                     permit.record(Outcome::Success, self.clock.now());
@@ -513,6 +549,28 @@ impl Providers {
             usage: Usage::default(),
             cost_usd: 0.0,
             cost_source: CostSource::Unknown,
+        }
+    }
+}
+
+/// A provider call in flight: if its future is dropped before it ends (the
+/// task was cancelled), the call is counted with the outcome `cancelled`.
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+    model: &'a ModelRef,
+    t0: Instant,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.provider_request(
+                &self.model.provider,
+                &self.model.model,
+                "cancelled",
+                Some(self.t0.elapsed()),
+            );
         }
     }
 }

@@ -180,6 +180,28 @@ impl ProviderError {
         }
     }
 
+    /// The `outcome` label of `dispatch_provider_requests_total`: a small
+    /// fixed vocabulary (`rate_limited`, `server_error`, `client_error`,
+    /// `timeout`, `stalled`, `connect_error`, `malformed`, `upstream_error`,
+    /// `circuit_open`, `not_configured`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ProviderError::Http { status: 429, .. } => "rate_limited",
+            ProviderError::Http { status, .. } if *status >= 500 => "server_error",
+            ProviderError::Http { .. } => "client_error",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Stalled { .. } => "stalled",
+            ProviderError::Connect { .. } => "connect_error",
+            ProviderError::Malformed { .. } => "malformed",
+            ProviderError::Upstream { .. } => "upstream_error",
+            ProviderError::CircuitOpen { .. } => "circuit_open",
+            ProviderError::MissingKey { .. }
+            | ProviderError::UnknownProvider { .. }
+            | ProviderError::Config { .. }
+            | ProviderError::NoModels => "not_configured",
+        }
+    }
+
     /// True when no request was sent (missing key, unknown provider, open breaker).
     pub fn is_skip(&self) -> bool {
         matches!(
@@ -247,11 +269,15 @@ mod tests {
             assert!(!http(s).ends_chain(), "{s}");
         }
         assert_eq!(http(418).http_status(), Some(418));
+        assert_eq!(http(429).outcome(), "rate_limited");
+        assert_eq!(http(503).outcome(), "server_error");
+        assert_eq!(http(401).outcome(), "client_error");
         let missing = ProviderError::MissingKey {
             provider: "openrouter".into(),
             env: "OPENROUTER_API_KEY".into(),
         };
         assert!(!missing.is_retryable() && !missing.ends_chain() && missing.is_skip());
+        assert_eq!(missing.outcome(), "not_configured");
         assert_eq!(
             missing.to_string(),
             "OPENROUTER_API_KEY is not set: export it before starting dispatch"

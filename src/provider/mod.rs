@@ -7,7 +7,8 @@
 //! - [`Providers`] holds every provider, one pooled HTTP client, a circuit
 //!   breaker per provider and the [`PriceTable`]; [`Providers::call_chain`]
 //!   runs an agent's model chain with retries, backoff and failover, and
-//!   reports every attempt as it happens.
+//!   reports every attempt as it happens (and counts and times it in the
+//!   shared [`crate::metrics::Metrics`], cancelled calls included).
 //! - [`ProviderError`] says what went wrong in words a user can act on; keys
 //!   never appear in it (see [`ApiKey`]).
 //!
