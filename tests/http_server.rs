@@ -43,7 +43,29 @@ async fn streamable_http_runs_agents_and_kb_tools() {
     .await;
     assert!(!err);
     let (err, v) = call(&c, "kb_read", json!({"path": "context/http.md"})).await;
-    assert!(!err && v["content"].as_str().unwrap().contains("via http"), "{v}");
+    assert!(
+        !err && v["content"].as_str().unwrap().contains("via http"),
+        "{v}"
+    );
+    // /metrics shows the requests, the task and its tokens and cost.
+    let m = common::http::client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status().as_u16(), 200);
+    let text = m.text().await.unwrap();
+    for needle in [
+        "dispatch_http_requests_total{transport=\"streamable_http\",status=\"200\"}",
+        "dispatch_tasks{state=\"succeeded\"} 1",
+        "dispatch_tokens_total{agent=\"helper\",model=\"openai/gpt-4o-mini\",direction=\"output\"}",
+        "dispatch_cost_usd_total{agent=\"helper\",model=\"openai/gpt-4o-mini\"}",
+        "dispatch_provider_requests_total{provider=\"openai\",model=\"openai/gpt-4o-mini\",outcome=\"ok\"} 1",
+        "dispatch_breaker_state{provider=\"openai\"} 0",
+        "dispatch_queue_depth 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
     c.cancel().await.ok();
 }
 
@@ -103,7 +125,11 @@ async fn bad_host_or_origin_is_403_on_every_transport() {
     let (_fx, s) = server("").await;
     let http = common::http::client();
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
-    for (path, post) in [("/mcp", true), ("/sse", false), ("/messages?sessionId=x", true)] {
+    for (path, post) in [
+        ("/mcp", true),
+        ("/sse", false),
+        ("/messages?sessionId=x", true),
+    ] {
         let build = |h: (&str, &str)| {
             let rb = if post {
                 http.post(s.url(path)).json(&init)
@@ -116,7 +142,10 @@ async fn bad_host_or_origin_is_403_on_every_transport() {
         let r = build(("host", "evil.example:80")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 403, "Host on {path}");
         assert!(r.text().await.unwrap().contains("allowed_hosts"));
-        let r = build(("origin", "https://evil.example")).send().await.unwrap();
+        let r = build(("origin", "https://evil.example"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 403, "Origin on {path}");
     }
     // A loopback origin (a local dev page) is fine.
@@ -222,7 +251,8 @@ async fn non_loopback_without_auth_is_refused() {
 async fn sigterm_lets_the_call_in_flight_finish() {
     let (fx, s) = server("[http]\nshutdown_grace_secs = 30\n").await;
     let release = Arc::new(Notify::new());
-    fx.fake.set_default(Behavior::gate(&release, "finished during shutdown"));
+    fx.fake
+        .set_default(Behavior::gate(&release, "finished during shutdown"));
     let c = s.streamable(None).await.expect("connect");
     let running = tokio::spawn(async move {
         let r = call(
@@ -247,12 +277,20 @@ async fn sigterm_lets_the_call_in_flight_finish() {
     .await;
     release.notify_waiters();
     let Ok(joined) = tokio::time::timeout(common::DEADLINE, running).await else {
-        panic!("the call in flight did not finish: {}", stderr.lock().unwrap());
+        panic!(
+            "the call in flight did not finish: {}",
+            stderr.lock().unwrap()
+        );
     };
     let (_c, (err, v)) = joined.unwrap();
     assert!(!err, "{v}");
     assert_eq!(v["state"], "succeeded", "{v:#}");
-    assert!(v["output"].as_str().unwrap().contains("finished during shutdown"));
+    assert!(
+        v["output"]
+            .as_str()
+            .unwrap()
+            .contains("finished during shutdown")
+    );
     let status = term.await.unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -338,7 +338,10 @@ pub async fn authorize(
     // A POST is in flight until its answer has been sent (for Streamable
     // HTTP, until its response stream ends): shutdown waits for it.
     let token = shared.calls.token();
-    let (rparts, rbody) = next.run(Request::from_parts(parts, body)).await.into_parts();
+    let (rparts, rbody) = next
+        .run(Request::from_parts(parts, body))
+        .await
+        .into_parts();
     Response::from_parts(
         rparts,
         Body::new(TrackedBody {
@@ -456,7 +459,10 @@ mod tests {
             "127.0.0.1:8080".parse().unwrap(),
             Some("https://dispatch.example.com"),
             &["internal.example:9000".into()],
-            &["https://app.example.com".into(), "http://dev.local:*".into()],
+            &[
+                "https://app.example.com".into(),
+                "http://dev.local:*".into(),
+            ],
         )
         .unwrap()
     }
@@ -474,7 +480,12 @@ mod tests {
         ] {
             assert!(l.host_allowed(ok), "{ok}");
         }
-        for bad in ["evil.com", "internal.example:9001", "localhost.evil.com", ""] {
+        for bad in [
+            "evil.com",
+            "internal.example:9001",
+            "localhost.evil.com",
+            "",
+        ] {
             assert!(!l.host_allowed(bad), "{bad}");
         }
     }

@@ -257,7 +257,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .layer(from_fn_with_state(shared.clone(), guard::authorize));
     let public = Router::new()
-        .route("/.well-known/oauth-protected-resource", get(resource_metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(resource_metadata),
+        )
         .route(
             "/.well-known/oauth-protected-resource/{*resource}",
             get(resource_metadata),
@@ -288,8 +291,10 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
     };
     let start = Instant::now();
     let r = next.run(req).await;
-    // METRICS-MERGE shared.engine.metrics().http_request(transport, r.status().as_u16(), start.elapsed());
-    let _ = (&shared, transport, start);
+    shared
+        .engine
+        .metrics()
+        .http_request(transport, r.status().as_u16(), start.elapsed());
     r
 }
 
@@ -308,15 +313,17 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /metrics`
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     if !shared.config.metrics {
-        return (StatusCode::NOT_FOUND, "metrics are off ([http] metrics = false)\n")
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are off ([http] metrics = false)\n",
+        )
             .into_response();
     }
-    // METRICS-MERGE
-    let text = String::new();
+    let text = shared.engine.metrics_text().await;
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     r
 }

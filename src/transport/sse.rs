@@ -61,7 +61,11 @@ impl Sessions {
         }
     }
 
-    fn sender(&self, id: &str, subject: Option<&str>) -> Option<mpsc::Sender<ClientJsonRpcMessage>> {
+    fn sender(
+        &self,
+        id: &str,
+        subject: Option<&str>,
+    ) -> Option<mpsc::Sender<ClientJsonRpcMessage>> {
         let m = self.map.lock().ok()?;
         let s = m.get(id)?;
         (s.subject.as_deref() == subject).then(|| s.to_server.clone())
@@ -163,7 +167,9 @@ pub async fn open(
             Ok(running) => {
                 let _ = running.waiting().await;
             }
-            Err(e) => tracing::debug!(session = %sid, error = %e, "legacy SSE session ended before the handshake"),
+            Err(e) => {
+                tracing::debug!(session = %sid, error = %e, "legacy SSE session ended before the handshake")
+            }
         }
     });
     tracing::debug!(session = %id, "legacy SSE session opened");

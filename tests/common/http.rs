@@ -286,7 +286,12 @@ impl SseClient {
         self.pending.lock().unwrap().insert(id, tx);
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let r = self.post_raw(msg.to_string().into_bytes(), None).await;
-        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status().as_u16(),
+            202,
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
         tokio::time::timeout(DEADLINE, rx)
             .await
             .expect("answer on the SSE stream in time")
