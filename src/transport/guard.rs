@@ -268,6 +268,13 @@ pub async fn authorize(
         }
     };
 
+    // Metrics show agents, models and spend: reading them is reading.
+    if parts.uri.path() == "/metrics"
+        && let (Some(auth), Some(p)) = (&shared.auth, &principal)
+        && !p.has(Scope::Read)
+    {
+        return insufficient(&shared, auth, Scope::Read);
+    }
     let is_post = parts.method == Method::POST;
     if is_post && let Some(limiter) = &shared.limiter {
         let key = match &principal {
@@ -313,17 +320,7 @@ pub async fn authorize(
         if let (Some(auth), Some(p)) = (&shared.auth, &principal)
             && let Some(needed) = missing_scope(p, &bytes)
         {
-            let mut r = json_error(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                &format!("this call needs the scope {}", needed.as_str()),
-            );
-            if let Ok(v) =
-                HeaderValue::from_str(&auth.insufficient_scope(&shared.metadata_url, needed))
-            {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
-            return r;
+            return insufficient(&shared, auth, needed);
         }
         Body::from(bytes)
     } else {
@@ -377,6 +374,19 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// 403 `insufficient_scope` naming the scope.
+fn insufficient(shared: &Shared, auth: &crate::auth::Authenticator, needed: Scope) -> Response {
+    let mut r = json_error(
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+        &format!("this call needs the scope {}", needed.as_str()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&auth.insufficient_scope(&shared.metadata_url, needed)) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
 fn is_length_limit(e: &axum::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
@@ -415,16 +425,12 @@ fn unauthorized(shared: &Shared, e: &AuthError) -> Response {
             "the authorization server cannot be reached to validate the token; try again later",
         );
     }
-    let (code, text) = match e {
-        AuthError::Missing => ("invalid_request", e.to_string()),
-        other => ("invalid_token", other.to_string()),
-    };
-    let mut r = json_error(StatusCode::UNAUTHORIZED, code, &text);
-    if let Some(auth) = &shared.auth {
-        let error = (!matches!(e, AuthError::Missing)).then_some(e);
-        if let Ok(v) = HeaderValue::from_str(&auth.challenge(&shared.metadata_url, error)) {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
+    let code = e.oauth_error().unwrap_or("invalid_request");
+    let mut r = json_error(StatusCode::UNAUTHORIZED, code, &e.to_string());
+    if let Some(auth) = &shared.auth
+        && let Ok(v) = HeaderValue::from_str(&auth.challenge(&shared.metadata_url, Some(e)))
+    {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     r
 }
