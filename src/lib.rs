@@ -21,6 +21,8 @@
 //! - [`store`]: durable tasks and attempts (SQLite). Only this module knows SQL.
 //! - [`workflow`]: workflow definitions: validation into a petgraph plan,
 //!   templates, Mermaid and DOT rendering.
+//! - [`auth`]: the OAuth 2.0 resource server: bearer tokens (JWT or
+//!   introspection) to a principal with scopes, challenges, RFC 9728 metadata.
 //! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
 //!   module knows MCP and JSON-RPC.
 //! - [`diag`]: `file:line:col` diagnostics.
@@ -30,6 +32,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod auth;
 pub mod cli;
 mod cli_tasks;
 pub mod config;
