@@ -23,6 +23,8 @@
 //!   text), shared by the engine and its providers.
 //! - [`workflow`]: workflow definitions: validation into a petgraph plan,
 //!   templates, Mermaid and DOT rendering.
+//! - [`auth`]: the OAuth 2.0 resource server: bearer tokens (JWT or
+//!   introspection) to a principal with scopes, challenges, RFC 9728 metadata.
 //! - [`mcp`]: the MCP server (tools, resources, notifications). Only this
 //!   module and [`transport`] know MCP and JSON-RPC.
 //! - [`transport`]: the HTTP server: Streamable HTTP, legacy SSE, health,

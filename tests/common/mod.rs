@@ -300,6 +300,7 @@ where
 
 /// A generous deadline for things that normally take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+pub mod auth_server;
 pub mod fake_provider;
 pub mod fixture;
 pub mod http;
