@@ -29,8 +29,6 @@
 //!   module and [`transport`] know MCP and JSON-RPC.
 //! - [`transport`]: the HTTP server: Streamable HTTP, legacy SSE, health,
 //!   metrics, OAuth2 metadata, and the guards every request passes.
-//! - [`auth`]: the OAuth2 resource server: bearer tokens (JWT with JWKS, or
-//!   introspection), scopes per tool.
 //! - [`diag`]: `file:line:col` diagnostics.
 //! - [`watch`]: debounced folder watching.
 //!

@@ -36,7 +36,12 @@ fn init_body() -> Value {
     json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}})
 }
 
-async fn post_mcp(s: &HttpServer, token: Option<&str>, session: Option<&str>, body: &Value) -> reqwest::Response {
+async fn post_mcp(
+    s: &HttpServer,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
     let mut rb = client()
         .post(s.url("/mcp"))
         .header("accept", "application/json, text/event-stream")
@@ -96,9 +101,18 @@ async fn metadata_and_challenges_tell_clients_where_to_authenticate() {
     assert_eq!(r.status().as_u16(), 401);
     let w = www(&r);
     assert!(w.starts_with("Bearer "), "{w}");
-    assert!(w.contains(&format!("resource_metadata=\"{METADATA_URL}\"")), "{w}");
-    assert!(w.contains("scope=\"dispatch:read dispatch:run dispatch:write\""), "{w}");
-    let e = SseClient::connect(&s.url(""), None).await.err().expect("401");
+    assert!(
+        w.contains(&format!("resource_metadata=\"{METADATA_URL}\"")),
+        "{w}"
+    );
+    assert!(
+        w.contains("scope=\"dispatch:read dispatch:run dispatch:write\""),
+        "{w}"
+    );
+    let e = SseClient::connect(&s.url(""), None)
+        .await
+        .err()
+        .expect("401");
     assert_eq!(e.status, 401);
     assert!(e.www_authenticate.unwrap().contains("resource_metadata="));
     // /metrics is protected too.
@@ -144,10 +158,15 @@ async fn every_bad_token_is_refused_on_both_transports() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     // The valid one works on both.
-    let c = s.streamable(Some(&valid)).await.expect("streamable with a valid token");
+    let c = s
+        .streamable(Some(&valid))
+        .await
+        .expect("streamable with a valid token");
     let (err, v) = call(&c, "agent_list", json!({})).await;
     assert!(!err, "{v}");
-    let mut sse = SseClient::connect(&s.url(""), Some(&valid)).await.expect("sse");
+    let mut sse = SseClient::connect(&s.url(""), Some(&valid))
+        .await
+        .expect("sse");
     sse.handshake().await;
     let r = sse.call("agent_list", json!({})).await;
     assert!(r["structuredContent"]["agents"].is_array(), "{r}");
@@ -164,7 +183,11 @@ async fn a_call_that_needs_more_scope_gets_403_naming_it() {
     let session = raw_session(&s, &reader).await;
     let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"agent_list","arguments":{}}});
     let r = post_mcp(&s, Some(&reader), Some(&session), &list).await;
-    assert_eq!(r.status().as_u16(), 200, "read-only tools need dispatch:read");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "read-only tools need dispatch:read"
+    );
     let _ = r.text().await;
     for (tool, scope) in [
         ("agent_run", "dispatch:run"),
@@ -181,7 +204,9 @@ async fn a_call_that_needs_more_scope_gets_403_naming_it() {
         assert!(r.text().await.unwrap().contains(scope));
     }
     // The same on the legacy transport.
-    let mut sse = SseClient::connect(&s.url(""), Some(&reader)).await.expect("sse");
+    let mut sse = SseClient::connect(&s.url(""), Some(&reader))
+        .await
+        .expect("sse");
     sse.handshake().await;
     let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"agent_run","arguments":{}}});
     let r = sse.post_raw(body.to_string().into_bytes(), None).await;
@@ -219,12 +244,16 @@ async fn subjects_see_only_their_own_tasks_and_sessions() {
     assert!(!err, "{mine}");
 
     // Bob over legacy SSE: the same wall.
-    let mut sse = SseClient::connect(&s.url(""), Some(&bob)).await.expect("sse");
+    let mut sse = SseClient::connect(&s.url(""), Some(&bob))
+        .await
+        .expect("sse");
     sse.handshake().await;
     let r = sse.call("task_status", json!({"task_id": task})).await;
     assert_eq!(r["isError"], true, "{r}");
     // Bob cannot post into alice's legacy session, nor use her Streamable one.
-    let mut alice_sse = SseClient::connect(&s.url(""), Some(&alice)).await.expect("sse");
+    let mut alice_sse = SseClient::connect(&s.url(""), Some(&alice))
+        .await
+        .expect("sse");
     alice_sse.handshake().await;
     let ping = json!({"jsonrpc":"2.0","id":5,"method":"ping"});
     let r = alice_sse
@@ -254,7 +283,10 @@ async fn introspection_checks_opaque_tokens() {
         .push(("TEST_INTROSPECTION_SECRET".into(), CLIENT_SECRET.into()));
     let s = HttpServer::start(&fx.p, spawn, 0).await;
     let opaque = auth.opaque("carol", &ALL_SCOPES);
-    let c = s.streamable(Some(&opaque)).await.expect("opaque token accepted");
+    let c = s
+        .streamable(Some(&opaque))
+        .await
+        .expect("opaque token accepted");
     let (err, v) = call(&c, "agent_list", json!({})).await;
     assert!(!err, "{v}");
     let other = auth.opaque("dave", &ALL_SCOPES);
@@ -262,5 +294,8 @@ async fn introspection_checks_opaque_tokens() {
     let r = post_mcp(&s, Some(&other), None, &init_body()).await;
     assert_eq!(r.status().as_u16(), 401);
     assert!(www(&r).contains("invalid_token"));
-    assert!(!s.stderr().contains(CLIENT_SECRET), "secrets never reach logs");
+    assert!(
+        !s.stderr().contains(CLIENT_SECRET),
+        "secrets never reach logs"
+    );
 }

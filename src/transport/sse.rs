@@ -118,14 +118,12 @@ impl Transport<RoleServer> for ChannelTransport {
         }
     }
 
-    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleServer>>> + Send {
-        async move {
-            let msg = self.rx.recv().await?;
-            if let ClientJsonRpcMessage::Request(r) = &msg {
-                self.pending.insert(r.id.clone(), self.calls.token());
-            }
-            Some(msg)
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        let msg = self.rx.recv().await?;
+        if let ClientJsonRpcMessage::Request(r) = &msg {
+            self.pending.insert(r.id.clone(), self.calls.token());
         }
+        Some(msg)
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
