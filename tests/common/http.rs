@@ -55,19 +55,7 @@ impl HttpServer {
             .arg(project.root())
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"));
-        cmd.args(&spawn.args);
-        cmd.env("DISPATCH_LOG", "debug");
-        for key in [
-            "OPENAI_API_KEY",
-            "OPENROUTER_API_KEY",
-            "ANTHROPIC_API_KEY",
-            "DISPATCH_DATABASE_URL",
-        ] {
-            cmd.env_remove(key);
-        }
-        for (k, v) in &spawn.env {
-            cmd.env(k, v);
-        }
+        spawn.apply(&mut cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

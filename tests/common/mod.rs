@@ -144,6 +144,25 @@ pub struct Spawn {
     pub args: Vec<String>,
 }
 
+impl Spawn {
+    /// Debug logs, none of the developer's keys or store, then our args and env.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.args(&self.args);
+        cmd.env("DISPATCH_LOG", "debug");
+        for key in [
+            "OPENAI_API_KEY",
+            "OPENROUTER_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "DISPATCH_DATABASE_URL",
+        ] {
+            cmd.env_remove(key);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+}
+
 /// Spawn `dispatch serve --root <project>` and connect to it.
 pub async fn connect(project: &Project) -> Client {
     connect_with(project, Spawn::default()).await
@@ -153,19 +172,7 @@ pub async fn connect(project: &Project) -> Client {
 pub async fn connect_with(project: &Project, spawn: Spawn) -> Client {
     let mut cmd = Command::new(bin());
     cmd.arg("serve").arg("--root").arg(project.root());
-    cmd.args(&spawn.args);
-    cmd.env_remove("DISPATCH_LOG").env("DISPATCH_LOG", "debug");
-    for key in [
-        "OPENAI_API_KEY",
-        "OPENROUTER_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "DISPATCH_DATABASE_URL",
-    ] {
-        cmd.env_remove(key);
-    }
-    for (k, v) in &spawn.env {
-        cmd.env(k, v);
-    }
+    spawn.apply(&mut cmd);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
