@@ -23,8 +23,11 @@
 //! Run: `cargo bench --bench engine` (or `-- overhead|throughput|memory|idle`
 //! for one part).
 
+mod common;
 #[path = "../tests/common/fake_provider.rs"]
 mod fake_provider;
+
+use common::status_kb;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -140,19 +143,6 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
-fn status_kb(pid: Option<u32>, key: &str) -> u64 {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".to_string(),
-    };
-    let text = std::fs::read_to_string(path).expect("read /proc status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("status field")
-}
-
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -160,19 +150,9 @@ fn mb(kb: u64) -> f64 {
 /// A project with one agent `a` on `openai/gpt-4o-mini`, the openai provider
 /// pointed at `base_url`, and these `[limits]`.
 fn project(base_url: &str, limits: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("agents")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("agents/a.agent.md"),
-        "---\nmodel: openai/gpt-4o-mini\n---\nBench.\n",
-    )
-    .expect("agent");
-    std::fs::write(
-        dir.path().join("dispatch.toml"),
-        format!("[providers.openai]\nbase_url = \"{base_url}\"\n\n[limits]\n{limits}"),
-    )
-    .expect("toml");
-    dir
+    common::project(&format!(
+        "[providers.openai]\nbase_url = \"{base_url}\"\n\n[limits]\n{limits}"
+    ))
 }
 
 fn input(i: usize) -> serde_json::Value {

@@ -12,6 +12,7 @@
 //!
 //! Loopback only; stops by itself. Run: `cargo bench --bench http`.
 
+mod common;
 #[path = "../tests/common/fake_provider.rs"]
 mod fake_provider;
 
@@ -39,19 +40,10 @@ fn main() {
     rt.block_on(async {
         let fake = fake_provider::FakeProvider::start().await;
         fake.set_default(fake_provider::Behavior::reply("ok"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("agents")).expect("mkdir");
-        std::fs::write(
-            dir.path().join("agents/a.agent.md"),
-            "---\nmodel: openai/gpt-4o-mini\n---\nBench.\n",
-        )
-        .expect("agent");
-        std::fs::write(
-            dir.path().join("dispatch.toml"),
+        let dir = common::project(
             "[limits]\nglobal = 256\nper_agent = 256\nper_provider = 256\nqueue = 20000\n\
              [http]\nrate_limit_per_minute = 0\n",
-        )
-        .expect("toml");
+        );
         let (mut child, addr) = spawn(dir.path(), &fake.base_url_openai());
         let url = format!("http://{addr}/mcp");
 
@@ -80,12 +72,12 @@ fn main() {
         println!("== sessions held open (Streamable HTTP)");
         let pid = child.id();
         for n in SESSIONS {
-            let before = rss_kb(pid);
+            let before = common::status_kb(Some(pid), "VmRSS");
             let mut held = Vec::with_capacity(n);
             for _ in 0..n {
                 held.push(connect(&url).await);
             }
-            let after = rss_kb(pid);
+            let after = common::status_kb(Some(pid), "VmRSS");
             println!(
                 "  {n} sessions: VmRSS {:.1} MB -> {:.1} MB, {:.1} KB per session",
                 before as f64 / 1024.0,
@@ -190,18 +182,6 @@ fn spawn(root: &std::path::Path, base_url: &str) -> (Child, std::net::SocketAddr
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -3,6 +3,7 @@
 //! through the engine against a zero-latency fake provider.
 //! Run: `cargo bench --bench workflow`.
 
+mod common;
 #[path = "../tests/common/fake_provider.rs"]
 mod fake_provider;
 
@@ -123,18 +124,9 @@ fn main() {
 async fn end_to_end(v: &Value) -> Duration {
     let fake = fake_provider::FakeProvider::start().await;
     fake.set_default(fake_provider::Behavior::reply("ok"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("agents")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("agents/a.agent.md"),
-        "---\nmodel: openai/gpt-4o-mini\n---\nBench.\n",
-    )
-    .expect("agent");
-    std::fs::write(
-        dir.path().join("dispatch.toml"),
+    let dir = common::project(
         "[limits]\nglobal = 64\nper_agent = 64\nper_provider = 64\nqueue = 20000\n",
-    )
-    .expect("toml");
+    );
     // SAFETY: single-threaded at this point of the bench; nothing reads the
     // environment concurrently.
     unsafe {

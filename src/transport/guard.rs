@@ -100,16 +100,9 @@ impl AllowList {
     pub fn host_strings(&self) -> Vec<String> {
         self.hosts
             .iter()
-            .map(|(h, p)| {
-                let h = if h.contains(':') {
-                    format!("[{h}]")
-                } else {
-                    h.clone()
-                };
-                match p {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h,
-                }
+            .map(|(h, p)| match p {
+                Some(p) => format!("{}:{p}", bracketed(h)),
+                None => bracketed(h),
             })
             .collect()
     }
@@ -118,16 +111,9 @@ impl AllowList {
     pub fn origin_strings(&self) -> Vec<String> {
         self.origins
             .iter()
-            .map(|(s, h, p)| {
-                let h = if h.contains(':') {
-                    format!("[{h}]")
-                } else {
-                    h.clone()
-                };
-                match p {
-                    Some(p) => format!("{s}://{h}:{p}"),
-                    None => format!("{s}://{h}:*"),
-                }
+            .map(|(s, h, p)| match p {
+                Some(p) => format!("{s}://{}:{p}", bracketed(h)),
+                None => format!("{s}://{}:*", bracketed(h)),
             })
             .collect()
     }
@@ -151,6 +137,15 @@ impl AllowList {
         self.origins
             .iter()
             .any(|(s, h, p)| *s == scheme && *h == host && p.is_none_or(|p| port == Some(p)))
+    }
+}
+
+/// A host as it is written in an authority: IPv6 literals in brackets.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
     }
 }
 

@@ -70,16 +70,6 @@ impl Sessions {
         let s = m.get(id)?;
         (s.subject.as_deref() == subject).then(|| s.to_server.clone())
     }
-
-    /// Open sessions (for metrics and tests).
-    pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// No open sessions?
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// rmcp's side of one legacy session: messages in from `POST /messages`,
