@@ -1,14 +1,16 @@
 //! What every HTTP request passes before it reaches MCP: `Host` and `Origin`
-//! allow-lists (DNS rebinding protection), bearer authentication, per-subject
-//! rate limits, body size limits and per-tool scopes.
+//! allow-lists (DNS rebinding protection), bearer authentication, the
+//! Streamable HTTP session's owner, per-subject rate limits, body size limits
+//! and per-tool scopes.
 //!
 //! Order matters and is fixed here: a request from a page on another origin is
 //! refused before its token is even looked at, and a caller without a valid
 //! token learns nothing about rate limits or bodies.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -239,8 +241,61 @@ impl Limiter {
     }
 }
 
-/// Middleware for the MCP endpoints (and `/metrics`): authenticate, rate
-/// limit, cap the body and check the scope each JSON-RPC request needs.
+/// The header naming a Streamable HTTP session.
+const MCP_SESSION_ID: &str = "mcp-session-id";
+
+const OTHER_USERS_SESSION: &str =
+    "this MCP session belongs to another user: start your own session (initialize) with your token";
+
+/// Which subject opened each Streamable HTTP session.
+///
+/// rmcp answers `GET /mcp` (the standalone stream, and resuming a stream with
+/// `Last-Event-ID`) and `DELETE /mcp` itself: those never reach the MCP
+/// handler, which checks the subject only on the messages it handles. So
+/// every request naming a session is checked here, before rmcp sees it.
+#[derive(Default)]
+pub struct SessionOwners {
+    map: Mutex<HashMap<String, String>>,
+}
+
+impl SessionOwners {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bind(&self, session: &str, subject: &str) {
+        self.lock().insert(session.to_string(), subject.to_string());
+    }
+
+    /// Whether `subject` may use `session`: it opened it, or the session is
+    /// unknown here and so to rmcp, which answers 404.
+    fn allows(&self, session: &str, subject: &str) -> bool {
+        self.lock()
+            .get(session)
+            .is_none_or(|owner| owner == subject)
+    }
+
+    /// The sessions bound now.
+    pub fn sessions(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Forget sessions that ended.
+    pub fn forget(&self, ended: &[String]) {
+        let mut map = self.lock();
+        for id in ended {
+            map.remove(id);
+        }
+    }
+}
+
+fn is_mcp_path(path: &str) -> bool {
+    path == "/mcp" || path.starts_with("/mcp/")
+}
+
+/// Middleware for the MCP endpoints (and `/metrics`): authenticate, hold a
+/// Streamable HTTP session to the subject that opened it, rate limit, cap
+/// the body and check the scope each JSON-RPC request needs.
 /// The [`Principal`] is left in the request's extensions for the MCP layer.
 pub async fn authorize(
     State(shared): State<Arc<Shared>>,
@@ -270,7 +325,32 @@ pub async fn authorize(
     {
         return insufficient(&shared, auth, Scope::Read);
     }
+    // A session is its opener's, for every method: resuming a stream or
+    // opening the standalone one would hand another subject its messages.
+    let mcp = is_mcp_path(parts.uri.path());
+    let session = parts
+        .headers
+        .get(MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| mcp)
+        .map(str::to_string);
+    let subject = principal.as_ref().map(|p| p.subject.clone());
+    if let (Some(subject), Some(id)) = (&subject, &session)
+        && !shared.mcp_owners.allows(id, subject)
+    {
+        tracing::warn!(
+            %subject,
+            method = %parts.method,
+            "refused a request for an MCP session another subject opened"
+        );
+        return forbidden(OTHER_USERS_SESSION);
+    }
     let is_post = parts.method == Method::POST;
+    // A POST without a session that gets one back opened it (initialize).
+    let opener = subject.filter(|_| mcp && is_post && session.is_none());
+    let closing = (mcp && parts.method == Method::DELETE)
+        .then_some(session)
+        .flatten();
     if is_post && let Some(limiter) = &shared.limiter {
         let key = match &principal {
             Some(p) => format!("sub:{}", p.subject),
@@ -324,16 +404,27 @@ pub async fn authorize(
     if let Some(p) = principal {
         parts.extensions.insert(p);
     }
-    if !is_post {
-        return next.run(Request::from_parts(parts, body)).await;
-    }
     // A POST is in flight until its answer has been sent (for Streamable
     // HTTP, until its response stream ends): shutdown waits for it.
-    let token = shared.calls.token();
-    let (rparts, rbody) = next
-        .run(Request::from_parts(parts, body))
-        .await
-        .into_parts();
+    let token = is_post.then(|| shared.calls.token());
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(subject) = opener
+        && let Some(id) = response
+            .headers()
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+    {
+        shared.mcp_owners.bind(id, &subject);
+    }
+    if let Some(id) = closing
+        && response.status().is_success()
+    {
+        shared.mcp_owners.forget(&[id]);
+    }
+    let Some(token) = token else {
+        return response;
+    };
+    let (rparts, rbody) = response.into_parts();
     Response::from_parts(
         rparts,
         Body::new(TrackedBody {
@@ -525,6 +616,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("allowed_origins"), "{e}");
+    }
+
+    #[test]
+    fn a_session_is_its_openers_until_forgotten() {
+        let owners = SessionOwners::default();
+        owners.bind("s1", "alice");
+        assert!(owners.allows("s1", "alice"));
+        assert!(!owners.allows("s1", "bob"));
+        assert!(!owners.allows("s1", ""));
+        assert!(owners.allows("unknown", "bob"), "rmcp answers 404 for it");
+        assert_eq!(owners.sessions(), vec!["s1".to_string()]);
+        owners.forget(&["s1".to_string()]);
+        assert!(owners.sessions().is_empty());
+        assert!(is_mcp_path("/mcp") && is_mcp_path("/mcp/"));
+        assert!(!is_mcp_path("/mcpx") && !is_mcp_path("/sse"));
     }
 
     #[test]

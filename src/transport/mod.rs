@@ -20,7 +20,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,10 @@ pub struct Shared {
     /// Tool calls in flight, so shutdown can let them finish.
     calls: TaskTracker,
     sse: sse::Sessions,
+    /// rmcp's Streamable HTTP sessions (and their resumable streams).
+    mcp_sessions: Arc<LocalSessionManager>,
+    /// Which subject opened each Streamable HTTP session.
+    mcp_owners: guard::SessionOwners,
 }
 
 impl Shared {
@@ -170,18 +174,37 @@ pub async fn serve_http(
         shutdown: CancellationToken::new(),
         calls: TaskTracker::new(),
         sse: sse::Sessions::default(),
+        mcp_sessions: Arc::new(mcp_session_manager()),
+        mcp_owners: guard::SessionOwners::default(),
     });
     let router = router(shared.clone());
 
-    if shared.limiter.is_some() {
-        // Keyed limiters remember every key; forget the idle ones.
+    {
+        // Keyed limiters remember every key, and owners outlive the sessions
+        // rmcp ends (idle, closed); forget both.
         let s = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
                     _ = s.shutdown.cancelled() => break,
-                    _ = tick.tick() => if let Some(l) = &s.limiter { l.prune() },
+                    _ = tick.tick() => {
+                        if let Some(l) = &s.limiter {
+                            l.prune();
+                        }
+                        // Bound only after rmcp added them, so one missing
+                        // from rmcp's map has ended (ids are never reused).
+                        let bound = s.mcp_owners.sessions();
+                        if !bound.is_empty() {
+                            let live = s.mcp_sessions.sessions.read().await;
+                            let ended: Vec<String> = bound
+                                .into_iter()
+                                .filter(|id| !live.contains_key(id.as_str()))
+                                .collect();
+                            drop(live);
+                            s.mcp_owners.forget(&ended);
+                        }
+                    }
                 }
             }
         });
@@ -236,6 +259,41 @@ pub async fn serve_http(
     Ok(())
 }
 
+/// The `retry:` hint of the priming events that open every SSE stream: how
+/// long a client waits before reconnecting with `Last-Event-ID`.
+const SSE_RETRY: Duration = Duration::from_secs(3);
+/// Events kept per SSE stream for replay (also each stream's buffer).
+const SSE_REPLAY_EVENTS: usize = 16;
+/// A Streamable HTTP session idle this long ends. rmcp counts only messages
+/// as activity (not open streams or keep-alives), so a tool call that sends
+/// nothing, not even progress, for this long loses its session too.
+const SESSION_IDLE: Duration = Duration::from_secs(300);
+
+/// Streamable HTTP sessions, in memory (rmcp's `LocalSessionManager`), with
+/// resumption switched on explicitly rather than by rmcp's defaults:
+///
+/// - `sse_retry`: each POST request's SSE stream opens with a priming event
+///   (`id: 0/<stream>`, `retry:`), and every event on it has an id
+///   `<index>/<stream>`. Without it a client that drops before the first
+///   message has no id to resume from.
+/// - `channel_capacity`: the last this-many events of each stream are kept;
+///   `GET /mcp` with `Mcp-Session-Id` and `Last-Event-ID` replays those from
+///   that id on (the event with that id included) and then carries the rest
+///   of the stream. Only while the request runs: once its answer is sent
+///   rmcp drops the stream's cache, and resuming it gets an empty stream.
+/// - `keep_alive`: a session idle this long ends, with its caches.
+///
+/// No event store: ids are per session, and a session lives in this process.
+fn mcp_session_manager() -> LocalSessionManager {
+    let mut config = SessionConfig::default();
+    config.sse_retry = Some(SSE_RETRY);
+    config.channel_capacity = SSE_REPLAY_EVENTS;
+    config.keep_alive = Some(SESSION_IDLE);
+    let mut manager = LocalSessionManager::default();
+    manager.session_config = config;
+    manager
+}
+
 fn router(shared: Arc<Shared>) -> Router {
     let s = shared.clone();
     let mcp_config = StreamableHttpServerConfig::default()
@@ -244,10 +302,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .enforce_origin_validation()
         .with_max_request_body_bytes(shared.config.max_body_bytes)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        .with_sse_retry(Some(SSE_RETRY))
         .with_cancellation_token(shared.shutdown.child_token());
     let mcp = StreamableHttpService::new(
         move || Ok(s.mcp_server(None)),
-        Arc::new(LocalSessionManager::default()),
+        shared.mcp_sessions.clone(),
         mcp_config,
     );
     let protected = Router::new()
