@@ -57,6 +57,8 @@ const RSS_TASKS: usize = 10_000;
 const RSS_RUNS: usize = 3;
 
 const RAISED: &str = "global = 256\nper_agent = 256\nper_provider = 256\nqueue = 20000\n";
+/// Room for 256 held calls plus the measured ones.
+const RAISED_HELD: &str = "global = 512\nper_agent = 512\nper_provider = 512\nqueue = 20000\n";
 const SHIPPED: &str = "queue = 20000\n"; // global 64, per_agent 32, per_provider 32
 
 fn main() {
@@ -305,14 +307,46 @@ struct OverheadRun {
     cpu_per_task: Duration,
 }
 
-/// `n` tasks through `clients` closed-loop clients; tasks in `skip..n - skip` count.
-async fn overhead_run(clients: usize, n: usize, skip: usize) -> OverheadRun {
+/// `n` tasks through `clients` closed-loop clients; tasks in `skip..n - skip`
+/// count. With `held` > 0, that many `agent_run` calls of agent `slow` are
+/// first started and held at the fake (in flight at the provider) until the
+/// `n` tasks are done.
+async fn overhead_run(clients: usize, n: usize, skip: usize, held: usize) -> OverheadRun {
     let fake = fake_provider::FakeProvider::start().await;
     fake.set_default(fake_provider::Behavior::reply("ok"));
-    let dir = project(&fake.base_url_openai(), RAISED);
+    let release = Arc::new(tokio::sync::Notify::new());
+    fake.on_model("slow", fake_provider::Behavior::gate(&release, "ok"));
+    let dir = project(
+        &fake.base_url_openai(),
+        if held > 0 { RAISED_HELD } else { RAISED },
+    );
+    std::fs::write(
+        dir.path().join("agents/slow.agent.md"),
+        "---\nmodel: openai/slow\n---\nBench.\n",
+    )
+    .expect("agent slow");
     let app = App::open(Paths::new(dir.path(), None, None)).expect("open");
     let marks = Arc::new(Marks::new(n));
     let engine = stamped_engine(&app, &marks).await;
+    let held_calls: Vec<_> = (0..held)
+        .map(|j| {
+            let e = engine.clone();
+            tokio::spawn(async move {
+                let (task, _) = e
+                    .submit_watched(Submit {
+                        agent: "slow".into(),
+                        input: json!(format!("held {j}")),
+                        ..Submit::default()
+                    })
+                    .await
+                    .expect("submit held");
+                e.wait(&task.id, None, Duration::from_secs(3600))
+                    .await
+                    .expect("wait held")
+            })
+        })
+        .collect();
+    fake.wait_in_flight(held).await;
     // Warm up: connections, SQLite pages, allocator.
     for h in (0..clients.min(64))
         .map(|_| {
@@ -350,7 +384,16 @@ async fn overhead_run(clients: usize, n: usize, skip: usize) -> OverheadRun {
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time() - cpu0;
-    assert_eq!(outbox_files(dir.path()), n + clients.min(64));
+    assert_eq!(
+        fake.in_flight(),
+        held,
+        "the held calls stayed at the provider"
+    );
+    release.notify_waiters();
+    for h in held_calls {
+        assert_eq!(h.await.expect("held").state, TaskState::Succeeded);
+    }
+    assert_eq!(outbox_files(dir.path()), n + clients.min(64) + held);
 
     let mut s = Samples::default();
     for i in skip..n - skip {
@@ -431,17 +474,30 @@ async fn bare_provider_run(clients: usize, n: usize) -> (Vec<u64>, f64, Duration
 }
 
 async fn overhead() {
-    for (clients, n, skip) in [
-        (IN_FLIGHT, OVERHEAD_TASKS, IN_FLIGHT),
-        (1, SEQUENTIAL_TASKS, 0),
+    for (clients, n, skip, held, what) in [
+        (
+            1,
+            SEQUENTIAL_TASKS,
+            0,
+            IN_FLIGHT,
+            "256 calls in flight at the provider, one client's calls measured",
+        ),
+        (1, SEQUENTIAL_TASKS, 0, 0, "1 call in flight"),
+        (
+            IN_FLIGHT,
+            OVERHEAD_TASKS,
+            IN_FLIGHT,
+            0,
+            "saturation: 256 closed-loop clients on a zero-latency provider",
+        ),
     ] {
         println!(
-            "== overhead, {clients} task(s) in flight, {} counted tasks per run, median of {RUNS} runs",
+            "== overhead, {what}; {} counted tasks per run, median of {RUNS} runs",
             n - 2 * skip
         );
         let mut per_run = Vec::new();
         for run in 0..RUNS {
-            let r = overhead_run(clients, n, skip).await;
+            let r = overhead_run(clients, n, skip, held).await;
             let s = &r.s;
             println!(
                 "  run {}: overhead p50 {:.3} ms p99 {:.3} ms | before p50 {:.3} after p50 {:.3} | provider call p50 {:.3} ms | submit->result p50 {:.2} ms p99 {:.2} ms | {:.0} tasks/s, {:.0} us CPU/task",

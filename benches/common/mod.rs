@@ -4,8 +4,18 @@
 
 /// A temp project with one agent `a` on `openai/gpt-4o-mini` and `toml` as
 /// its `dispatch.toml`.
+///
+/// Projects live under `DISPATCH_BENCH_DIR`, else cargo's target/tmp, not
+/// in the system temp folder: a real project is a checkout, and on the
+/// measuring machine /tmp shares an ext4 block group with every test suite's
+/// temp files, where creating a file costs ~600 µs instead of ~45 µs (see
+/// BENCHMARKS.md).
 pub fn project(toml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let base = std::env::var_os("DISPATCH_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&base).expect("bench dir");
+    let dir = tempfile::tempdir_in(&base).expect("tempdir");
     std::fs::create_dir_all(dir.path().join("agents")).expect("mkdir");
     std::fs::write(
         dir.path().join("agents/a.agent.md"),

@@ -20,7 +20,7 @@ mod workflow;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -197,11 +197,44 @@ pub struct CancelOutcome {
     pub state: TaskState,
 }
 
+/// Events a slow subscriber may fall behind by before it skips ahead
+/// (`RecvError::Lagged`). tokio allocates every slot when the channel is
+/// made, once per task: 256 slots cost 18 KB a task, 16 about 1 KB, and a
+/// task sends a handful of events (states, calls, attempts, streaming every
+/// ~200 characters), which progress forwarding drains as they come.
+const EVENT_BUFFER: usize = 16;
+
 /// A task's live handles, while a driver owns it.
 struct Live {
     cancel: CancellationToken,
     events: broadcast::Sender<TaskEvent>,
     state: watch::Sender<TaskState>,
+    /// Who may see the task (a `None` subject sees all), so waiting on a live
+    /// task needs no read of the store.
+    subject: Option<String>,
+    /// The task as persisted in its final state, set before that state is
+    /// published: a waiter woken by it has the outcome without a store read.
+    finished: OnceLock<Task>,
+}
+
+impl Live {
+    fn visible_to(&self, subject: Option<&str>) -> bool {
+        subject.is_none() || self.subject.as_deref() == subject
+    }
+}
+
+/// Both slots a running task holds (its agent's, then the global one).
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// How a driver starts.
+struct Start {
+    /// The slots, when the task was admitted at once and persisted `running`;
+    /// `None` for a `queued` task that must wait for them.
+    permits: Option<Permits>,
+    /// The attempts already stored for the task when they are known (a new
+    /// task's routing calls); `None` to read them (a recovered task may have
+    /// some from an earlier run).
+    prior: Option<Vec<Attempt>>,
 }
 
 /// The engine. Cheap to share: hold it in an `Arc`.
@@ -360,7 +393,13 @@ impl Engine {
                 task.started_at = None;
                 self.store.update_task(&task, TaskState::Running).await?;
                 tracing::warn!(task = %task.id, agent = %task.agent, "re-queued a task interrupted by a restart");
-                self.spawn_driver(task);
+                self.spawn_driver(
+                    task,
+                    Start {
+                        permits: None,
+                        prior: None,
+                    },
+                );
                 resumed += 1;
             } else {
                 task.state = TaskState::Failed;
@@ -385,7 +424,13 @@ impl Engine {
             task.owner = Some(owner::this_process().to_string());
             match self.store.update_task(&task, TaskState::Queued).await {
                 Ok(()) => {
-                    self.spawn_driver(task);
+                    self.spawn_driver(
+                        task,
+                        Start {
+                            permits: None,
+                            prior: None,
+                        },
+                    );
                     resumed += 1;
                 }
                 Err(StoreError::Conflict { .. }) => {}
@@ -481,16 +526,28 @@ impl Engine {
             task.output_tokens += a.output_tokens;
             task.cost_usd += a.cost_usd;
         }
-        self.store.create_task(&task).await?;
-        if let Some(decision) = &req.routing {
-            for (i, a) in decision.attempts.iter().enumerate() {
-                let mut a = a.clone();
-                a.task_id = task.id.clone();
-                a.seq = i as u32 + 1;
-                self.store.add_attempt(&a).await?;
-            }
+        // A slot free now means the task can start at once: it is persisted
+        // straight as `running` (the queued -> running move made before the
+        // one write), which saves a commit on the way to the provider.
+        let admitted = self.try_admit(&task.agent);
+        if admitted.is_some() {
+            task.state = TaskState::Running;
+            task.started_at = Some(now_millis());
         }
-        let (_, events) = self.spawn_driver(task.clone());
+        self.store.create_task(&task).await?;
+        let mut prior = Vec::new();
+        for (i, a) in req.routing.iter().flat_map(|r| &r.attempts).enumerate() {
+            let mut a = a.clone();
+            a.task_id = task.id.clone();
+            a.seq = i as u32 + 1;
+            self.store.add_attempt(&a).await?;
+            prior.push(a);
+        }
+        let start = Start {
+            permits: admitted,
+            prior: Some(prior),
+        };
+        let (_, events) = self.spawn_driver(task.clone(), start);
         Ok((task, events))
     }
 
@@ -501,28 +558,45 @@ impl Engine {
     }
 
     /// Register the live handles and start the driver under a supervisor.
-    fn spawn_driver(self: &Arc<Self>, task: Task) -> (Arc<Live>, broadcast::Receiver<TaskEvent>) {
-        let (events, first) = broadcast::channel(256);
+    fn spawn_driver(
+        self: &Arc<Self>,
+        task: Task,
+        start: Start,
+    ) -> (Arc<Live>, broadcast::Receiver<TaskEvent>) {
+        let (events, first) = broadcast::channel(EVENT_BUFFER);
         let (state, _) = watch::channel(task.state);
         let live = Arc::new(Live {
             cancel: self.shutdown.child_token(),
             events,
             state,
+            subject: task.subject.clone(),
+            finished: OnceLock::new(),
         });
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(task.id.clone(), live.clone());
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if start.permits.is_none() {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+        }
         let me = self.clone();
         let handle_live = live.clone();
         tokio::spawn(async move {
             let id = task.id.clone();
-            let driver = tokio::spawn(run::drive(me.clone(), task, handle_live.clone()));
-            if let Err(e) = driver.await {
+            // One tokio task per task: the panic is caught here rather than
+            // by a second, supervising task.
+            let driver = std::panic::AssertUnwindSafe(run::drive(
+                me.clone(),
+                task,
+                handle_live.clone(),
+                start,
+            ));
+            if let Err(panic) = futures_util::FutureExt::catch_unwind(driver).await {
                 // A panic in the driver is a bug; the task must still end.
-                tracing::error!(task = %id, error = %e, "task driver died");
-                me.fail_orphan(&id, &format!("internal error: {e}")).await;
+                let what = panic_message(panic.as_ref());
+                tracing::error!(task = %id, error = %what, "task driver died");
+                me.fail_orphan(&id, &format!("internal error: {what}"))
+                    .await;
             }
             me.live
                 .lock()
@@ -570,24 +644,36 @@ impl Engine {
             .cloned()
     }
 
+    /// The semaphore of an agent's running limit.
+    fn agent_slot(&self, agent: &str) -> Arc<Semaphore> {
+        let mut slots = self.agent_slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(agent) {
+            return s.clone();
+        }
+        let n = self
+            .cfg
+            .agent_limits
+            .get(agent)
+            .copied()
+            .unwrap_or(self.cfg.per_agent_limit);
+        let s = Arc::new(Semaphore::new(n.max(1)));
+        slots.insert(agent.to_string(), s.clone());
+        s
+    }
+
+    /// Both slots, if both are free now. Never jumps the queue: tokio's
+    /// semaphores hand released permits to waiters first, so a task waiting
+    /// for a slot leaves none free to take.
+    fn try_admit(&self, agent: &str) -> Option<Permits> {
+        let a = self.agent_slot(agent).try_acquire_owned().ok()?;
+        let g = self.global.clone().try_acquire_owned().ok()?;
+        Some((a, g))
+    }
+
     /// Wait for a slot: per agent first, then global, so a task blocked on its
     /// agent's limit does not hold a global slot others could use.
-    async fn admit(&self, agent: &str) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-        let agent_sem = {
-            let mut slots = self.agent_slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .entry(agent.to_string())
-                .or_insert_with(|| {
-                    let n = self
-                        .cfg
-                        .agent_limits
-                        .get(agent)
-                        .copied()
-                        .unwrap_or(self.cfg.per_agent_limit);
-                    Arc::new(Semaphore::new(n.max(1)))
-                })
-                .clone()
-        };
+    async fn admit(&self, agent: &str) -> Permits {
+        let agent_sem = self.agent_slot(agent);
         // The semaphores are never closed, so acquiring cannot fail; if it
         // ever did, a fresh one-permit semaphore keeps the task moving.
         let a = match agent_sem.acquire_owned().await {
@@ -643,17 +729,15 @@ impl Engine {
         subject: Option<&str>,
         timeout: Duration,
     ) -> Result<Task, EngineError> {
-        let task = self.visible_task(id, subject).await?;
-        if task.state.is_terminal() || timeout.is_zero() {
-            return Ok(task);
-        }
         // Clamp so that "wait forever" cannot overflow the clock.
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(365 * 86_400));
         if let Some(live) = self.live_handle(id) {
+            if !live.visible_to(subject) {
+                return Err(EngineError::UnknownTask(id.to_string()));
+            }
             let mut rx = live.state.subscribe();
-            drop(live);
             loop {
-                if rx.borrow_and_update().is_terminal() {
+                if rx.borrow_and_update().is_terminal() || timeout.is_zero() {
                     break;
                 }
                 match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -663,9 +747,14 @@ impl Engine {
                     Err(_) => break,
                 }
             }
+            // The driver keeps the task it persisted last; otherwise (still
+            // running, or it died) the store says where the task is.
+            if let Some(task) = live.finished.get() {
+                return Ok(task.clone());
+            }
             return self.visible_task(id, subject).await;
         }
-        // Not driven here (another process, or recovering): poll the store.
+        // Not driven here (finished, another process, or recovering): poll the store.
         loop {
             let t = self.visible_task(id, subject).await?;
             if t.state.is_terminal() || tokio::time::Instant::now() >= deadline {
@@ -768,6 +857,17 @@ pub fn parse_when(s: &str) -> Result<i64, String> {
     Err(format!(
         "`{s}` is not a time: use a duration ago such as `7d`, `24h`, `30m`, or an RFC 3339 time such as `2026-01-31T12:00:00Z`"
     ))
+}
+
+/// What a caught panic says, for the task's error.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the task driver panicked".to_string()
+    }
 }
 
 fn fresh_permit() -> OwnedSemaphorePermit {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::audit::{
     AuditTrail, Report, Round, Verdict, audit_message, parse_report, repair_message,
     revision_message,
 };
-use super::{Engine, EngineError, Live, TaskEvent, input, outbox};
+use super::{Engine, EngineError, Live, Permits, Start, TaskEvent, input, outbox};
 use crate::agent::{Agent, ModelRef};
 use crate::provider::{
     AttemptLog, ChainErrorKind, ChatRequest, Message, ProgressFn, estimate_request_tokens,
@@ -72,36 +73,69 @@ impl Tally {
     }
 }
 
-/// The driver of one task, from `queued` to a terminal state.
-pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) {
+/// The driver of one task, from `queued` (or `running`, when `submit`
+/// admitted it at once) to a terminal state.
+pub(super) async fn drive(engine: Arc<Engine>, task: Task, live: Arc<Live>, start: Start) {
+    // 1. Admission.
+    let permits = match start.permits {
+        Some(p) => Some(p),
+        None => {
+            let cancel = live.cancel.clone();
+            let permits = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                p = engine.admit(&task.agent) => Some(p),
+            };
+            engine.waiting.fetch_sub(1, Ordering::Relaxed);
+            permits
+        }
+    };
+    // Everything after admission lives in its own allocation, made when the
+    // task gets its slot: a queued task's future stays a few hundred bytes
+    // instead of the size of the whole run (thousands may be queued).
+    Box::pin(run_admitted(engine, task, live, permits, start.prior)).await;
+}
+
+/// The driver once a slot is held (or the wait for one was cancelled).
+async fn run_admitted(
+    engine: Arc<Engine>,
+    mut task: Task,
+    live: Arc<Live>,
+    permits: Option<Permits>,
+    prior: Option<Vec<Attempt>>,
+) {
     let cancel = live.cancel.clone();
     let publish = |live: &Live, state: TaskState| {
         let _ = live.events.send(TaskEvent::State { state });
         live.state.send_replace(state);
     };
-
-    // 1. Admission.
-    let permits = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => None,
-        p = engine.admit(&task.agent) => Some(p),
-    };
-    engine.waiting.fetch_sub(1, Ordering::Relaxed);
     let Some(_permits) = permits else {
-        finish(&engine, &live, task, TaskState::Queued, Outcome::Cancelled).await;
+        let prior = prior.unwrap_or_default();
+        finish(
+            &engine,
+            &live,
+            task,
+            TaskState::Queued,
+            Outcome::Cancelled,
+            Closed::of(prior),
+        )
+        .await;
         return;
     };
 
-    // 2. queued -> running, persisted before any provider is called.
-    task.state = TaskState::Running;
-    task.started_at = Some(now_millis());
-    if let Err(e) = engine.store.update_task(&task, TaskState::Queued).await {
-        // Someone else moved it (e.g. cancelled from another process).
-        tracing::warn!(task = %task.id, error = %e, "task changed before it could start");
-        if let Ok(Some(t)) = engine.store.get_task(&task.id).await {
-            publish(&live, t.state);
+    // 2. queued -> running, persisted before any provider is called (a task
+    // admitted by `submit` was created `running`).
+    if task.state == TaskState::Queued {
+        task.state = TaskState::Running;
+        task.started_at = Some(now_millis());
+        if let Err(e) = engine.store.update_task(&task, TaskState::Queued).await {
+            // Someone else moved it (e.g. cancelled from another process).
+            tracing::warn!(task = %task.id, error = %e, "task changed before it could start");
+            if let Ok(Some(t)) = engine.store.get_task(&task.id).await {
+                publish(&live, t.state);
+            }
+            return;
         }
-        return;
     }
     publish(&live, TaskState::Running);
     // Dropped before the final state is published, so a waiter that sees the
@@ -110,17 +144,28 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
 
     // 3. Run the agent, unless cancelled. Attempts recorded before a crash
     // stay; the audit loop resumes from them.
-    let prior = match engine.store.attempts(&task.id).await {
-        Ok(p) => p,
-        Err(e) => {
-            let outcome = Outcome::failed(
-                FailReason::Internal,
-                format!("cannot read earlier attempts: {e}"),
-            );
-            drop(running);
-            finish(&engine, &live, task, TaskState::Running, outcome).await;
-            return;
-        }
+    let prior = match prior {
+        Some(p) => p,
+        None => match engine.store.attempts(&task.id).await {
+            Ok(p) => p,
+            Err(e) => {
+                let outcome = Outcome::failed(
+                    FailReason::Internal,
+                    format!("cannot read earlier attempts: {e}"),
+                );
+                drop(running);
+                finish(
+                    &engine,
+                    &live,
+                    task,
+                    TaskState::Running,
+                    outcome,
+                    Closed::of(Vec::new()),
+                )
+                .await;
+                return;
+            }
+        },
     };
     let tally = Arc::new(Tally::starting_at(
         prior.iter().map(|a| a.seq).max().unwrap_or(0),
@@ -130,15 +175,14 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
             .clone()
             .and_then(|v| serde_json::from_value::<AuditTrail>(v).ok()),
     ));
-    let (tx, rx) = mpsc::unbounded_channel::<Record>();
-    let writer = tokio::spawn(write_attempts(engine.clone(), rx, live.clone()));
+    let attempts = Arc::new(Attempts::new(&engine, &live, prior.clone()));
     let outcome = {
         let ctx = RunCtx {
             engine: &engine,
             task: &task,
             live: &live,
             tally: tally.clone(),
-            attempts: tx,
+            attempts: attempts.clone(),
             prior,
             trail: trail.clone(),
         };
@@ -148,24 +192,28 @@ pub(super) async fn drive(engine: Arc<Engine>, mut task: Task, live: Arc<Live>) 
             o = run_agent(&ctx) => o,
         }
     };
-    // Every attempt sender is gone now; let the writer finish so the counts
-    // and the stored attempts agree before the final state is written.
-    let _ = writer.await;
     tally.apply(&mut task);
     if let Some(t) = trail.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         task.audit = serde_json::to_value(t).ok();
     }
     drop(running);
-    finish(&engine, &live, task, TaskState::Running, outcome).await;
+    let attempts = attempts.close();
+    finish(&engine, &live, task, TaskState::Running, outcome, attempts).await;
 }
 
 /// Persist the final state (after writing the outbox file) and publish it.
+///
+/// The outbox file is written while the attempt writer (if any) stores the
+/// last attempts queued to it; the final state is committed after both,
+/// together with the attempts held for it, so a task is never recorded
+/// finished before its attempts are.
 async fn finish(
     engine: &Arc<Engine>,
     live: &Live,
     mut task: Task,
     from: TaskState,
     outcome: Outcome,
+    attempts: Closed,
 ) {
     task.finished_at = Some(now_millis());
     match outcome {
@@ -194,14 +242,31 @@ async fn finish(
             task.error = Some("cancelled by the client".into());
         }
     }
-    if task.output.is_some() {
-        match outbox::write(engine, &task).await {
-            Ok(path) => task.kb_path = Some(path),
-            Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot write the outbox file"),
+    let Closed { all, held, writer } = attempts;
+    let outbox = async {
+        if task.output.is_some() {
+            return Some(outbox::write(engine, &task, &all).await);
         }
+        None
+    };
+    let writer = async {
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
+    };
+    let (written, ()) = tokio::join!(outbox, writer);
+    match written {
+        Some(Ok(path)) => task.kb_path = Some(path),
+        Some(Err(e)) => {
+            tracing::warn!(task = %task.id, error = %e, "cannot write the outbox file")
+        }
+        None => {}
     }
-    match engine.store.update_task(&task, from).await {
-        Ok(()) => engine.record_finished(&task),
+    match engine.store.finish_task(&task, from, &held).await {
+        Ok(()) => {
+            engine.record_finished(&task);
+            let _ = live.finished.set(task.clone());
+        }
         Err(e) => {
             tracing::error!(task = %task.id, error = %e, "cannot persist the final state");
             // Try once more from whatever the store holds, so nothing stays running.
@@ -212,7 +277,7 @@ async fn finish(
     }
     let _ = live.events.send(TaskEvent::State { state: task.state });
     live.state.send_replace(task.state);
-    tracing::info!(
+    tracing::debug!(
         task = %task.id,
         agent = %task.agent,
         state = %task.state,
@@ -225,6 +290,90 @@ async fn finish(
 /// An attempt on its way to the store, with an acknowledgement for the
 /// callers that must not go on before it is durable.
 type Record = (Attempt, Option<oneshot::Sender<()>>);
+
+/// Where a run's attempts go. Each is kept in memory for the outbox file
+/// (which then needs no read of the store) and is either queued for the
+/// store at once, or held for the final commit.
+pub(super) struct Attempts {
+    engine: Arc<Engine>,
+    live: Arc<Live>,
+    /// Every attempt of the task so far, in order, earlier runs' included.
+    all: Mutex<Vec<Attempt>>,
+    /// Attempts left for the commit of the final state.
+    held: Mutex<Vec<Attempt>>,
+    /// The writer task and its queue, started by the first attempt queued:
+    /// a run whose only attempt is its answer never needs one.
+    writer: Mutex<Option<(mpsc::UnboundedSender<Record>, JoinHandle<()>)>>,
+}
+
+/// What [`Attempts::close`] leaves to [`finish`].
+struct Closed {
+    all: Vec<Attempt>,
+    held: Vec<Attempt>,
+    /// Still storing the attempts queued to it.
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Closed {
+    /// Nothing in flight: `all` are the attempts already stored.
+    fn of(all: Vec<Attempt>) -> Closed {
+        Closed {
+            all,
+            held: Vec::new(),
+            writer: None,
+        }
+    }
+}
+
+impl Attempts {
+    fn new(engine: &Arc<Engine>, live: &Arc<Live>, prior: Vec<Attempt>) -> Attempts {
+        Attempts {
+            engine: engine.clone(),
+            live: live.clone(),
+            all: Mutex::new(prior),
+            held: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+        }
+    }
+
+    /// Queue an attempt for the store, in order; `ack` answers once it is
+    /// stored. False if the writer is gone.
+    fn send(&self, attempt: Attempt, ack: Option<oneshot::Sender<()>>) -> bool {
+        lock(&self.all).push(attempt.clone());
+        let mut writer = lock(&self.writer);
+        let (tx, _) = writer.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(write_attempts(self.engine.clone(), rx, self.live.clone()));
+            (tx, task)
+        });
+        tx.send((attempt, ack)).is_ok()
+    }
+
+    /// Keep an attempt for the commit of the final state.
+    fn hold(&self, attempt: Attempt) {
+        lock(&self.all).push(attempt.clone());
+        let _ = self.live.events.send(TaskEvent::Attempt {
+            attempt: Box::new(attempt.clone()),
+        });
+        lock(&self.held).push(attempt);
+    }
+
+    /// No more attempts: what there is, and the writer still storing the
+    /// queued ones (it stops once its queue is drained).
+    fn close(&self) -> Closed {
+        let writer = lock(&self.writer).take().map(|(_, task)| task);
+        Closed {
+            all: std::mem::take(&mut *lock(&self.all)),
+            held: std::mem::take(&mut *lock(&self.held)),
+            writer,
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the data is still whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Persist attempts in order as they arrive, and tell subscribers.
 async fn write_attempts(
@@ -251,7 +400,7 @@ pub(super) struct RunCtx<'a> {
     pub task: &'a Task,
     pub live: &'a Arc<Live>,
     pub tally: Arc<Tally>,
-    pub attempts: mpsc::UnboundedSender<Record>,
+    pub attempts: Arc<Attempts>,
     /// Attempts recorded by an earlier run of this task (before a crash).
     pub prior: Vec<Attempt>,
     /// The audit decision and rounds, shared with the driver.
@@ -336,7 +485,7 @@ impl RunCtx<'_> {
             if attempt.ok {
                 *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(attempt);
             } else {
-                let _ = tx.send((attempt, None));
+                let _ = tx.send(attempt, None);
             }
         }
     }
@@ -345,9 +494,17 @@ impl RunCtx<'_> {
     /// acts on it next, and a crash must find it (resume depends on it).
     async fn commit(&self, attempt: Attempt) {
         let (ack, done) = oneshot::channel();
-        if self.attempts.send((attempt, Some(ack))).is_ok() {
+        if self.attempts.send(attempt, Some(ack)) {
             let _ = done.await;
         }
+    }
+
+    /// Keep an answer for the commit of the final state: for the last
+    /// answer of a run nothing acts on it but the driver. (A crash before
+    /// that commit re-runs the task, as it would have before the answer
+    /// came; only this call's accounting is lost with it.)
+    fn record(&self, attempt: Attempt) {
+        self.attempts.hold(attempt);
     }
 
     /// Streamed deltas become throttled `Streaming` events.
@@ -697,7 +854,12 @@ async fn run_agent(ctx: &RunCtx<'_>) -> Outcome {
         };
         match ctx.call(kind, &agent, &chain, &req, revision).await {
             Ok(answer) => {
-                ctx.commit(answer.attempt).await;
+                if audited {
+                    // The auditor judges it next; a crash must find it.
+                    ctx.commit(answer.attempt).await;
+                } else {
+                    ctx.record(answer.attempt);
+                }
                 drafts.push(Draft {
                     text: answer.text,
                     model: answer.model.to_string(),

@@ -59,6 +59,8 @@ pub const TITLE_SCAN_BYTES: u64 = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Kb {
     root: PathBuf,
+    /// Folders writes have verified, shared by every clone of this handle.
+    folders: std::sync::Arc<write::Folders>,
 }
 
 impl Kb {
@@ -88,7 +90,10 @@ impl Kb {
                     .map_err(|e| KbError::from_io(&e, "create the folder", sub))?;
             }
         }
-        Ok(Kb { root })
+        Ok(Kb {
+            root,
+            folders: Default::default(),
+        })
     }
 
     /// The canonical root folder. Do not show it to clients.

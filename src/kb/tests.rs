@@ -1081,3 +1081,37 @@ fn regex_anchors_match_line_boundaries() {
     let lines: Vec<u64> = r.matches.iter().map(|m| m.line).collect();
     assert_eq!(lines, [1, 2, 3]);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_folder_swapped_for_a_link_after_a_write_is_checked_again() -> R {
+    let (_d, kb) = setup()?;
+    let outside = TempDir::new()?;
+    // The first write checks `outbox` and remembers it; the second takes
+    // the short way.
+    kb.write("outbox/one.md", "1", WriteMode::Overwrite)?;
+    kb.write("outbox/two.md", "2", WriteMode::Overwrite)?;
+    assert_eq!(fs::read_to_string(kb.root().join("outbox/two.md"))?, "2");
+    // Now the folder becomes a link out of the root.
+    fs::rename(kb.root().join("outbox"), kb.root().join("old-outbox"))?;
+    std::os::unix::fs::symlink(outside.path(), kb.root().join("outbox"))?;
+    let e = err(&kb, kb.write("outbox/three.md", "3", WriteMode::Overwrite));
+    assert!(matches!(e, KbError::OutsideRoot { .. }), "{e}");
+    assert!(!outside.path().join("three.md").exists());
+    // A remembered folder that is replaced by another real folder is
+    // written through its new self, and a target that became a link is
+    // resolved (and refused) as on the first write.
+    fs::remove_file(kb.root().join("outbox"))?;
+    fs::create_dir(kb.root().join("outbox"))?;
+    kb.write("outbox/four.md", "4", WriteMode::Overwrite)?;
+    assert_eq!(fs::read_to_string(kb.root().join("outbox/four.md"))?, "4");
+    std::os::unix::fs::symlink(
+        outside.path().join("five.md"),
+        kb.root().join("outbox/five.md"),
+    )?;
+    let e = err(&kb, kb.write("outbox/five.md", "5", WriteMode::Overwrite));
+    assert!(matches!(e, KbError::OutsideRoot { .. }), "{e}");
+    assert!(!outside.path().join("five.md").exists());
+    assert!(hidden_files(kb.root()).is_empty());
+    Ok(())
+}

@@ -3,14 +3,17 @@
 //! into) place. Readers therefore see the old file or the new one, never a
 //! half-written mix, and a crash leaves no partial note behind.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use tempfile::NamedTempFile;
 
 use super::error::io_message;
+use super::path::{self, RelPath};
 use super::{Kb, KbError, MAX_WRITE_BYTES, WriteMode, WriteOutcome};
 
 /// Serialises writes made by this process. Append is read-modify-write, so
@@ -26,10 +29,10 @@ pub(super) fn write(
     mode: WriteMode,
     durable: bool,
 ) -> Result<WriteOutcome, KbError> {
-    let (parsed, abs) = kb.locate(rel)?;
-    if parsed.is_root() {
+    let parsed = RelPath::parse(rel)?;
+    let (Some((name, folder)), false) = (parsed.parts().split_last(), parsed.is_root()) else {
         return Err(KbError::EmptyPath);
-    }
+    };
     let rel = parsed.display();
     let new_len = content.len() as u64;
     let too_large = |size| KbError::ContentTooLarge {
@@ -40,9 +43,6 @@ pub(super) fn write(
     if new_len > MAX_WRITE_BYTES {
         return Err(too_large(new_len));
     }
-    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
-        return Err(KbError::EmptyPath);
-    };
     let io_err = |action, e: &io::Error| KbError::from_io(e, action, &rel);
 
     // Only appends read what they replace, so only they need the lock; the
@@ -52,13 +52,51 @@ pub(super) fn write(
     let _guard = (mode == WriteMode::Append)
         .then(|| WRITE_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
 
-    // `abs` has had its links resolved, so this is the real target.
-    let existing = match fs::metadata(&abs) {
-        Ok(meta) if meta.is_dir() => return Err(KbError::IsDirectory { path: rel }),
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err("write", &e)),
+    // A folder written to before, still the same folder, and a target that
+    // is not a link: the checks below are settled, and the write costs a
+    // handful of system calls instead of a walk of the whole path.
+    let fast = kb.folders.get(folder).and_then(|parent| {
+        let target = parent.join(name);
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => None,
+            Ok(meta) => Some((parent, target, Some(meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some((parent, target, None)),
+            Err(_) => None,
+        }
+    });
+    let (parent, target, existing) = match fast {
+        Some(found) => found,
+        None => {
+            let abs = path::resolve_in(kb.root(), &parsed)?;
+            let (Some(parent), Some(file_name)) = (abs.parent(), abs.file_name()) else {
+                return Err(KbError::EmptyPath);
+            };
+            // `abs` has had its links resolved, so this is the real target.
+            let existing = match fs::metadata(&abs) {
+                Ok(meta) => Some(meta),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("write", &e)),
+            };
+            fs::create_dir_all(parent).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
+                    KbError::NotADirectory { path: rel.clone() }
+                }
+                _ => io_err("create the folder for", &e),
+            })?;
+            // The folders were created after the path check; make sure nothing
+            // swapped a link in meanwhile, and write via the canonical folder.
+            let parent = fs::canonicalize(parent).map_err(|e| io_err("write", &e))?;
+            if !parent.starts_with(kb.root()) {
+                return Err(KbError::OutsideRoot { path: rel });
+            }
+            kb.folders.remember(folder, &parent);
+            let target = parent.join(file_name);
+            (parent, target, existing)
+        }
     };
+    if existing.as_ref().is_some_and(|m| m.is_dir()) {
+        return Err(KbError::IsDirectory { path: rel });
+    }
     if mode == WriteMode::CreateNew && existing.is_some() {
         return Err(KbError::AlreadyExists { path: rel });
     }
@@ -72,20 +110,6 @@ pub(super) fn write(
             message: "the file is read-only".to_owned(),
         });
     }
-
-    fs::create_dir_all(parent).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
-            KbError::NotADirectory { path: rel.clone() }
-        }
-        _ => io_err("create the folder for", &e),
-    })?;
-    // The folders were created after the path check; make sure nothing
-    // swapped a link in meanwhile, and write via the canonical folder.
-    let parent = fs::canonicalize(parent).map_err(|e| io_err("write", &e))?;
-    if !parent.starts_with(kb.root()) {
-        return Err(KbError::OutsideRoot { path: rel });
-    }
-    let target = parent.join(name);
 
     let old = match (&existing, mode) {
         (Some(meta), WriteMode::Append) => {
@@ -145,6 +169,71 @@ pub(super) fn write(
         created: existing.is_none(),
         mode,
     })
+}
+
+/// Folders that a write has checked (canonical, inside the root, made if
+/// missing), by their KB-relative components, with their identity on disk.
+///
+/// A later write into the same folder checks only that the canonical path is
+/// still a real folder with the same device and inode: a folder replaced by
+/// a link, or moved and replaced, fails that and is walked and checked again.
+#[derive(Debug, Default)]
+pub(super) struct Folders(Mutex<HashMap<Vec<String>, Folder>>);
+
+#[derive(Debug, Clone)]
+struct Folder {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Folders {
+    /// The canonical path of `folder` if it was checked and is unchanged.
+    fn get(&self, folder: &[String]) -> Option<PathBuf> {
+        let known = self.lock().get(folder).cloned()?;
+        let meta = fs::symlink_metadata(&known.path).ok();
+        if meta.as_ref().and_then(identity) == Some(known.id) && meta.is_some_and(|m| m.is_dir()) {
+            return Some(known.path);
+        }
+        self.lock().remove(folder);
+        None
+    }
+
+    /// Remember a folder just checked (`path` canonical and inside the root).
+    fn remember(&self, folder: &[String], path: &Path) {
+        // A handful of folders are written to; bound it anyway.
+        const MAX: usize = 256;
+        let Some(id) = fs::symlink_metadata(path).ok().as_ref().and_then(identity) else {
+            return;
+        };
+        let mut map = self.lock();
+        if map.len() >= MAX {
+            map.clear();
+        }
+        map.insert(
+            folder.to_vec(),
+            Folder {
+                path: path.to_path_buf(),
+                id,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<String>, Folder>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Device and inode: what tells one folder from another at the same path.
+#[cfg(unix)]
+fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Elsewhere there is no cheap identity: every write checks the whole path.
+#[cfg(not(unix))]
+fn identity(_: &fs::Metadata) -> Option<(u64, u64)> {
+    None
 }
 
 /// Reads a whole existing file, refusing (rather than loading) one that has

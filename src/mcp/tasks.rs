@@ -522,8 +522,14 @@ pub async fn agent_run(
         t = engine.wait(&task.id, ctx.subject.as_deref(), wait) => Some(t),
         _ = ctx.cancelled.cancelled() => None,
     };
-    if let Some(p) = progress {
-        p.abort();
+    if let Some(mut p) = progress {
+        // A finished task's events are all in the channel, which closes once
+        // its driver lets go: forward them before the result, so the client
+        // sees the whole story. Otherwise (still running, or given up) stop.
+        let finished = matches!(&waited, Some(Ok(t)) if t.state.is_terminal());
+        if !finished || tokio::time::timeout(PROGRESS_DRAIN, &mut p).await.is_err() {
+            p.abort();
+        }
     }
     let task = match waited {
         Some(t) => t.map_err(engine_error)?,
@@ -547,6 +553,10 @@ fn reply_task(view: TaskView) -> Result<ToolReply, ToolError> {
 fn to_value<T: Serialize>(v: &T) -> Result<Value, ToolError> {
     serde_json::to_value(v).map_err(|e| ToolError::Internal(e.to_string()))
 }
+
+/// How long a finished `agent_run` waits for its last progress
+/// notifications to go out before it answers.
+const PROGRESS_DRAIN: Duration = Duration::from_secs(1);
 
 /// Forward a task's events to the client as progress notifications.
 fn spawn_progress(

@@ -48,9 +48,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new task. [`StoreError::Duplicate`] if its id is taken.
     fn create_task<'a>(&'a self, task: &'a Task) -> StoreFuture<'a, ()>;
 
-    /// Overwrites every field of the stored task, but only if its stored state
-    /// is still `expected` ([`StoreError::Conflict`] otherwise, with the state
-    /// found).
+    /// Overwrites every field of the stored task that can change (all but
+    /// its identity: id, agent, input, parent, depth, subject and creation
+    /// time, which stay as created), but only if its stored state is still
+    /// `expected` ([`StoreError::Conflict`] otherwise, with the state found).
     ///
     /// Refuses ([`StoreError::IllegalTransition`]) a move the state machine does
     /// not allow; an update that keeps the state (token counters while running)
@@ -72,6 +73,19 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&'a str>,
         limit: u32,
     ) -> StoreFuture<'a, TaskPage>;
+
+    /// Records a task's last attempts, then its update (normally its final
+    /// state), in one trip to the store: [`Store::update_task`]'s rules and
+    /// errors, with `attempts` stored first. An attempt already stored under
+    /// its `seq` is kept as it is; the attempts stay stored even if the
+    /// update is refused or never made (a crash), so an implementation may
+    /// commit them apart from it.
+    fn finish_task<'a>(
+        &'a self,
+        task: &'a Task,
+        expected: TaskState,
+        attempts: &'a [Attempt],
+    ) -> StoreFuture<'a, ()>;
 
     /// Records one provider call. [`StoreError::NotFound`] if the task does not
     /// exist, [`StoreError::Duplicate`] if its `seq` is taken.

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sqlite_write::{AttemptRow, RunRow, StepRow, TaskRow, Write, Writer};
+use super::sqlite_write::{AttemptRow, RunRow, StepRow, TaskRow, Write, Writer, WriterWatch};
 use super::{
     MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
     database_error,
@@ -31,6 +31,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections. Reads are short; two cores gain nothing from more.
 const READERS: u32 = 4;
+
+/// How often the WAL is checkpointed into the database file, when anything
+/// was written since the last time.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// What to tell a user whose database cannot be opened for lack of access.
 const WRITABLE_HINT: &str = "set DISPATCH_DATABASE_URL or --root to a writable folder";
@@ -106,6 +110,12 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             // Keeps the WAL file from staying at its high-water mark after a burst.
             .pragma("journal_size_limit", "67108864")
+            // No checkpoint inside a commit: SQLite's automatic one runs on
+            // the committing connection and syncs the database file, which
+            // stalls the writer (and every write queued behind it) for an
+            // fsync every ~1000 pages. `checkpoints` below runs them on a
+            // read connection instead, beside the writer.
+            .pragma("wal_autocheckpoint", "0")
             .pragma("mmap_size", "268435456")
             // Statistics for the planner (which index serves a filtered
             // listing), refreshed cheaply as connections close.
@@ -122,10 +132,9 @@ impl SqliteStore {
             .await
             .map_err(|e| open_err(explain_open_error(&e)))?;
         tracing::debug!(path = %path.display(), "database open");
-        Ok(SqliteStore {
-            writer: Writer::spawn(writer),
-            reader,
-        })
+        let writer = Writer::spawn(writer);
+        tokio::spawn(checkpoints(writer.watch(), reader.clone()));
+        Ok(SqliteStore { writer, reader })
     }
 
     /// A fresh, empty database in memory, gone when the store is dropped
@@ -165,13 +174,7 @@ impl SqliteStore {
     }
 
     async fn update_task_impl(&self, task: &Task, expected: TaskState) -> Result<(), StoreError> {
-        if expected != task.state && !expected.can_become(task.state) {
-            return Err(StoreError::IllegalTransition {
-                id: task.id.clone(),
-                from: expected,
-                to: task.state,
-            });
-        }
+        check_transition(task, expected)?;
         let row = TaskRow::new(task)?;
         self.writer.write(Write::UpdateTask(row, expected)).await
     }
@@ -257,6 +260,26 @@ impl SqliteStore {
             _ => None,
         };
         Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn finish_task_impl(
+        &self,
+        task: &Task,
+        expected: TaskState,
+        attempts: &[Attempt],
+    ) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return self.update_task_impl(task, expected).await;
+        }
+        check_transition(task, expected)?;
+        let rows = attempts
+            .iter()
+            .map(AttemptRow::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let row = TaskRow::new(task)?;
+        self.writer
+            .write(Write::FinishTask(rows, row, expected))
+            .await
     }
 
     async fn add_attempt_impl(&self, attempt: &Attempt) -> Result<(), StoreError> {
@@ -370,6 +393,15 @@ impl Store for SqliteStore {
         Box::pin(self.list_tasks_impl(filter, cursor, limit))
     }
 
+    fn finish_task<'a>(
+        &'a self,
+        task: &'a Task,
+        expected: TaskState,
+        attempts: &'a [Attempt],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.finish_task_impl(task, expected, attempts))
+    }
+
     fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()> {
         Box::pin(self.add_attempt_impl(attempt))
     }
@@ -450,6 +482,52 @@ impl Store for SqliteStore {
             self.close_impl().await;
             Ok(())
         })
+    }
+}
+
+/// Refuses a move the state machine does not allow (keeping the state is allowed).
+fn check_transition(task: &Task, expected: TaskState) -> Result<(), StoreError> {
+    if expected != task.state && !expected.can_become(task.state) {
+        return Err(StoreError::IllegalTransition {
+            id: task.id.clone(),
+            from: expected,
+            to: task.state,
+        });
+    }
+    Ok(())
+}
+
+/// Copies committed WAL frames into the database file every
+/// [`CHECKPOINT_EVERY`] while anything is written, until the store closes.
+///
+/// PASSIVE never waits for readers or the writer: it copies what it can, so
+/// commits go on while it syncs. The WAL starts over from its beginning once
+/// a checkpoint has caught up and no reader still uses the old frames, and
+/// `journal_size_limit` trims it after a burst.
+async fn checkpoints(writer: WriterWatch, reader: SqlitePool) {
+    // From zero, not from the count now: commits made before this task first
+    // runs are still in the WAL.
+    let mut done = 0;
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let Some(now) = writer.commits() else { return };
+        if reader.is_closed() {
+            return;
+        }
+        if now == done {
+            continue;
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&reader)
+            .await
+        {
+            Ok(_) => done = now,
+            Err(e) if reader.is_closed() => {
+                tracing::debug!("checkpoints stop: {}", reason(&e));
+                return;
+            }
+            Err(e) => tracing::warn!("WAL checkpoint failed (retried later): {}", reason(&e)),
+        }
     }
 }
 

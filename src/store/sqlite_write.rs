@@ -15,6 +15,8 @@
 //! Once queued, a write is carried out even if its caller stops waiting.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
 use sqlx::{Connection, Sqlite};
@@ -36,11 +38,15 @@ const INSERT_TASK: &str = "INSERT INTO tasks (id, agent, state, input, parent_id
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
      ?20, ?21, ?22, ?23)";
 
-const UPDATE_TASK: &str = "UPDATE tasks SET agent = ?2, state = ?3, input = ?4, parent_id = ?5, \
-     depth = ?6, subject = ?7, created_at = ?8, started_at = ?9, finished_at = ?10, model = ?11, \
-     attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, output = ?16, \
-     reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, owner = ?22, \
-     audit = ?23 WHERE id = ?1 AND state = ?24";
+/// Sets every column that can change after a task is created. What a task
+/// is (agent, input, parent, depth, subject, creation time: ?2, ?4 to ?8)
+/// is bound but not set: SQLite rewrites every index on a column named in
+/// SET, so naming them would rewrite the agent, creation and subject
+/// indexes on each state change for nothing.
+const UPDATE_TASK: &str = "UPDATE tasks SET state = ?3, started_at = ?9, finished_at = ?10, \
+     model = ?11, attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, \
+     output = ?16, reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, \
+     owner = ?22, audit = ?23 WHERE id = ?1 AND state = ?24";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, provider, model, \
      started_at, latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, \
@@ -51,6 +57,26 @@ const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, p
 #[derive(Debug, Clone)]
 pub(super) struct Writer {
     queue: mpsc::Sender<Msg>,
+    /// Groups committed so far (the checkpointer's cue that there is work).
+    commits: Arc<AtomicU64>,
+}
+
+/// Watches a [`Writer`] from the side (for the checkpointer).
+pub(super) struct WriterWatch {
+    queue: mpsc::WeakSender<Msg>,
+    commits: Arc<AtomicU64>,
+}
+
+impl WriterWatch {
+    /// Groups committed since the writer started, or `None` once every
+    /// handle of the store is gone.
+    pub(super) fn commits(&self) -> Option<u64> {
+        let queue = self.queue.upgrade()?;
+        if queue.is_closed() {
+            return None;
+        }
+        Some(self.commits.load(Ordering::Relaxed))
+    }
 }
 
 /// Where a write's outcome goes.
@@ -69,6 +95,8 @@ pub(super) enum Write {
     CreateTask(TaskRow),
     UpdateTask(TaskRow, TaskState),
     AddAttempt(AttemptRow),
+    /// Attempts, then the task's update (together when in a group).
+    FinishTask(Vec<AttemptRow>, TaskRow, TaskState),
     PutRun(RunRow),
     PutStep(StepRow),
 }
@@ -154,6 +182,7 @@ impl Write {
         match self {
             Write::CreateTask(t) => format!("create task {}", t.id),
             Write::UpdateTask(t, _) => format!("update task {}", t.id),
+            Write::FinishTask(_, t, _) => format!("finish task {}", t.id),
             Write::AddAttempt(a) => format!("record attempt {} of task {}", a.seq, a.task_id),
             Write::PutRun(r) => format!("record run {}", r.id),
             Write::PutStep(s) => format!("record step {} of run {}", s.step_id, s.run_id),
@@ -167,8 +196,17 @@ impl Writer {
     /// database nobody else does; an in-memory one shares it with reads).
     pub(super) fn spawn(pool: SqlitePool) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, rx));
-        Writer { queue }
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(pool, rx, commits.clone()));
+        Writer { queue, commits }
+    }
+
+    /// A handle that counts commits without keeping the writer alive.
+    pub(super) fn watch(&self) -> WriterWatch {
+        WriterWatch {
+            queue: self.queue.downgrade(),
+            commits: self.commits.clone(),
+        }
     }
 
     /// Queues a write and waits until it is committed or has failed.
@@ -196,7 +234,7 @@ impl Writer {
     }
 }
 
-async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Msg>) {
+async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Msg>, commits: Arc<AtomicU64>) {
     let mut msgs = Vec::with_capacity(MAX_GROUP);
     let mut group: Vec<(Box<Write>, Reply)> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut msgs, MAX_GROUP).await > 0 {
@@ -211,6 +249,7 @@ async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Msg>) {
         }
         if !group.is_empty() {
             commit_group(&pool, &mut group).await;
+            commits.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(tx) = close {
             rx.close();
@@ -264,7 +303,10 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<(Box<Write>, Reply)>) {
         }
     }
     // A lone write needs no transaction of its own: autocommit saves two
-    // round trips.
+    // round trips to the connection's thread. That holds for a task's
+    // finish too: its attempts are facts whatever happens to the update
+    // after them (a task found `running` with its answer stored resumes
+    // from that answer).
     for (w, reply) in group.drain(..) {
         let result = apply(&mut conn, &w).await.map_err(|f| match f {
             Failure::Own(e) => e,
@@ -360,75 +402,93 @@ async fn apply(conn: &mut SqliteConnection, w: &Write) -> Result<(), Failure> {
                 })?;
             Ok(())
         }
-        Write::UpdateTask(t, expected) => {
-            let done = bind_task(sqlx::query(UPDATE_TASK), t)
-                .bind(expected.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| Failure::Database(reason(&e)))?;
-            if done.rows_affected() == 1 {
-                return Ok(());
-            }
-            // Nothing matched: tell a missing task from a lost race. Read on
-            // this connection, inside the group, so `found` is the state the
-            // update actually met.
-            let found: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
-                .bind(t.id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| Failure::Database(reason(&e)))?;
-            Err(Failure::Own(match found {
-                None => StoreError::NotFound { id: t.id.clone() },
-                Some(found) => {
-                    match parse_column(&found, || format!("task {}, column state", t.id)) {
-                        Ok(found) => StoreError::Conflict {
-                            id: t.id.clone(),
-                            expected: *expected,
-                            found,
-                        },
-                        Err(corrupt) => corrupt,
-                    }
+        Write::UpdateTask(t, expected) => update_task(conn, t, *expected).await,
+        Write::AddAttempt(a) => insert_attempt(conn, a).await,
+        Write::FinishTask(attempts, t, expected) => {
+            for a in attempts {
+                match insert_attempt(conn, a).await {
+                    // Already recorded (e.g. by an earlier try): a fact is a fact.
+                    Ok(()) | Err(Failure::Own(StoreError::Duplicate { .. })) => {}
+                    Err(e) => return Err(e),
                 }
-            }))
-        }
-        Write::AddAttempt(a) => {
-            sqlx::query(INSERT_ATTEMPT)
-                .bind(a.task_id.as_str())
-                .bind(a.seq)
-                .bind(a.kind)
-                .bind(a.agent.as_str())
-                .bind(a.provider.as_str())
-                .bind(a.model.as_str())
-                .bind(a.started_at)
-                .bind(a.latency_ms)
-                .bind(a.ok)
-                .bind(a.http_status)
-                .bind(a.error.as_deref())
-                .bind(a.input_tokens)
-                .bind(a.output_tokens)
-                .bind(a.cost_usd)
-                .bind(a.cost_source)
-                .bind(a.verdict.as_deref())
-                .bind(a.revision_message.as_deref())
-                .bind(a.output.as_deref())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        Failure::Own(StoreError::Duplicate {
-                            what: format!("attempt {} of task {}", a.seq, a.task_id),
-                        })
-                    } else if is_foreign_key_violation(&e) {
-                        Failure::Own(StoreError::NotFound {
-                            id: a.task_id.clone(),
-                        })
-                    } else {
-                        Failure::Database(reason(&e))
-                    }
-                })?;
-            Ok(())
+            }
+            update_task(conn, t, *expected).await
         }
     }
+}
+
+/// The compare-and-set update of a task.
+async fn update_task(
+    conn: &mut SqliteConnection,
+    t: &TaskRow,
+    expected: TaskState,
+) -> Result<(), Failure> {
+    let done = bind_task(sqlx::query(UPDATE_TASK), t)
+        .bind(expected.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Failure::Database(reason(&e)))?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    // Nothing matched: tell a missing task from a lost race. Read on
+    // this connection, inside the group, so `found` is the state the
+    // update actually met.
+    let found: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
+        .bind(t.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| Failure::Database(reason(&e)))?;
+    Err(Failure::Own(match found {
+        None => StoreError::NotFound { id: t.id.clone() },
+        Some(found) => match parse_column(&found, || format!("task {}, column state", t.id)) {
+            Ok(found) => StoreError::Conflict {
+                id: t.id.clone(),
+                expected,
+                found,
+            },
+            Err(corrupt) => corrupt,
+        },
+    }))
+}
+
+/// The insert of one attempt.
+async fn insert_attempt(conn: &mut SqliteConnection, a: &AttemptRow) -> Result<(), Failure> {
+    sqlx::query(INSERT_ATTEMPT)
+        .bind(a.task_id.as_str())
+        .bind(a.seq)
+        .bind(a.kind)
+        .bind(a.agent.as_str())
+        .bind(a.provider.as_str())
+        .bind(a.model.as_str())
+        .bind(a.started_at)
+        .bind(a.latency_ms)
+        .bind(a.ok)
+        .bind(a.http_status)
+        .bind(a.error.as_deref())
+        .bind(a.input_tokens)
+        .bind(a.output_tokens)
+        .bind(a.cost_usd)
+        .bind(a.cost_source)
+        .bind(a.verdict.as_deref())
+        .bind(a.revision_message.as_deref())
+        .bind(a.output.as_deref())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Failure::Own(StoreError::Duplicate {
+                    what: format!("attempt {} of task {}", a.seq, a.task_id),
+                })
+            } else if is_foreign_key_violation(&e) {
+                Failure::Own(StoreError::NotFound {
+                    id: a.task_id.clone(),
+                })
+            } else {
+                Failure::Database(reason(&e))
+            }
+        })?;
+    Ok(())
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -997,3 +997,73 @@ async fn runs_and_steps_round_trip_and_upsert() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn finish_stores_attempts_then_the_update() {
+    let store = memory().await;
+    let mut t = Task::new("a", json!("in"));
+    t.state = TaskState::Running;
+    store.create_task(&t).await.unwrap();
+    store.add_attempt(&attempt(&t.id, 1)).await.unwrap();
+
+    // Seq 1 is already stored (kept as it is); seq 2 is new.
+    let mut again = attempt(&t.id, 1);
+    again.model = "other".into();
+    let last = attempt(&t.id, 2);
+    t.state = TaskState::Succeeded;
+    t.output = Some("done".into());
+    store
+        .finish_task(&t, TaskState::Running, &[again, last.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t.clone()));
+    let stored = store.attempts(&t.id).await.unwrap();
+    assert_eq!(stored, vec![attempt(&t.id, 1), last]);
+
+    // A lost compare-and-set refuses the update; the attempts stay.
+    let mut stale = t.clone();
+    stale.state = TaskState::Cancelled;
+    let err = store
+        .finish_task(&stale, TaskState::Running, &[attempt(&t.id, 3)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(store.attempts(&t.id).await.unwrap().len(), 3);
+    assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t.clone()));
+
+    // The state machine is checked before anything is written.
+    let mut back = t.clone();
+    back.state = TaskState::Running;
+    let err = store
+        .finish_task(&back, TaskState::Succeeded, &[attempt(&t.id, 4)])
+        .await;
+    assert!(matches!(err, Err(StoreError::IllegalTransition { .. })));
+    assert_eq!(store.attempts(&t.id).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let t = Task::new("a", json!(1));
+    store.create_task(&t).await.unwrap();
+    // SQLite's own checkpoints are off; the checkpointer copies the commit
+    // into the database file. Poll its effect (no fixed sleep): the main
+    // file holds the task once a checkpoint ran.
+    let main_file_has_it = || {
+        std::fs::read(&path)
+            .map(|b| b.windows(t.id.len()).any(|w| w == t.id.as_bytes()))
+            .unwrap_or(false)
+    };
+    assert!(!main_file_has_it(), "autocheckpoint should be off");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !main_file_has_it() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    store.close().await.unwrap();
+}
