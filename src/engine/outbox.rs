@@ -180,24 +180,15 @@ pub async fn write(
 ) -> Result<String, String> {
     let doc = render(task, attempts);
     let path = path_for(task);
-    let write = {
-        let (kb, p) = (engine.kb.clone(), path.clone());
-        move || kb.write_derived(&p, &doc, WriteMode::Overwrite)
-    };
-    // File I/O blocks. On the multi-threaded runtime (the server's),
-    // `block_in_place` writes right here and hands this worker's other tasks
-    // to another thread meanwhile, which costs this task nothing; a trip to
-    // the blocking pool and back costs two thread wake-ups (~50 µs each on a
-    // 2-core VM) on every task's way to its result.
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let written = if multi_thread {
-        tokio::task::block_in_place(write)
-    } else {
-        tokio::task::spawn_blocking(write)
+    let kb = engine.kb.clone();
+    let p = path.clone();
+    // On the blocking pool, not `block_in_place`: under load that hands the
+    // worker's other tasks to fresh threads on every file, which measured
+    // slower over HTTP and doubled the server's memory (BENCHMARKS.md).
+    let written =
+        tokio::task::spawn_blocking(move || kb.write_derived(&p, &doc, WriteMode::Overwrite))
             .await
-            .map_err(|e| e.to_string())?
-    };
+            .map_err(|e| e.to_string())?;
     written.map_err(|e| e.to_string())?;
     Ok(path)
 }
