@@ -174,7 +174,9 @@ pub async fn serve_http(
         shutdown: CancellationToken::new(),
         calls: TaskTracker::new(),
         sse: sse::Sessions::default(),
-        mcp_sessions: Arc::new(mcp_session_manager()),
+        mcp_sessions: Arc::new(mcp_session_manager(Duration::from_secs(
+            config.request_timeout_secs,
+        ))),
         mcp_owners: guard::SessionOwners::default(),
     });
     let router = router(shared.clone());
@@ -264,9 +266,11 @@ pub async fn serve_http(
 const SSE_RETRY: Duration = Duration::from_secs(3);
 /// Events kept per SSE stream for replay (also each stream's buffer).
 const SSE_REPLAY_EVENTS: usize = 16;
-/// A Streamable HTTP session idle this long ends. rmcp counts only messages
-/// as activity (not open streams or keep-alives), so a tool call that sends
-/// nothing, not even progress, for this long loses its session too.
+/// A Streamable HTTP session idle this long ends, at the least. rmcp counts
+/// only messages as activity (not open streams or keep-alives), so a tool
+/// call that sends nothing, not even progress, would lose its session; the
+/// idle time is therefore never shorter than the request timeout (plus a
+/// minute), which bounds every call.
 const SESSION_IDLE: Duration = Duration::from_secs(300);
 
 /// Streamable HTTP sessions, in memory (rmcp's `LocalSessionManager`), with
@@ -284,11 +288,12 @@ const SESSION_IDLE: Duration = Duration::from_secs(300);
 /// - `keep_alive`: a session idle this long ends, with its caches.
 ///
 /// No event store: ids are per session, and a session lives in this process.
-fn mcp_session_manager() -> LocalSessionManager {
+fn mcp_session_manager(request_timeout: Duration) -> LocalSessionManager {
     let mut config = SessionConfig::default();
     config.sse_retry = Some(SSE_RETRY);
     config.channel_capacity = SSE_REPLAY_EVENTS;
-    config.keep_alive = Some(SESSION_IDLE);
+    config.keep_alive =
+        Some(SESSION_IDLE.max(request_timeout.saturating_add(Duration::from_secs(60))));
     let mut manager = LocalSessionManager::default();
     manager.session_config = config;
     manager
@@ -421,6 +426,18 @@ fn metadata_url(public_url: Option<&str>, audience: Option<&str>, bound: SocketA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_outlive_the_longest_request() {
+        let idle = |secs| {
+            mcp_session_manager(Duration::from_secs(secs))
+                .session_config
+                .keep_alive
+        };
+        assert_eq!(idle(30), Some(SESSION_IDLE));
+        assert_eq!(idle(900), Some(Duration::from_secs(960)));
+        assert_eq!(idle(u64::MAX), Some(Duration::MAX));
+    }
 
     #[test]
     fn metadata_url_follows_rfc_9728() {
