@@ -19,8 +19,7 @@ use std::sync::Arc;
 use common::DEADLINE;
 use common::auth_server::{ALL_SCOPES, AUDIENCE, AuthServer};
 use common::fake_provider::Behavior;
-use common::fixture::{Fx, agent};
-use common::http::{HttpServer, client};
+use common::http::{HttpServer, client, server};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -265,12 +264,6 @@ async fn start_held_call(m: &Mcp<'_>, session: &str, id: u64) -> (Events, Event,
     assert!(progress_message(&queued).contains("queued"), "{queued:?}");
     assert_eq!(queued.position().1, priming.position().1, "same stream");
     (events, priming, queued)
-}
-
-async fn server(toml: &str) -> (Fx, HttpServer) {
-    let fx = Fx::new(&[("helper", &agent("openai/gpt-4o-mini"))], toml).await;
-    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
-    (fx, s)
 }
 
 #[tokio::test]

@@ -8,16 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use common::fake_provider::Behavior;
-use common::fixture::{Fx, agent};
-use common::http::{HttpServer, SseClient, call};
+use common::http::{SseClient, call, server};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-
-async fn server(toml: &str) -> (Fx, HttpServer) {
-    let fx = Fx::new(&[("helper", &agent("openai/gpt-4o-mini"))], toml).await;
-    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
-    (fx, s)
-}
 
 #[tokio::test]
 async fn streamable_http_runs_agents_and_kb_tools() {

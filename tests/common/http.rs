@@ -314,3 +314,15 @@ impl SseClient {
         r["result"].clone()
     }
 }
+
+/// A project with one agent `helper` on the fake's `openai/gpt-4o-mini`,
+/// `toml` as its `dispatch.toml`, and `dispatch serve --http` on it.
+pub async fn server(toml: &str) -> (super::fixture::Fx, HttpServer) {
+    let fx = super::fixture::Fx::new(
+        &[("helper", &super::fixture::agent("openai/gpt-4o-mini"))],
+        toml,
+    )
+    .await;
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    (fx, s)
+}
