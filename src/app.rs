@@ -1,7 +1,6 @@
 //! The engine as a library: everything a front end (the MCP server or the CLI)
 //! needs, opened from the project's [`Paths`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +9,16 @@ use tokio::sync::broadcast;
 use crate::agent::{ModelSpec, parse_model};
 use crate::config::{Config, ConfigError, Paths};
 use crate::engine::{Engine, EngineConfig, RouterConfig};
-use crate::kb::{Kb, KbError};
+use crate::kb::{FileSet, Kb, KbError};
 use crate::provider::{
     Price, PriceTable, ProviderKind, ProviderSettings, Providers, ResilienceConfig,
 };
 use crate::registry::Registry;
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::watch::{DEFAULT_DEBOUNCE, DirWatcher, watch_dir};
+
+/// The least time between two notices that the KB's file list changed.
+pub const KB_NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// The opened project: config, agents and knowledge base.
 #[derive(Debug)]
@@ -185,27 +187,80 @@ impl App {
 
     /// Watch the KB and send on `tx` whenever its set of files changes (a file
     /// appears, disappears or is renamed; edits in place do not count).
+    ///
+    /// Notices go out at most once per [`KB_NOTICE_EVERY`]: a busy server
+    /// writes an outbox file per task, and every notice goes to every
+    /// connected session (whose client may then list the resources again).
+    /// The first change is told at once; changes during the pause are told
+    /// together after it. Call it inside a tokio runtime (without one,
+    /// every change is told at once).
     pub fn watch_kb(&self, tx: broadcast::Sender<()>) -> Result<DirWatcher, notify::Error> {
         let kb = self.kb.clone();
-        let mut known = file_set(&kb);
+        let mut files = FileSet::scan(&kb);
         let root = kb.root().to_path_buf();
-        watch_dir(&root, DEFAULT_DEBOUNCE, move |_paths| {
-            let now = file_set(&kb);
-            if now != known {
-                known = now;
-                // No receivers just means no client is connected yet.
-                let _ = tx.send(());
+        // One pending notice at most: a full channel already says "changed".
+        let (notice, mut pending) = tokio::sync::mpsc::channel::<()>(1);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(forward_notices(pending, tx, KB_NOTICE_EVERY));
+            }
+            Err(_) => {
+                std::thread::spawn(move || {
+                    while pending.blocking_recv().is_some() {
+                        let _ = tx.send(());
+                    }
+                });
+            }
+        }
+        watch_dir(&root, DEFAULT_DEBOUNCE, move |paths| {
+            if files.update(&kb, &paths) {
+                let _ = notice.try_send(());
             }
         })
     }
 }
 
-fn file_set(kb: &Kb) -> BTreeSet<String> {
-    match kb.all_files() {
-        Ok(files) => files.into_iter().map(|e| e.path).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the knowledge base");
-            BTreeSet::new()
+/// Passes each pending notice on to `tx`, then pauses `every`: notices that
+/// arrive meanwhile wait in the one-slot channel and go out as one. Ends
+/// when the senders are dropped.
+async fn forward_notices(
+    mut pending: tokio::sync::mpsc::Receiver<()>,
+    tx: broadcast::Sender<()>,
+    every: Duration,
+) {
+    while pending.recv().await.is_some() {
+        // No receivers just means no client is connected yet.
+        let _ = tx.send(());
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three bursts of changes within one pause give two notices: the first
+    /// at once, the rest together when the pause ends.
+    #[tokio::test(start_paused = true)]
+    async fn kb_notices_are_spaced_out() {
+        let (notice, pending) = tokio::sync::mpsc::channel(1);
+        let (tx, mut rx) = broadcast::channel(16);
+        let every = Duration::from_secs(1);
+        let task = tokio::spawn(forward_notices(pending, tx, every));
+        let _ = notice.try_send(());
+        assert_eq!(rx.recv().await, Ok(()));
+        let sent = tokio::time::Instant::now();
+        for _ in 0..3 {
+            let _ = notice.try_send(());
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        assert_eq!(rx.recv().await, Ok(()));
+        assert!(
+            sent.elapsed() >= every,
+            "the second notice waited for the pause"
+        );
+        assert!(rx.try_recv().is_err(), "the burst was told once");
+        drop(notice);
+        task.await.expect("the forwarder ends with its senders");
     }
 }

@@ -23,8 +23,15 @@ pub fn format_time(t: SystemTime) -> Option<String> {
     Some(humantime::format_rfc3339_seconds(t).to_string())
 }
 
+/// Whether a walk reads the title of each markdown file (which opens it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Titles {
+    Read,
+    Skip,
+}
+
 /// Describes the entry at `abs` from its (not link-following) metadata.
-fn make_entry(abs: &Path, rel: String, meta: &Metadata) -> Entry {
+fn make_entry(abs: &Path, rel: String, meta: &Metadata, titles: Titles) -> Entry {
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
         EntryKind::Symlink
@@ -34,7 +41,7 @@ fn make_entry(abs: &Path, rel: String, meta: &Metadata) -> Entry {
         EntryKind::File
     };
     // Only regular files are opened: opening a FIFO would block the listing.
-    let title = (ft.is_file() && is_markdown(&rel))
+    let title = (titles == Titles::Read && ft.is_file() && is_markdown(&rel))
         .then(|| title_of_file(abs))
         .flatten();
     Entry {
@@ -86,6 +93,7 @@ fn walk(
     recursive: bool,
     include_hidden: bool,
     limit: usize,
+    titles: Titles,
 ) -> Result<(Vec<Entry>, bool), KbError> {
     let top =
         sorted_children(dir, rel, include_hidden).map_err(|e| KbError::from_io(&e, "list", rel))?;
@@ -115,7 +123,7 @@ fn walk(
             return Ok((entries, true));
         }
         let descend = recursive && meta.is_dir();
-        entries.push(make_entry(&abs, child_rel.clone(), &meta));
+        entries.push(make_entry(&abs, child_rel.clone(), &meta, titles));
         if descend {
             match sorted_children(&abs, &child_rel, include_hidden) {
                 Ok(children) => stack.push(children.into_iter()),
@@ -143,12 +151,19 @@ pub(super) fn list(kb: &Kb, rel: &str, opts: &ListOptions) -> Result<Listing, Kb
             .fold(kb.root().to_path_buf(), |p, c| p.join(c));
         let own = fs::symlink_metadata(&named).unwrap_or(meta);
         return Ok(Listing {
-            entries: vec![make_entry(&abs, rel.clone(), &own)],
+            entries: vec![make_entry(&abs, rel.clone(), &own, Titles::Read)],
             path: rel,
             truncated: false,
         });
     }
-    let (entries, truncated) = walk(&abs, &rel, opts.recursive, opts.include_hidden, limit)?;
+    let (entries, truncated) = walk(
+        &abs,
+        &rel,
+        opts.recursive,
+        opts.include_hidden,
+        limit,
+        Titles::Read,
+    )?;
     Ok(Listing {
         path: rel,
         entries,
@@ -156,8 +171,26 @@ pub(super) fn list(kb: &Kb, rel: &str, opts: &ListOptions) -> Result<Listing, Kb
     })
 }
 
-pub(super) fn all_files(kb: &Kb) -> Result<Vec<Entry>, KbError> {
-    let (mut entries, _) = walk(kb.root(), "", true, false, usize::MAX)?;
-    entries.retain(|e| e.kind == EntryKind::File);
-    Ok(entries)
+/// Every visible entry under the folder `dir` (KB-relative `rel`), in
+/// sorted pre-order, titles not read.
+pub(super) fn walk_paths(dir: &Path, rel: &str) -> Result<Vec<Entry>, KbError> {
+    Ok(walk(dir, rel, true, false, usize::MAX, Titles::Skip)?.0)
+}
+
+/// Fills in the titles of the markdown files among `entries`.
+pub(super) fn fill_titles(kb: &Kb, entries: &mut [Entry]) {
+    for e in entries {
+        if e.kind == EntryKind::File && e.title.is_none() && is_markdown(&e.path) {
+            let abs = e
+                .path
+                .split('/')
+                .fold(kb.root().to_path_buf(), |p, c| p.join(c));
+            // Not a link (the walk left links out), unless it was swapped for
+            // one since; then, like a vanished file, it simply has no title.
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.file_type().is_file() => e.title = title_of_file(&abs),
+                _ => {}
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! describes itself with a JSON schema) so MCP tools can return it as-is.
 
 mod error;
+mod files;
 mod list;
 pub mod path;
 mod read;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::KbError;
+pub use files::FileSet;
 pub use path::MAX_PATH_BYTES;
 use path::RelPath;
 
@@ -160,8 +162,17 @@ impl Kb {
     /// All files (recursive, sorted by relative path, '/' separators) — used for MCP resource listing.
     ///
     /// Hidden files and symbolic links are left out, as in [`Kb::list`].
+    /// Titles are not read (`title` is `None`): that would open every file.
+    /// Fill in those of the entries you show with [`Kb::fill_titles`].
     pub fn all_files(&self) -> Result<Vec<Entry>, KbError> {
-        list::all_files(self)
+        let mut entries = list::walk_paths(&self.root, "")?;
+        entries.retain(|e| e.kind == EntryKind::File);
+        Ok(entries)
+    }
+
+    /// Reads the titles of the markdown files among `entries`.
+    pub fn fill_titles(&self, entries: &mut [Entry]) {
+        list::fill_titles(self, entries)
     }
 
     /// Validates `rel` and resolves it, returning both forms.

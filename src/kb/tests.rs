@@ -810,7 +810,82 @@ fn all_files_lists_files_sorted() -> R {
         ]
     );
     assert!(files.iter().all(|e| e.kind == EntryKind::File));
+    // Titles are read only on request.
+    assert!(files.iter().all(|e| e.title.is_none()));
+    let mut files = files;
+    kb.fill_titles(&mut files);
     assert_eq!(files[3].title.as_deref(), Some("S1"));
+    assert_eq!(files[1].title, None, "not markdown");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- file set
+
+#[test]
+fn file_set_follows_the_paths_it_is_told() -> R {
+    let (d, kb) = setup()?;
+    put(&kb, "a.md", "# A")?;
+    put(&kb, "notes/b.md", "b")?;
+    put(&kb, ".hidden.md", "h")?;
+    let mut set = FileSet::scan(&kb);
+    assert_eq!(set.len(), 2);
+    let root = kb.root().to_path_buf();
+
+    // A new file is added; telling it again, or an edit in place, is no change.
+    put(&kb, "outbox/c.md", "c")?;
+    assert!(set.update(&kb, &[root.join("outbox/c.md")]));
+    assert!(set.contains("outbox/c.md"));
+    put(&kb, "outbox/c.md", "c, edited")?;
+    assert!(!set.update(&kb, &[root.join("outbox/c.md")]));
+    // A folder it knows is not walked when named (a watcher names one for
+    // many reasons): files in it count only once they are named themselves.
+    put(&kb, "outbox/untold.md", "u")?;
+    assert!(!set.update(&kb, &[root.join("outbox")]));
+    assert!(!set.contains("outbox/untold.md"));
+    assert!(set.update(&kb, &[root.join("outbox/untold.md")]));
+
+    // Temp files of atomic writes and other hidden paths do not count.
+    put(&kb, "outbox/.tmp123", "x")?;
+    assert!(!set.update(&kb, &[root.join("outbox/.tmp123")]));
+
+    // A removed file goes; a file swapped for a link goes too.
+    fs::remove_file(root.join("a.md"))?;
+    assert!(set.update(&kb, &[root.join("a.md")]));
+    assert!(!set.contains("a.md"));
+    #[cfg(unix)]
+    {
+        fs::remove_file(root.join("outbox/c.md"))?;
+        std::os::unix::fs::symlink(root.join("notes/b.md"), root.join("outbox/c.md"))?;
+        assert!(set.update(&kb, &[root.join("outbox/c.md")]));
+        assert!(!set.contains("outbox/c.md"));
+    }
+
+    // A folder moved in brings its files; moved out, takes them along.
+    let outside = d.path().join("elsewhere");
+    fs::create_dir_all(outside.join("deep"))?;
+    fs::write(outside.join("deep/x.md"), "x")?;
+    fs::write(outside.join("y.md"), "y")?;
+    fs::rename(&outside, root.join("moved"))?;
+    assert!(set.update(&kb, &[root.join("moved")]));
+    assert!(set.contains("moved/deep/x.md") && set.contains("moved/y.md"));
+    fs::rename(root.join("moved"), &outside)?;
+    assert!(set.update(&kb, &[root.join("moved")]));
+    assert!(!set.contains("moved/y.md") && !set.contains("moved/deep/x.md"));
+
+    // A folder put in place of one it knew is walked.
+    fs::create_dir_all(outside.join("inner"))?;
+    fs::write(outside.join("inner/z.md"), "z")?;
+    fs::rename(root.join("notes"), d.path().join("old-notes"))?;
+    fs::rename(&outside, root.join("notes"))?;
+    assert!(set.update(&kb, &[root.join("notes")]));
+    assert!(set.contains("notes/inner/z.md") && !set.contains("notes/b.md"));
+
+    // A path outside the KB (or the KB itself) makes it walk everything.
+    put(&kb, "untold.md", "u")?;
+    assert!(set.update(&kb, &[kb.root().to_path_buf()]));
+    assert!(set.contains("untold.md"));
+    assert_eq!(set, FileSet::scan(&kb));
+    assert!(!set.update(&kb, &[d.path().join("elsewhere")]));
     Ok(())
 }
 

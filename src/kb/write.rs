@@ -225,14 +225,14 @@ impl Folders {
 
 /// Device and inode: what tells one folder from another at the same path.
 #[cfg(unix)]
-fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
+pub(super) fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     Some((meta.dev(), meta.ino()))
 }
 
 /// Elsewhere there is no cheap identity: every write checks the whole path.
 #[cfg(not(unix))]
-fn identity(_: &fs::Metadata) -> Option<(u64, u64)> {
+pub(super) fn identity(_: &fs::Metadata) -> Option<(u64, u64)> {
     None
 }
 

@@ -104,18 +104,17 @@ pub fn page(kb: &Kb, cursor: Option<&str>) -> Result<(Vec<Resource>, Option<Stri
             .parse::<usize>()
             .map_err(|_| PageError::Cursor(c.to_string()))?,
     };
-    let files: Vec<Entry> = kb
+    let mut files: Vec<Entry> = kb
         .all_files()?
         .into_iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     let end = (start + PAGE_SIZE).min(files.len());
-    let items = files
-        .get(start..end)
-        .unwrap_or(&[])
-        .iter()
-        .map(resource_for)
-        .collect();
+    let page = files.get_mut(start..end).unwrap_or(&mut []);
+    // Only the page's titles: reading every file's would make each page
+    // cost as much as the whole KB.
+    kb.fill_titles(page);
+    let items = page.iter().map(resource_for).collect();
     let next = (end < files.len()).then(|| end.to_string());
     Ok((items, next))
 }
