@@ -86,6 +86,7 @@ fn main() {
         "load average at start: {} (other work on the machine skews every figure)",
         load().trim()
     );
+    let host_start = HostTimes::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +107,9 @@ fn main() {
         idle_server();
     }
     println!("load average at end: {}", load().trim());
+    if let (Some(start), Some(end)) = (host_start, HostTimes::now()) {
+        end.report_since(&start);
+    }
     drop(std::mem::take(
         &mut *KEEP.lock().unwrap_or_else(|p| p.into_inner()),
     ));
@@ -143,6 +147,65 @@ fn cpu_time() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The machine's CPU time by kind (`/proc/stat`), and this process's own,
+/// to tell how much of the machine other work took while the bench ran.
+struct HostTimes {
+    /// Clock ticks: busy (user, nice, system, irq, softirq), idle (idle,
+    /// iowait), steal (taken by the hypervisor for other guests).
+    busy: u64,
+    idle: u64,
+    steal: u64,
+    /// This process and its waited-for children.
+    own: Duration,
+}
+
+impl HostTimes {
+    fn now() -> Option<HostTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| cpu.get(i).copied().unwrap_or(0);
+        // SAFETY: getrusage only writes into the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        Some(HostTimes {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+            own: cpu_time() + tv(ru.ru_utime) + tv(ru.ru_stime),
+        })
+    }
+
+    /// Prints the shares of the machine's CPU time since `start`.
+    fn report_since(&self, start: &HostTimes) {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let busy = self.busy.saturating_sub(start.busy) as f64 / hz;
+        let idle = self.idle.saturating_sub(start.idle) as f64 / hz;
+        let steal = self.steal.saturating_sub(start.steal) as f64 / hz;
+        let own = self.own.saturating_sub(start.own).as_secs_f64();
+        let total = busy + idle + steal;
+        if total <= 0.0 {
+            return;
+        }
+        let share = |v: f64| 100.0 * v / total;
+        println!(
+            "machine's CPU during the bench: this bench {:.0} %, other processes {:.0} %, \
+             steal {:.1} %, idle {:.0} %",
+            share(own.min(busy)),
+            share((busy - own).max(0.0)),
+            share(steal),
+            share(idle)
+        );
+    }
 }
 
 fn mb(kb: u64) -> f64 {

@@ -1,8 +1,9 @@
-//! [`Store`] on SQLite, through sqlx.
+//! [`Store`] on SQLite: migrations and reads through sqlx, writes through
+//! rusqlite on a thread of their own.
 //!
-//! Writes go to one writer task that owns the only write connection and
+//! Writes go to one writer thread that owns the only write connection and
 //! commits queued writes in groups (see [`super::sqlite_write`]); reads use a
-//! small pool of their own. SQLite allows one writer at a time anyway:
+//! small sqlx pool of their own. SQLite allows one writer at a time anyway:
 //! queueing writers in-process instead of letting several connections fight
 //! over the file lock avoids `SQLITE_BUSY` sleeps and "database is locked"
 //! errors under load, and WAL lets readers run alongside the writer.
@@ -10,6 +11,7 @@
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -17,8 +19,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
+use tempfile::TempDir;
 
-use super::sqlite_write::{AttemptRow, RunRow, StepRow, TaskRow, Write, Writer, WriterWatch};
+use super::sqlite_write::{
+    AttemptRow, RunRow, StepRow, TaskRow, Write, Writer, WriterOptions, WriterWatch,
+};
 use super::{
     MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
     database_error,
@@ -27,7 +32,7 @@ use crate::task::{Attempt, Millis, Run, RunState, StepRecord, Task, TaskState};
 
 /// How long a statement waits for a lock held by another process before
 /// failing with "database is locked".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections. Reads are short; two cores gain nothing from more.
 const READERS: u32 = 4;
@@ -60,13 +65,16 @@ const SELECT_ATTEMPTS: &str = "SELECT task_id, seq, kind, agent, provider, model
      latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, cost_source, \
      verdict, revision_message, output FROM attempts WHERE task_id = ?1 ORDER BY seq";
 
-/// A [`Store`] in one SQLite file (or in memory, for tests).
+/// A [`Store`] in one SQLite file (or in a scratch file deleted with the
+/// store, for tests and `sqlite::memory:`).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// The queue of the task that owns the write connection.
+    /// The queue of the thread that owns the write connection.
     writer: Writer,
-    /// Connections for reads (for an in-memory database, the write connection).
+    /// Connections for reads.
     reader: SqlitePool,
+    /// The folder of a scratch database, removed when the last handle goes.
+    _scratch: Option<Arc<TempDir>>,
 }
 
 impl SqliteStore {
@@ -74,8 +82,12 @@ impl SqliteStore {
     /// plain file path), creating the file and its folder if missing, and
     /// brings its schema up to date.
     ///
-    /// Call it inside the tokio runtime that will use the store: the writer
-    /// task is spawned there.
+    /// `sqlite::memory:` (or any URL with `mode=memory`) gives a fresh,
+    /// empty database that is gone when the store is dropped, as
+    /// [`SqliteStore::open_in_memory`] does.
+    ///
+    /// Call it inside the tokio runtime that will use the store: the
+    /// checkpointer task is spawned there.
     pub async fn open(url_or_path: &str) -> Result<SqliteStore, StoreError> {
         let open_err = |message: String| StoreError::Open {
             path: url_or_path.to_string(),
@@ -92,80 +104,102 @@ impl SqliteStore {
         };
         let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
         if in_memory {
-            return Self::open_memory_with(options.create_if_missing(true))
-                .await
-                .map_err(|e| open_err(e.to_string()));
+            return Self::open_scratch().await.map_err(open_err);
         }
         let path = options.get_filename().to_path_buf();
         prepare_file(&path).map_err(open_err)?;
+        Self::open_file(options, &path, SqliteSynchronous::Normal, None)
+            .await
+            .map_err(open_err)
+    }
 
+    /// A fresh, empty database, gone when the store is dropped (for tests).
+    /// Like [`SqliteStore::open`], needs a tokio runtime.
+    ///
+    /// It lives in a file in a private temporary folder, not in SQLite's
+    /// memory: the writer and the readers are separate connections, and
+    /// connections to one in-memory database share a cache with table locks
+    /// instead of WAL. The file is not synced (nothing in it is meant to last).
+    pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        Self::open_scratch()
+            .await
+            .map_err(|m| database_error(format_args!("open an in-memory database"), m))
+    }
+
+    async fn open_scratch() -> Result<SqliteStore, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("dispatch-store-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary folder for the database: {e}"))?;
+        let path = dir.path().join("dispatch.db");
+        let options = SqliteConnectOptions::new().filename(&path);
+        Self::open_file(options, &path, SqliteSynchronous::Off, Some(dir)).await
+    }
+
+    /// Opens the read pool (which creates the file and brings its schema up
+    /// to date), then the writer's connection on its own thread.
+    async fn open_file(
+        options: SqliteConnectOptions,
+        path: &Path,
+        synchronous: SqliteSynchronous,
+        scratch: Option<TempDir>,
+    ) -> Result<SqliteStore, String> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // In WAL mode NORMAL loses no data on a process crash, only the
             // last commits on power loss, and saves an fsync per commit.
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(synchronous)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("temp_store", "memory")
             // Keeps the WAL file from staying at its high-water mark after a burst.
             .pragma("journal_size_limit", "67108864")
-            // No checkpoint inside a commit: SQLite's automatic one runs on
-            // the committing connection and syncs the database file, which
-            // stalls the writer (and every write queued behind it) for an
-            // fsync every ~1000 pages. `checkpoints` below runs them on a
-            // read connection instead, beside the writer.
+            // No checkpoint inside a commit (see the writer's own settings).
+            // `checkpoints` below runs them on a read connection instead.
             .pragma("wal_autocheckpoint", "0")
             .pragma("mmap_size", "268435456")
             // Statistics for the planner (which index serves a filtered
             // listing), refreshed cheaply as connections close.
             .optimize_on_close(true, 400);
 
-        let writer = pool_options(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| open_err(explain_open_error(&e)))?;
-        migrate(&writer).await.map_err(open_err)?;
         let reader = pool_options(READERS)
-            .min_connections(0)
             .connect_with(options)
             .await
-            .map_err(|e| open_err(explain_open_error(&e)))?;
+            .map_err(|e| explain_open_error(&reason(&e)))?;
+        migrate(&reader).await?;
+        let synchronous = match synchronous {
+            SqliteSynchronous::Off => "OFF",
+            _ => "NORMAL",
+        };
+        let writer = Writer::spawn(path, WriterOptions { synchronous })
+            .await
+            .map_err(|why| explain_open_error(&why))?;
         tracing::debug!(path = %path.display(), "database open");
-        let writer = Writer::spawn(writer);
         tokio::spawn(checkpoints(writer.watch(), reader.clone()));
-        Ok(SqliteStore { writer, reader })
-    }
-
-    /// A fresh, empty database in memory, gone when the store is dropped
-    /// (for tests). Like [`SqliteStore::open`], needs a tokio runtime.
-    pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(|e| database_error(format_args!("open an in-memory database"), e))?;
-        Self::open_memory_with(options).await
-    }
-
-    /// One connection serves reads and writes: a second connection to a
-    /// shared-cache memory database would meet table locks, not WAL.
-    async fn open_memory_with(options: SqliteConnectOptions) -> Result<SqliteStore, StoreError> {
-        let pool = pool_options(1)
-            .connect_with(options.foreign_keys(true))
-            .await
-            .map_err(|e| database_error(format_args!("open an in-memory database"), e))?;
-        migrate(&pool)
-            .await
-            .map_err(|m| database_error(format_args!("open an in-memory database"), m))?;
         Ok(SqliteStore {
-            writer: Writer::spawn(pool.clone()),
-            reader: pool,
+            writer,
+            reader,
+            _scratch: scratch.map(Arc::new),
         })
     }
 
-    /// The read pool, for tests that plant rows the store would refuse (on an
-    /// in-memory store it is the one connection).
+    /// The read pool, for tests that plant rows the store would refuse.
     #[cfg(test)]
     pub(super) fn raw_pool(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    /// The folder of a scratch database (see [`SqliteStore::open_in_memory`]).
+    #[cfg(test)]
+    pub(super) fn scratch_dir(&self) -> Option<&Path> {
+        self._scratch.as_deref().map(TempDir::path)
+    }
+
+    /// The writer's queue, for tests that need writes to pile up.
+    #[cfg(test)]
+    pub(super) fn raw_writer(&self) -> &Writer {
+        &self.writer
     }
 
     async fn create_task_impl(&self, task: &Task) -> Result<(), StoreError> {
@@ -587,8 +621,7 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn explain_open_error(e: &sqlx::Error) -> String {
-    let reason = reason(e);
+fn explain_open_error(reason: &str) -> String {
     if reason.contains("not a database") || reason.contains("malformed") {
         format!(
             "{reason}; the file is not a dispatch database or is damaged: move it away or point \

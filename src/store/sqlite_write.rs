@@ -1,5 +1,5 @@
-//! The SQLite store's write path: one task that owns the write connection and
-//! commits queued writes in groups.
+//! The SQLite store's write path: one thread that owns the write connection
+//! and commits queued writes in groups.
 //!
 //! SQLite has one writer at a time, and what a commit costs is mostly fixed:
 //! lock calls, and appending every page it touched to the WAL. The newest
@@ -12,17 +12,28 @@
 //! the group goes on; any other failure rolls the group back, and its writes
 //! are then retried one at a time so that only the culprit fails.
 //!
+//! The writer is a plain thread with a rusqlite connection, not a tokio task
+//! driving sqlx: sqlx runs each statement on a thread of its own and sends
+//! the result back, a round trip between threads per statement (`BEGIN`,
+//! every insert and update, `COMMIT`). A group of 50 finishing tasks made
+//! about 100 such trips, each one slower when the host is busy, and every
+//! task in the group waited for all of them. Here a write costs one trip in
+//! (the queue) and one back (the reply); the statements run where the
+//! connection lives. Reads and migrations stay on sqlx ([`super::sqlite`]):
+//! both link the same SQLite library.
+//!
 //! Once queued, a write is carried out even if its caller stops waiting.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
-use sqlx::{Connection, Sqlite};
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::{parse_column, reason};
+use super::sqlite::{BUSY_TIMEOUT, parse_column};
 use super::{StoreError, database_error};
 use crate::task::{Attempt, Run, StepRecord, Task, TaskId, TaskState};
 
@@ -52,6 +63,15 @@ const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, p
      started_at, latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, \
      cost_source, verdict, revision_message, output) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+/// How the writer's connection is set up: per connection, what the read
+/// pool gets from its `SqliteConnectOptions` (the WAL journal mode is a
+/// property of the file, set when the read pool first opened it).
+pub(super) struct WriterOptions {
+    /// `PRAGMA synchronous`: `NORMAL` for a real database, `OFF` for a
+    /// scratch one that is deleted with the store.
+    pub(super) synchronous: &'static str,
+}
 
 /// The queue of writes; cloned into every handle of one store.
 #[derive(Debug, Clone)]
@@ -87,6 +107,10 @@ enum Msg {
     Write(Box<Write>, Reply),
     /// Finish what is queued before it, close the connection, stop.
     Close(oneshot::Sender<()>),
+    /// Say so on the first sender, then wait until the second one is
+    /// dropped (for tests that need writes to pile up into a group).
+    #[cfg(test)]
+    Pause(oneshot::Sender<()>, oneshot::Receiver<()>),
 }
 
 /// One write, its values already converted to what the columns hold so that
@@ -175,7 +199,6 @@ impl StepRow {
         }
     }
 }
-
 impl Write {
     /// What the write does, for error messages: "update task 01h…".
     fn describe(&self) -> String {
@@ -191,14 +214,32 @@ impl Write {
 }
 
 impl Writer {
-    /// Starts the writer task on the current tokio runtime. `pool` must hold
-    /// one connection: the writer acquires it for each group (for a file
-    /// database nobody else does; an in-memory one shares it with reads).
-    pub(super) fn spawn(pool: SqlitePool) -> Writer {
+    /// Opens the write connection to the database file at `path` (which must
+    /// exist and have its schema) on a thread of its own, and starts taking
+    /// writes there. Fails with SQLite's own words if the file cannot be
+    /// opened for writing.
+    pub(super) async fn spawn(path: &Path, options: WriterOptions) -> Result<Writer, String> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(pool, rx, commits.clone()));
-        Writer { queue, commits }
+        let (opened_tx, opened) = oneshot::channel();
+        let path = path.to_path_buf();
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("dispatch-store-writer".into())
+            .spawn(move || match open(&path, &options) {
+                Ok(conn) => {
+                    let _ = opened_tx.send(Ok(()));
+                    run(conn, rx, &counter);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(reason(&e)));
+                }
+            })
+            .map_err(|e| format!("cannot start the database writer thread: {e}"))?;
+        opened
+            .await
+            .unwrap_or_else(|_| Err("the database writer thread stopped while opening".into()))?;
+        Ok(Writer { queue, commits })
     }
 
     /// A handle that counts commits without keeping the writer alive.
@@ -232,12 +273,55 @@ impl Writer {
             let _ = rx.await;
         }
     }
+
+    /// Holds the writer until the returned sender is dropped; writes queued
+    /// meanwhile are committed together afterwards.
+    #[cfg(test)]
+    pub(super) async fn pause(&self) -> oneshot::Sender<()> {
+        let (paused_tx, paused) = oneshot::channel();
+        let (resume, resumed) = oneshot::channel();
+        let _ = self.queue.send(Msg::Pause(paused_tx, resumed)).await;
+        let _ = paused.await;
+        resume
+    }
+
+    /// Writes queued and not yet taken by the writer.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
 }
 
-async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Msg>, commits: Arc<AtomicU64>) {
+/// Opens and sets up the write connection.
+fn open(path: &Path, options: &WriterOptions) -> Result<Connection, rusqlite::Error> {
+    // No mutex: only this thread ever uses the connection.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(&format!(
+        // In WAL mode NORMAL loses no data on a process crash, only the last
+        // commits on power loss, and saves an fsync per commit.
+        "PRAGMA synchronous = {};
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA mmap_size = 268435456;
+         -- No checkpoint inside a commit: it would sync the database file on
+         -- this thread and stall every write queued behind it. The store's
+         -- checkpointer runs them on a read connection instead.
+         PRAGMA wal_autocheckpoint = 0;",
+        options.synchronous
+    ))?;
+    Ok(conn)
+}
+
+/// The writer thread: takes what is queued, commits it, answers, repeats.
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU64) {
     let mut msgs = Vec::with_capacity(MAX_GROUP);
     let mut group: Vec<(Box<Write>, Reply)> = Vec::with_capacity(MAX_GROUP);
-    while rx.recv_many(&mut msgs, MAX_GROUP).await > 0 {
+    while rx.blocking_recv_many(&mut msgs, MAX_GROUP) > 0 {
         let mut close = None;
         for msg in msgs.drain(..) {
             match msg {
@@ -245,21 +329,40 @@ async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Msg>, commits: Arc<AtomicU
                 // Writes queued after a close are refused (their sender drops).
                 Msg::Write(..) => {}
                 Msg::Close(tx) => close = close.or(Some(tx)),
+                #[cfg(test)]
+                Msg::Pause(paused, resume) => {
+                    let _ = paused.send(());
+                    let _ = resume.blocking_recv();
+                }
             }
         }
         if !group.is_empty() {
-            commit_group(&pool, &mut group).await;
+            commit_group(&mut conn, &mut group);
             commits.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(tx) = close {
             rx.close();
-            pool.close().await;
+            shut(conn);
             let _ = tx.send(());
             return;
         }
     }
     // Every store handle is gone.
-    pool.close().await;
+    shut(conn);
+}
+
+/// Closes the write connection, first refreshing the planner's statistics
+/// cheaply (what sqlx's `optimize_on_close` does for the read pool).
+fn shut(conn: Connection) {
+    if let Err(e) = conn.execute_batch("PRAGMA analysis_limit = 400; PRAGMA optimize;") {
+        tracing::debug!("PRAGMA optimize on close failed: {}", reason(&e));
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(
+            "closing the database's write connection failed: {}",
+            reason(&e)
+        );
+    }
 }
 
 /// Why one write failed.
@@ -272,23 +375,9 @@ enum Failure {
 }
 
 /// Commits a group of writes and answers their callers.
-async fn commit_group(pool: &SqlitePool, group: &mut Vec<(Box<Write>, Reply)>) {
-    let mut conn = match pool.acquire().await {
-        Ok(conn) => conn,
-        Err(e) => {
-            let why = reason(&e);
-            tracing::warn!(
-                writes = group.len(),
-                "cannot get the write connection: {why}"
-            );
-            for (w, reply) in group.drain(..) {
-                let _ = reply.send(Err(database_error(format_args!("{}", w.describe()), &why)));
-            }
-            return;
-        }
-    };
+fn commit_group(conn: &mut Connection, group: &mut Vec<(Box<Write>, Reply)>) {
     if group.len() > 1 {
-        match try_group(&mut conn, group).await {
+        match try_group(conn, group) {
             Ok(results) => {
                 for ((_, reply), result) in group.drain(..).zip(results) {
                     let _ = reply.send(result);
@@ -302,13 +391,12 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<(Box<Write>, Reply)>) {
             ),
         }
     }
-    // A lone write needs no transaction of its own: autocommit saves two
-    // round trips to the connection's thread. That holds for a task's
+    // A lone write needs no transaction of its own. That holds for a task's
     // finish too: its attempts are facts whatever happens to the update
     // after them (a task found `running` with its answer stored resumes
     // from that answer).
     for (w, reply) in group.drain(..) {
-        let result = apply(&mut conn, &w).await.map_err(|f| match f {
+        let result = apply(conn, &w).map_err(|f| match f {
             Failure::Own(e) => e,
             Failure::Database(why) => database_error(format_args!("{}", w.describe()), why),
         });
@@ -318,126 +406,121 @@ async fn commit_group(pool: &SqlitePool, group: &mut Vec<(Box<Write>, Reply)>) {
 
 /// Runs the group in one transaction: each write's own result, or why the
 /// group could not commit (then nothing of it is written).
-async fn try_group(
-    conn: &mut SqliteConnection,
+fn try_group(
+    conn: &mut Connection,
     group: &[(Box<Write>, Reply)],
 ) -> Result<Vec<Result<(), StoreError>>, String> {
     // IMMEDIATE takes the write lock up front, so another process holding it
     // makes us wait (busy_timeout) here rather than fail mid-group.
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| reason(&e))?;
     let mut results = Vec::with_capacity(group.len());
     for (w, _) in group {
-        match apply(&mut tx, w).await {
+        match apply(&tx, w) {
             Ok(()) => results.push(Ok(())),
             Err(Failure::Own(e)) => results.push(Err(e)),
             // Dropping `tx` rolls the group back.
             Err(Failure::Database(why)) => return Err(why),
         }
     }
-    tx.commit().await.map_err(|e| reason(&e))?;
+    tx.commit().map_err(|e| reason(&e))?;
     Ok(results)
 }
 
 /// Runs one write on the writer connection.
-async fn apply(conn: &mut SqliteConnection, w: &Write) -> Result<(), Failure> {
+fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
     match w {
         Write::PutRun(r) => {
-            sqlx::query(PUT_RUN)
-                .bind(r.id.as_str())
-                .bind(r.name.as_deref())
-                .bind(r.agent.as_deref())
-                .bind(r.state)
-                .bind(r.input.as_str())
-                .bind(r.definition.as_str())
-                .bind(r.subject.as_deref())
-                .bind(r.owner.as_deref())
-                .bind(r.created_at)
-                .bind(r.finished_at)
-                .bind(r.error.as_deref())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| Failure::Database(reason(&e)))?;
+            let values: [&dyn ToSql; 11] = [
+                &r.id,
+                &r.name,
+                &r.agent,
+                &r.state,
+                &r.input,
+                &r.definition,
+                &r.subject,
+                &r.owner,
+                &r.created_at,
+                &r.finished_at,
+                &r.error,
+            ];
+            execute(conn, PUT_RUN, &values).map_err(|e| Failure::Database(reason(&e)))?;
             Ok(())
         }
         Write::PutStep(s) => {
-            sqlx::query(PUT_STEP)
-                .bind(s.run_id.as_str())
-                .bind(s.step_id.as_str())
-                .bind(s.idx)
-                .bind(s.state)
-                .bind(s.task_id.as_deref())
-                .bind(s.tries)
-                .bind(s.started_at)
-                .bind(s.finished_at)
-                .bind(s.error.as_deref())
-                .bind(s.output_path.as_deref())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| {
-                    if is_foreign_key_violation(&e) {
-                        Failure::Own(StoreError::NotFound {
-                            id: s.run_id.clone(),
-                        })
-                    } else {
-                        Failure::Database(reason(&e))
-                    }
-                })?;
+            let values: [&dyn ToSql; 10] = [
+                &s.run_id,
+                &s.step_id,
+                &s.idx,
+                &s.state,
+                &s.task_id,
+                &s.tries,
+                &s.started_at,
+                &s.finished_at,
+                &s.error,
+                &s.output_path,
+            ];
+            execute(conn, PUT_STEP, &values).map_err(|e| {
+                if is_foreign_key_violation(&e) {
+                    Failure::Own(StoreError::NotFound {
+                        id: s.run_id.clone(),
+                    })
+                } else {
+                    Failure::Database(reason(&e))
+                }
+            })?;
             Ok(())
         }
         Write::CreateTask(t) => {
-            bind_task(sqlx::query(INSERT_TASK), t)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        Failure::Own(StoreError::Duplicate {
-                            what: format!("task {}", t.id),
-                        })
-                    } else {
-                        Failure::Database(reason(&e))
-                    }
-                })?;
+            execute(conn, INSERT_TASK, &task_values(t)).map_err(|e| {
+                if is_unique_violation(&e) {
+                    Failure::Own(StoreError::Duplicate {
+                        what: format!("task {}", t.id),
+                    })
+                } else {
+                    Failure::Database(reason(&e))
+                }
+            })?;
             Ok(())
         }
-        Write::UpdateTask(t, expected) => update_task(conn, t, *expected).await,
-        Write::AddAttempt(a) => insert_attempt(conn, a).await,
+        Write::UpdateTask(t, expected) => update_task(conn, t, *expected),
+        Write::AddAttempt(a) => insert_attempt(conn, a),
         Write::FinishTask(attempts, t, expected) => {
             for a in attempts {
-                match insert_attempt(conn, a).await {
+                match insert_attempt(conn, a) {
                     // Already recorded (e.g. by an earlier try): a fact is a fact.
                     Ok(()) | Err(Failure::Own(StoreError::Duplicate { .. })) => {}
                     Err(e) => return Err(e),
                 }
             }
-            update_task(conn, t, *expected).await
+            update_task(conn, t, *expected)
         }
     }
 }
 
+/// Runs one statement (prepared once per connection and cached); the rows
+/// it changed.
+fn execute(conn: &Connection, sql: &str, values: &[&dyn ToSql]) -> Result<usize, rusqlite::Error> {
+    conn.prepare_cached(sql)?.execute(values)
+}
+
 /// The compare-and-set update of a task.
-async fn update_task(
-    conn: &mut SqliteConnection,
-    t: &TaskRow,
-    expected: TaskState,
-) -> Result<(), Failure> {
-    let done = bind_task(sqlx::query(UPDATE_TASK), t)
-        .bind(expected.as_str())
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Failure::Database(reason(&e)))?;
-    if done.rows_affected() == 1 {
+fn update_task(conn: &Connection, t: &TaskRow, expected: TaskState) -> Result<(), Failure> {
+    let expected_name = expected.as_str();
+    let mut values = Vec::with_capacity(24);
+    values.extend_from_slice(&task_values(t));
+    values.push(&expected_name as &dyn ToSql);
+    let changed = execute(conn, UPDATE_TASK, &values).map_err(|e| Failure::Database(reason(&e)))?;
+    if changed == 1 {
         return Ok(());
     }
     // Nothing matched: tell a missing task from a lost race. Read on
     // this connection, inside the group, so `found` is the state the
     // update actually met.
-    let found: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
-        .bind(t.id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
+    let found: Option<String> = conn
+        .prepare_cached("SELECT state FROM tasks WHERE id = ?1")
+        .and_then(|mut s| s.query_row([&t.id], |row| row.get(0)).optional())
         .map_err(|e| Failure::Database(reason(&e)))?;
     Err(Failure::Own(match found {
         None => StoreError::NotFound { id: t.id.clone() },
@@ -453,50 +536,68 @@ async fn update_task(
 }
 
 /// The insert of one attempt.
-async fn insert_attempt(conn: &mut SqliteConnection, a: &AttemptRow) -> Result<(), Failure> {
-    sqlx::query(INSERT_ATTEMPT)
-        .bind(a.task_id.as_str())
-        .bind(a.seq)
-        .bind(a.kind)
-        .bind(a.agent.as_str())
-        .bind(a.provider.as_str())
-        .bind(a.model.as_str())
-        .bind(a.started_at)
-        .bind(a.latency_ms)
-        .bind(a.ok)
-        .bind(a.http_status)
-        .bind(a.error.as_deref())
-        .bind(a.input_tokens)
-        .bind(a.output_tokens)
-        .bind(a.cost_usd)
-        .bind(a.cost_source)
-        .bind(a.verdict.as_deref())
-        .bind(a.revision_message.as_deref())
-        .bind(a.output.as_deref())
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Failure::Own(StoreError::Duplicate {
-                    what: format!("attempt {} of task {}", a.seq, a.task_id),
-                })
-            } else if is_foreign_key_violation(&e) {
-                Failure::Own(StoreError::NotFound {
-                    id: a.task_id.clone(),
-                })
-            } else {
-                Failure::Database(reason(&e))
-            }
-        })?;
+fn insert_attempt(conn: &Connection, a: &AttemptRow) -> Result<(), Failure> {
+    let values: [&dyn ToSql; 18] = [
+        &a.task_id,
+        &a.seq,
+        &a.kind,
+        &a.agent,
+        &a.provider,
+        &a.model,
+        &a.started_at,
+        &a.latency_ms,
+        &a.ok,
+        &a.http_status,
+        &a.error,
+        &a.input_tokens,
+        &a.output_tokens,
+        &a.cost_usd,
+        &a.cost_source,
+        &a.verdict,
+        &a.revision_message,
+        &a.output,
+    ];
+    execute(conn, INSERT_ATTEMPT, &values).map_err(|e| {
+        if is_unique_violation(&e) {
+            Failure::Own(StoreError::Duplicate {
+                what: format!("attempt {} of task {}", a.seq, a.task_id),
+            })
+        } else if is_foreign_key_violation(&e) {
+            Failure::Own(StoreError::NotFound {
+                id: a.task_id.clone(),
+            })
+        } else {
+            Failure::Database(reason(&e))
+        }
+    })?;
     Ok(())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+/// SQLite's extended result code, if `e` is an error SQLite returned.
+fn extended_code(e: &rusqlite::Error) -> Option<i32> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+        _ => None,
+    }
 }
 
-fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        extended_code(e),
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    extended_code(e) == Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
+}
+
+/// The database's own words when there are some, without rusqlite's preamble.
+fn reason(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A task as the columns of `tasks` hold it.
@@ -616,35 +717,33 @@ impl AttemptRow {
         })
     }
 }
-
-/// Binds `?1..?23` of [`INSERT_TASK`] and [`UPDATE_TASK`].
-fn bind_task<'q>(
-    q: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
-    t: &TaskRow,
-) -> sqlx::query::Query<'q, Sqlite, SqliteArguments> {
-    q.bind(t.id.as_str())
-        .bind(t.agent.as_str())
-        .bind(t.state)
-        .bind(t.input.as_str())
-        .bind(t.parent_id.as_deref())
-        .bind(t.depth)
-        .bind(t.subject.as_deref())
-        .bind(t.created_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(t.model.as_deref())
-        .bind(t.attempts)
-        .bind(t.input_tokens)
-        .bind(t.output_tokens)
-        .bind(t.cost_usd)
-        .bind(t.output.as_deref())
-        .bind(t.reason)
-        .bind(t.error.as_deref())
-        .bind(t.kb_path.as_deref())
-        .bind(t.routing.as_deref())
-        .bind(t.requeues)
-        .bind(t.owner.as_deref())
-        .bind(t.audit.as_deref())
+/// The values of `?1..?23` in [`INSERT_TASK`] and [`UPDATE_TASK`].
+fn task_values(t: &TaskRow) -> [&dyn ToSql; 23] {
+    [
+        &t.id,
+        &t.agent,
+        &t.state,
+        &t.input,
+        &t.parent_id,
+        &t.depth,
+        &t.subject,
+        &t.created_at,
+        &t.started_at,
+        &t.finished_at,
+        &t.model,
+        &t.attempts,
+        &t.input_tokens,
+        &t.output_tokens,
+        &t.cost_usd,
+        &t.output,
+        &t.reason,
+        &t.error,
+        &t.kb_path,
+        &t.routing,
+        &t.requeues,
+        &t.owner,
+        &t.audit,
+    ]
 }
 
 /// Formats lazily: messages are built only when something is refused.

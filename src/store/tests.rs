@@ -880,9 +880,9 @@ async fn one_failing_write_does_not_sink_its_group() {
     .execute(sqlite.raw_pool())
     .await
     .unwrap();
-    // Holding the in-memory store's one connection makes the writes pile up
-    // into groups.
-    let held = sqlite.raw_pool().acquire().await.unwrap();
+    // A paused writer makes the writes pile up into one group.
+    let resume = sqlite.raw_writer().pause().await;
+    let writer = sqlite.raw_writer().clone();
     let store: Arc<dyn Store> = Arc::new(sqlite);
     let mut handles = Vec::new();
     for i in 0..40 {
@@ -893,8 +893,10 @@ async fn one_failing_write_does_not_sink_its_group() {
             (t, result)
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    drop(held);
+    while writer.queued() < 40 {
+        tokio::task::yield_now().await;
+    }
+    drop(resume);
     for h in handles {
         let (t, result) = h.await.unwrap();
         if t.agent == "explode" {
@@ -932,6 +934,30 @@ async fn a_closed_store_refuses_writes() {
             .starts_with(&format!("cannot record attempt 1 of task {}", t.id)),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_in_memory_store_leaves_nothing_behind() {
+    for open in ["memory", "url"] {
+        let sqlite = match open {
+            "memory" => SqliteStore::open_in_memory().await.unwrap(),
+            _ => SqliteStore::open("sqlite::memory:").await.unwrap(),
+        };
+        let dir = sqlite
+            .scratch_dir()
+            .expect("a scratch folder")
+            .to_path_buf();
+        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let t = Task::new("a", json!(1));
+        store.create_task(&t).await.unwrap();
+        assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t));
+        assert!(dir.join("dispatch.db").is_file(), "{}", dir.display());
+        // Every handle must go, not only the first.
+        drop(sqlite);
+        assert!(dir.is_dir(), "{}", dir.display());
+        drop(store);
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
 }
 
 #[tokio::test]
