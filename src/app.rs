@@ -39,15 +39,30 @@ pub enum OpenError {
     /// `dispatch.toml` is unreadable or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    // The two below say their cause in their own message and do not also
+    // return it as `source()`: `dispatch: error: {:#}` prints the chain, and
+    // would say it twice.
     /// The KB folder cannot be created or opened.
     #[error("knowledge base: {0}")]
-    Kb(#[from] KbError),
+    Kb(KbError),
     /// The task store cannot be opened.
     #[error("task store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// A setting in dispatch.toml is unusable.
     #[error("dispatch.toml: {0}")]
     Setting(String),
+}
+
+impl From<KbError> for OpenError {
+    fn from(e: KbError) -> OpenError {
+        OpenError::Kb(e)
+    }
+}
+
+impl From<StoreError> for OpenError {
+    fn from(e: StoreError) -> OpenError {
+        OpenError::Store(e)
+    }
 }
 
 /// Environment variable that overrides where the task store lives.

@@ -202,3 +202,27 @@ fn check_warns_about_auditors_without_the_verdict_format() {
         "{out}"
     );
 }
+
+#[test]
+fn a_store_that_cannot_open_is_reported_once_with_advice() {
+    let p = Project::with_shipped_agents();
+    // A folder where the database file should be.
+    let folder = p.root().join("not-a-file.db");
+    std::fs::create_dir_all(&folder).unwrap();
+    let o = Command::new(bin())
+        .args(["tasks", "--root"])
+        .arg(p.root())
+        .env("DISPATCH_DATABASE_URL", &folder)
+        .env_remove("DISPATCH_ROOT")
+        .output()
+        .expect("run dispatch");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("task store: cannot open database at"), "{err}");
+    assert!(err.contains("give the path of a file inside it"), "{err}");
+    assert_eq!(
+        err.matches("cannot open database").count(),
+        1,
+        "said more than once:\n{err}"
+    );
+}

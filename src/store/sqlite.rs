@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tempfile::TempDir;
 
 use super::sqlite_write::{
@@ -163,11 +163,25 @@ impl SqliteStore {
             // listing), refreshed cheaply as connections close.
             .optimize_on_close(true, 400);
 
+        // One connection first, alone: it switches a new file to WAL and
+        // brings the schema up to date. Only then do the readers and the
+        // writer connect. A new file starts in rollback-journal mode, where
+        // two connections both setting WAL at once each hold a shared lock
+        // and want the exclusive one: SQLite sees the deadlock and fails one
+        // with "database is locked" at once, without waiting (seen once in
+        // CI, when the read pool opened its first two connections together).
+        let mut first = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| explain_open_error(&reason(&e)))?;
+        migrate(&mut first).await?;
+        first
+            .close()
+            .await
+            .map_err(|e| explain_open_error(&reason(&e)))?;
         let reader = pool_options(READERS)
             .connect_with(options)
             .await
             .map_err(|e| explain_open_error(&reason(&e)))?;
-        migrate(&reader).await?;
         let synchronous = match synchronous {
             SqliteSynchronous::Off => "OFF",
             _ => "NORMAL",
@@ -580,8 +594,8 @@ fn pool_options(max: u32) -> SqlitePoolOptions {
         .acquire_timeout(Duration::from_secs(30))
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<(), String> {
-    sqlx::migrate!("./migrations").run(pool).await.map_err(|e| {
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), String> {
+    sqlx::migrate!("./migrations").run(conn).await.map_err(|e| {
         format!(
             "cannot bring the schema up to date: {e}; if another version of dispatch created \
              this database, run that version or point DISPATCH_DATABASE_URL at a new file"
