@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use super::list::walk_paths;
-use super::path::is_hidden_name;
+use super::path::{is_hidden_name, join_rel, relative_display};
 use super::write::identity;
 use super::{EntryKind, Kb};
 
@@ -33,7 +33,7 @@ impl FileSet {
     /// Walks the whole KB once. An unreadable KB gives an empty set (logged).
     pub fn scan(kb: &Kb) -> FileSet {
         let mut set = FileSet::default();
-        set.add_tree(kb.root(), "");
+        set.add_tree(kb, "");
         set
     }
 
@@ -47,7 +47,7 @@ impl FileSet {
         let mut changed_any = false;
         for abs in changed {
             let abs = abs.as_ref();
-            let Some(rel) = relative(kb.root(), abs) else {
+            let Some(rel) = relative_display(kb.root(), abs).filter(|r| !r.is_empty()) else {
                 let now = FileSet::scan(kb);
                 let differs = now.files != self.files;
                 *self = now;
@@ -56,14 +56,14 @@ impl FileSet {
             if rel.split('/').any(is_hidden_name) {
                 continue; // temp files of atomic writes, editor swap files...
             }
-            changed_any |= self.refresh(abs, &rel);
+            changed_any |= self.refresh(kb, abs, &rel);
         }
         changed_any
     }
 
-    /// Looks at one path as it is now: whether the files at and under it
-    /// changed.
-    fn refresh(&mut self, abs: &Path, rel: &str) -> bool {
+    /// Looks at one path (`abs`, KB-relative `rel`) as it is now: whether
+    /// the files at and under it changed.
+    fn refresh(&mut self, kb: &Kb, abs: &Path, rel: &str) -> bool {
         let meta = fs::symlink_metadata(abs);
         if let Ok(m) = &meta
             && m.is_dir()
@@ -80,7 +80,7 @@ impl FileSet {
             }
             Ok(m) if m.is_dir() => {
                 self.dirs.insert(rel.to_string(), identity(&m));
-                self.add_tree(abs, rel);
+                self.add_tree(kb, rel);
             }
             // Gone, a link, a FIFO...: not a file of the KB (any more).
             _ => {}
@@ -88,9 +88,9 @@ impl FileSet {
         before.keys().ne(keys_at(&self.files, rel))
     }
 
-    /// Adds the files and folders under the folder `abs` (KB-relative `rel`).
-    fn add_tree(&mut self, abs: &Path, rel: &str) {
-        let entries = match walk_paths(abs, rel) {
+    /// Adds the files and folders under the KB-relative folder `rel`.
+    fn add_tree(&mut self, kb: &Kb, rel: &str) {
+        let entries = match walk_paths(&join_rel(kb.root(), rel), rel) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the knowledge base at `{rel}`");
@@ -103,11 +103,7 @@ impl FileSet {
                     self.files.insert(e.path, ());
                 }
                 EntryKind::Dir => {
-                    let abs = e
-                        .path
-                        .split('/')
-                        .skip(depth(rel))
-                        .fold(abs.to_path_buf(), |p, c| p.join(c));
+                    let abs = join_rel(kb.root(), &e.path);
                     let id = fs::symlink_metadata(&abs).ok().and_then(|m| identity(&m));
                     self.dirs.insert(e.path, id);
                 }
@@ -129,29 +125,6 @@ impl FileSet {
     /// Whether `rel` is in the set.
     pub fn contains(&self, rel: &str) -> bool {
         self.files.contains_key(rel)
-    }
-}
-
-/// `abs` relative to `root` with `/` separators, or `None` if it is not
-/// strictly inside `root`.
-fn relative(root: &Path, abs: &Path) -> Option<String> {
-    let rest = abs.strip_prefix(root).ok()?;
-    let mut parts = Vec::new();
-    for c in rest.components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            _ => return None,
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
-}
-
-/// How many components `rel` has ("" has none).
-fn depth(rel: &str) -> usize {
-    if rel.is_empty() {
-        0
-    } else {
-        rel.split('/').count()
     }
 }
 

@@ -4,7 +4,7 @@ use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::path::is_hidden_name;
+use super::path::{is_hidden_name, join_rel};
 use super::title::{is_markdown, title_of_file};
 use super::{
     DEFAULT_LIST_LIMIT, Entry, EntryKind, Kb, KbError, ListOptions, Listing, MAX_LIST_LIMIT,
@@ -145,10 +145,7 @@ pub(super) fn list(kb: &Kb, rel: &str, opts: &ListOptions) -> Result<Listing, Kb
     if !meta.is_dir() {
         // A file: describe it alone. Use the path as named (not the resolved
         // one) so a link shows up as a link.
-        let named: PathBuf = parsed
-            .parts()
-            .iter()
-            .fold(kb.root().to_path_buf(), |p, c| p.join(c));
+        let named = join_rel(kb.root(), &rel);
         let own = fs::symlink_metadata(&named).unwrap_or(meta);
         return Ok(Listing {
             entries: vec![make_entry(&abs, rel.clone(), &own, Titles::Read)],
@@ -181,10 +178,7 @@ pub(super) fn walk_paths(dir: &Path, rel: &str) -> Result<Vec<Entry>, KbError> {
 pub(super) fn fill_titles(kb: &Kb, entries: &mut [Entry]) {
     for e in entries {
         if e.kind == EntryKind::File && e.title.is_none() && is_markdown(&e.path) {
-            let abs = e
-                .path
-                .split('/')
-                .fold(kb.root().to_path_buf(), |p, c| p.join(c));
+            let abs = join_rel(kb.root(), &e.path);
             // Not a link (the walk left links out), unless it was swapped for
             // one since; then, like a vanished file, it simply has no title.
             match fs::symlink_metadata(&abs) {

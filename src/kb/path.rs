@@ -139,20 +139,31 @@ pub fn resolve_in(root: &Path, rel: &RelPath) -> Result<PathBuf, KbError> {
     Ok(cur)
 }
 
-/// The KB-relative form (with `/` separators) of `abs`, a path inside `root`.
-/// Returns `None` for paths outside the root.
+/// The KB-relative form (with `/` separators) of `abs`, a path inside `root`
+/// (`""` for the root itself). Returns `None` for paths outside the root, and
+/// for those with a `..` after it, which this cannot place without the file
+/// system.
 pub fn relative_display(root: &Path, abs: &Path) -> Option<String> {
     let rel = abs.strip_prefix(root).ok()?;
     let mut out = String::new();
     for comp in rel.components() {
-        if let Component::Normal(name) = comp {
-            if !out.is_empty() {
-                out.push('/');
-            }
-            out.push_str(&name.to_string_lossy());
+        let Component::Normal(name) = comp else {
+            return None;
+        };
+        if !out.is_empty() {
+            out.push('/');
         }
+        out.push_str(&name.to_string_lossy());
     }
     Some(out)
+}
+
+/// The path of the KB-relative `rel` (`/` separators, already valid) under
+/// `root`, as named: links in it are not resolved (see [`resolve_in`] for that).
+pub fn join_rel(root: &Path, rel: &str) -> PathBuf {
+    rel.split('/')
+        .filter(|c| !c.is_empty())
+        .fold(root.to_path_buf(), |p, c| p.join(c))
 }
 
 /// Orders KB-relative paths component by component, so that a folder's

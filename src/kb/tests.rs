@@ -1190,3 +1190,24 @@ fn a_folder_swapped_for_a_link_after_a_write_is_checked_again() -> R {
     assert!(hidden_files(kb.root()).is_empty());
     Ok(())
 }
+
+#[test]
+fn relative_and_joined_paths_agree() {
+    use super::path::{join_rel, relative_display};
+    let root = Path::new("/srv/kb");
+    assert_eq!(relative_display(root, root).as_deref(), Some(""));
+    assert_eq!(
+        relative_display(root, Path::new("/srv/kb/a/b.md")).as_deref(),
+        Some("a/b.md")
+    );
+    assert_eq!(relative_display(root, Path::new("/srv/kb/a/../b")), None);
+    assert_eq!(relative_display(root, Path::new("/srv/kb-other/a")), None);
+    assert_eq!(join_rel(root, ""), root);
+    assert_eq!(join_rel(root, "a/b.md"), Path::new("/srv/kb/a/b.md"));
+    for rel in ["a", "a/b.md", "x/y/z"] {
+        assert_eq!(
+            relative_display(root, &join_rel(root, rel)).as_deref(),
+            Some(rel)
+        );
+    }
+}

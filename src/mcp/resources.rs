@@ -5,7 +5,7 @@ use base64::Engine;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use rmcp::model::{Resource, ResourceContents, ResourceTemplate};
 
-use crate::kb::{Entry, EntryKind, Kb, KbError};
+use crate::kb::{Entry, Kb, KbError};
 
 /// URI scheme of knowledge-base resources.
 pub const SCHEME: &str = "kb://";
@@ -104,11 +104,7 @@ pub fn page(kb: &Kb, cursor: Option<&str>) -> Result<(Vec<Resource>, Option<Stri
             .parse::<usize>()
             .map_err(|_| PageError::Cursor(c.to_string()))?,
     };
-    let mut files: Vec<Entry> = kb
-        .all_files()?
-        .into_iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .collect();
+    let mut files = kb.all_files()?;
     let end = (start + PAGE_SIZE).min(files.len());
     let page = files.get_mut(start..end).unwrap_or(&mut []);
     // Only the page's titles: reading every file's would make each page
