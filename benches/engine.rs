@@ -142,9 +142,14 @@ fn median_f(mut v: Vec<f64>) -> f64 {
 
 /// User + system CPU time of this process so far.
 fn cpu_time() -> Duration {
+    rusage_time(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU time of `who` (`RUSAGE_SELF`, `RUSAGE_CHILDREN`) so far.
+fn rusage_time(who: libc::c_int) -> Duration {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
@@ -172,15 +177,11 @@ impl HostTimes {
             .filter_map(|v| v.parse().ok())
             .collect();
         let at = |i: usize| cpu.get(i).copied().unwrap_or(0);
-        // SAFETY: getrusage only writes into the struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
         Some(HostTimes {
             busy: at(0) + at(1) + at(2) + at(5) + at(6),
             idle: at(3) + at(4),
             steal: at(7),
-            own: cpu_time() + tv(ru.ru_utime) + tv(ru.ru_stime),
+            own: cpu_time() + rusage_time(libc::RUSAGE_CHILDREN),
         })
     }
 
