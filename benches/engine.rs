@@ -23,6 +23,8 @@
 //! Run: `cargo bench --bench engine` (or `-- overhead|throughput|memory|idle`
 //! for one part).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 #[path = "../tests/common/fake_provider.rs"]
 mod fake_provider;

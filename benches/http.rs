@@ -12,6 +12,8 @@
 //!
 //! Loopback only; stops by itself. Run: `cargo bench --bench http`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 #[path = "../tests/common/fake_provider.rs"]
 mod fake_provider;

@@ -1,6 +1,8 @@
 //! `kb_search` over 10,000 files / 100 MB (target: < 1 s), through the library
 //! and through the MCP tool of a running server. Run: `cargo bench --bench kb_search`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! Time from spawning `dispatch serve` to its answer to `initialize`, with 100
 //! agent files in the project (target: < 50 ms). Run: `cargo bench --bench startup`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! through the engine against a zero-latency fake provider.
 //! Run: `cargo bench --bench workflow`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 #[path = "../tests/common/fake_provider.rs"]
 mod fake_provider;

@@ -51,6 +51,9 @@ pub enum OpenError {
     /// A setting in dispatch.toml is unusable.
     #[error("dispatch.toml: {0}")]
     Setting(String),
+    /// Tasks a crash left behind could not be recovered.
+    #[error("recovering unfinished tasks: {0}")]
+    Recover(String),
 }
 
 impl From<KbError> for OpenError {
@@ -72,7 +75,8 @@ impl App {
     /// Read the config, load the agents and open (creating if needed) the KB.
     pub fn open(paths: Paths) -> Result<App, OpenError> {
         let config = Config::load(&paths.config_file())?;
-        let registry = Registry::load(&paths.agents, config.read_context());
+        let sources = crate::registry::Source::for_project(&paths, &config.agents);
+        let registry = Registry::load(sources, config.read_context());
         let kb = Kb::open(&paths.kb)?;
         Ok(App {
             paths,
@@ -99,49 +103,7 @@ impl App {
 
     /// The provider clients configured by dispatch.toml and the environment.
     pub fn providers(&self) -> Result<Providers, OpenError> {
-        let mut custom = std::collections::BTreeMap::new();
-        for (name, p) in &self.config.providers {
-            let kind = match p.kind.as_deref() {
-                None | Some("openai") => ProviderKind::OpenAiCompatible,
-                Some("anthropic") => ProviderKind::Anthropic,
-                Some(other) => {
-                    return Err(OpenError::Setting(format!(
-                        "[providers.{name}] kind = \"{other}\": use \"openai\" (OpenAI-compatible) or \"anthropic\""
-                    )));
-                }
-            };
-            custom.insert(
-                name.clone(),
-                ProviderSettings {
-                    base_url: p.base_url.clone(),
-                    api_key_env: p.api_key_env.clone(),
-                    kind,
-                },
-            );
-        }
-        let prices = PriceTable::builtin().with_overrides(
-            self.config
-                .prices
-                .iter()
-                .map(|(k, p)| (k.as_str(), Price::new(p.input, p.output))),
-        );
-        let r = &self.config.resilience;
-        let cfg = ResilienceConfig {
-            max_attempts_per_model: r.max_attempts.max(1),
-            base_delay: Duration::from_millis(r.base_delay_ms),
-            max_delay: Duration::from_millis(r.max_delay_ms),
-            breaker_threshold: r.breaker_threshold,
-            breaker_cooldown: Duration::from_secs(r.breaker_cooldown_secs),
-            connect_timeout: Duration::from_secs(r.connect_timeout_secs.max(1)),
-            idle_timeout: Duration::from_secs(r.idle_timeout_secs.max(1)),
-        };
-        let providers = Providers::new(&custom, prices, cfg, &|k| std::env::var(k).ok())
-            .map_err(|e| OpenError::Setting(e.to_string()))?;
-        Ok(crate::provider::limit_concurrency(
-            providers,
-            self.config.limits.per_provider,
-            &self.config.limits.providers,
-        ))
+        providers_of(&self.config)
     }
 
     /// The engine's settings from dispatch.toml.
@@ -191,7 +153,7 @@ impl App {
             let (resumed, failed) = engine
                 .recover()
                 .await
-                .map_err(|e| OpenError::Setting(e.to_string()))?;
+                .map_err(|e| OpenError::Recover(e.to_string()))?;
             if resumed + failed > 0 {
                 tracing::info!(resumed, failed, "recovered unfinished tasks");
             }
@@ -233,6 +195,49 @@ impl App {
             }
         })
     }
+}
+
+/// The provider clients `config` and the environment describe (without
+/// opening a project: `dispatch agents` uses it to tell which keys are missing).
+pub fn providers_of(config: &Config) -> Result<Providers, OpenError> {
+    let mut custom = std::collections::BTreeMap::new();
+    for (name, p) in &config.providers {
+        let kind = match p.kind {
+            None | Some(crate::config::WireFormat::Openai) => ProviderKind::OpenAiCompatible,
+            Some(crate::config::WireFormat::Anthropic) => ProviderKind::Anthropic,
+        };
+        custom.insert(
+            name.clone(),
+            ProviderSettings {
+                base_url: p.base_url.clone(),
+                api_key_env: p.api_key_env.clone(),
+                kind,
+            },
+        );
+    }
+    let prices = PriceTable::builtin().with_overrides(
+        config
+            .prices
+            .iter()
+            .map(|(k, p)| (k.as_str(), Price::new(p.input, p.output))),
+    );
+    let r = &config.resilience;
+    let cfg = ResilienceConfig {
+        max_attempts_per_model: r.max_attempts.max(1),
+        base_delay: Duration::from_millis(r.base_delay_ms),
+        max_delay: Duration::from_millis(r.max_delay_ms),
+        breaker_threshold: r.breaker_threshold,
+        breaker_cooldown: Duration::from_secs(r.breaker_cooldown_secs),
+        connect_timeout: Duration::from_secs(r.connect_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(r.idle_timeout_secs.max(1)),
+    };
+    let providers = Providers::new(&custom, prices, cfg, &|k| std::env::var(k).ok())
+        .map_err(|e| OpenError::Setting(e.to_string()))?;
+    Ok(crate::provider::limit_concurrency(
+        providers,
+        config.limits.per_provider,
+        &config.limits.providers,
+    ))
 }
 
 /// Passes each pending notice on to `tx`, then pauses `every`: notices that

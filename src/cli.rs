@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::app::App;
 use crate::config::{Config, Paths};
-use crate::registry::{Snapshot, load_dir};
+use crate::registry::{Snapshot, load_sources};
 
 /// dispatch: an MCP server that runs a team of specialist AI agents, each on the
 /// model that suits it, with a markdown knowledge base of their work.
@@ -34,15 +34,11 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Globals {
-    /// Project root: agents in ROOT/agents, knowledge base in ROOT/_kb, config in ROOT/dispatch.toml.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        env = "DISPATCH_ROOT",
-        default_value = "."
-    )]
-    pub root: PathBuf,
+    /// Project root: agents in ROOT/agents, knowledge base in ROOT/_kb, config in
+    /// ROOT/dispatch.toml. Default: the nearest folder at or above the working
+    /// folder with dispatch.toml, agents/ or .git.
+    #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_ROOT")]
+    pub root: Option<PathBuf>,
     /// Agent files folder (default: ROOT/agents).
     #[arg(long, global = true, value_name = "DIR", env = "DISPATCH_AGENTS")]
     pub agents: Option<PathBuf>,
@@ -186,11 +182,21 @@ pub fn main() -> ExitCode {
     init_logging();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our stdout went away (`dispatch tasks | head -1`):
+        // nothing more to say, and no one to say it to.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dispatch: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging() {
@@ -210,18 +216,19 @@ fn init_logging() {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.globals;
-    let paths = Paths::new(&g.root, g.agents.as_deref(), g.kb.as_deref());
+    let paths = Paths::discover(g.root.as_deref(), g.agents.as_deref(), g.kb.as_deref())?;
     match cli.command {
         Command::Serve(args) => serve(paths, args),
         Command::Agents { action: None } => {
-            let snap = load_agents(&paths)?;
-            print_table(&snap)?;
+            let (snap, config) = load_agents(&paths)?;
+            let providers = crate::app::providers_of(&config)?;
+            print_table(&snap, &providers)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents {
             action: Some(AgentsAction::Check),
         } => {
-            let snap = load_agents(&paths)?;
+            let (snap, _) = load_agents(&paths)?;
             Ok(check(&snap)?)
         }
         Command::Run(args) => runtime()?.block_on(crate::cli_tasks::run(paths, args)),
@@ -271,9 +278,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn load_agents(paths: &Paths) -> anyhow::Result<Snapshot> {
+fn load_agents(paths: &Paths) -> anyhow::Result<(Snapshot, Config)> {
     let config = Config::load(&paths.config_file())?;
-    Ok(load_dir(&paths.agents, &config.read_context(), None))
+    let sources = crate::registry::Source::for_project(paths, &config.agents);
+    let snap = load_sources(&sources, &config.read_context(), None);
+    Ok((snap, config))
 }
 
 fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -282,14 +291,28 @@ fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let engine = app.engine(true).await?;
         let snap = app.registry.snapshot();
         tracing::info!(
+            root = %app.paths.root.display(),
+            "project root: {}",
+            app.paths.origin.describe()
+        );
+        tracing::info!(
             agents = snap.agents.len(),
             errors = snap.errors().count(),
             "dispatch {} ready on {}",
             env!("CARGO_PKG_VERSION"),
             if args.http.is_some() { "HTTP" } else { "stdio" }
         );
+        if snap.agents.is_empty() {
+            tracing::warn!("{}", snap.available());
+        }
         for d in snap.errors() {
             tracing::warn!("{d}");
+        }
+        for (var, (provider, agents)) in engine.missing_keys() {
+            tracing::warn!(
+                "no key for {provider}: set {var} (used by {})",
+                agents.join(", ")
+            );
         }
         // Watchers are best effort: without them the server still works, it
         // just does not notice file changes until restarted.
@@ -346,9 +369,9 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn print_table(snap: &Snapshot) -> std::io::Result<()> {
+fn print_table(snap: &Snapshot, providers: &crate::provider::Providers) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let rows: Vec<[String; 4]> = snap
+    let rows: Vec<[String; 5]> = snap
         .agents
         .values()
         .map(|l| {
@@ -373,32 +396,42 @@ fn print_table(snap: &Snapshot) -> std::io::Result<()> {
                 name,
                 models,
                 a.mirror.clone().unwrap_or_else(|| "-".into()),
+                keys_cell(&crate::engine::KeyCheck::of(a, snap, providers)),
                 a.description.clone(),
             ]
         })
         .collect();
-    let header = ["NAME", "MODELS", "MIRROR", "DESCRIPTION"];
+    let header = ["NAME", "MODELS", "MIRROR", "KEYS", "DESCRIPTION"];
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 4]| {
+    let line = |cells: [&str; 5]| {
         format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
             cells[0],
             cells[1],
             cells[2],
             cells[3],
+            cells[4],
             w0 = widths[0],
             w1 = widths[1],
-            w2 = widths[2]
+            w2 = widths[2],
+            w3 = widths[3]
         )
     };
     writeln!(out, "{}", line(header).trim_end())?;
     for r in &rows {
-        writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3]]).trim_end())?;
+        writeln!(
+            out,
+            "{}",
+            line([&r[0], &r[1], &r[2], &r[3], &r[4]]).trim_end()
+        )?;
+    }
+    if rows.is_empty() {
+        eprintln!("{}", snap.available());
     }
     let errors = snap.errors().count();
     let warnings = snap.diagnostics.len() - errors;
@@ -410,6 +443,19 @@ fn print_table(snap: &Snapshot) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The KEYS column: `ok`, the variables a run cannot do without
+/// (`missing X`), or those whose models are skipped (`partial: X unset`).
+fn keys_cell(check: &crate::engine::KeyCheck) -> String {
+    let vars = check.missing_vars();
+    if vars.is_empty() {
+        "ok".to_string()
+    } else if check.blocking().is_some() {
+        format!("missing {}", vars.join(", "))
+    } else {
+        format!("partial: {} unset", vars.join(", "))
+    }
+}
+
 fn check(snap: &Snapshot) -> std::io::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for d in &snap.diagnostics {
@@ -419,9 +465,10 @@ fn check(snap: &Snapshot) -> std::io::Result<ExitCode> {
     let warnings = snap.diagnostics.len() - errors;
     writeln!(
         out,
-        "{} agent(s) loaded from {} file(s): {errors} error(s), {warnings} warning(s)",
+        "{} agent(s) loaded from {} file(s) in {}: {errors} error(s), {warnings} warning(s)",
         snap.agents.len(),
-        snap.files
+        snap.files,
+        snap.looked_in.join(", ")
     )?;
     Ok(if errors > 0 {
         ExitCode::FAILURE

@@ -17,6 +17,22 @@ use crate::engine::{Submit, TaskEvent};
 use crate::store::TaskFilter;
 use crate::task::{Attempt, Task, TaskState};
 
+/// A line on stdout. A write error (a closed pipe: `dispatch tasks | head -1`)
+/// is returned, and `main` ends quietly on a closed pipe instead of panicking
+/// as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
+/// Text on stdout without a line end; errors as for `say!`.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {
+        write!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 fn open(paths: Paths) -> anyhow::Result<Arc<App>> {
     Ok(Arc::new(App::open(paths)?))
 }
@@ -57,35 +73,52 @@ pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         let d = engine.dry_run(&args.agent, &input)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&d)?);
+            say!("{}", serde_json::to_string_pretty(&d)?)?;
         } else {
-            println!("agent:   {}", d.agent);
-            println!(
+            say!("agent:   {}", d.agent)?;
+            say!(
                 "models:  {}",
                 if d.models.is_empty() {
                     "(none)".into()
                 } else {
                     d.models.join(" > ")
                 }
-            );
+            )?;
             if let Some(m) = &d.mirror {
-                println!("mirror:  {m} (its calls add to the cost)");
+                say!("mirror:  {m} (its calls add to the cost)")?;
             }
-            println!(
-                "tokens:  ~{} in, up to {} out (estimate)",
-                d.input_tokens, d.output_tokens
-            );
+            match d.max_tokens {
+                Some(n) => say!(
+                    "tokens:  ~{} in, up to {n} out (max_tokens sent; estimate)",
+                    d.input_tokens
+                )?,
+                None => say!(
+                    "tokens:  ~{} in; no max_tokens is sent (the model's own limit applies; the estimate assumes {} out)",
+                    d.input_tokens,
+                    d.output_tokens
+                )?,
+            }
+            if let Some(why) = &d.blocked {
+                say!("keys:    missing_key: {why}; a run would fail at once")?;
+            } else if !d.missing_keys.is_empty() {
+                say!(
+                    "keys:    {} not set: the models that need them are skipped (failover)",
+                    d.missing_keys.join(", ")
+                )?;
+            } else {
+                say!("keys:    ok")?;
+            }
             if d.price_known {
-                println!(
+                say!(
                     "cost:    ~${:.4} on the primary model (estimate)",
                     d.estimated_cost_usd
-                );
+                )?;
             } else {
-                println!(
+                say!(
                     "cost:    unknown (no price for the primary model; add it under [prices] in dispatch.toml)"
-                );
+                )?;
             }
-            println!("\n--- system ---\n{}\n\n--- user ---\n{}", d.system, d.user);
+            say!("\n--- system ---\n{}\n\n--- user ---\n{}", d.system, d.user)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -112,7 +145,7 @@ pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     let attempts = engine.store().attempts(&task.id).await?;
     if args.json {
         let v = serde_json::json!({"task": finished, "calls": attempts});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         if let Some(out) = &finished.output {
             let mut stdout = std::io::stdout().lock();
@@ -206,15 +239,19 @@ pub async fn tasks(paths: Paths, args: TasksArgs) -> anyhow::Result<ExitCode> {
     };
     let page = engine.list(&filter, None, args.limit).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&page.tasks)?);
+        say!("{}", serde_json::to_string_pretty(&page.tasks)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<26}  {:<20}  {:<9}  {:>5}  {:>10}  CREATED",
-        "ID", "AGENT", "STATE", "CALLS", "COST"
-    );
+        "ID",
+        "AGENT",
+        "STATE",
+        "CALLS",
+        "COST"
+    )?;
     for t in &page.tasks {
-        println!(
+        say!(
             "{:<26}  {:<20}  {:<9}  {:>5}  {:>10}  {}",
             t.id,
             t.agent,
@@ -222,7 +259,7 @@ pub async fn tasks(paths: Paths, args: TasksArgs) -> anyhow::Result<ExitCode> {
             t.attempts,
             format!("${:.4}", t.cost_usd),
             crate::engine::rfc3339(t.created_at)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -233,22 +270,22 @@ pub async fn task(paths: Paths, id: &str, json: bool) -> anyhow::Result<ExitCode
     let engine = app.engine(false).await?;
     let (t, attempts) = engine.status(id, None).await?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"task": t, "calls": attempts}))?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", summary(&t));
+    say!("{}", summary(&t))?;
     if let Some(e) = &t.error {
-        println!("error: {e}");
+        say!("error: {e}")?;
     }
-    println!("\ncalls:");
+    say!("\ncalls:")?;
     for a in &attempts {
-        println!("  {}", call_line(a));
+        say!("  {}", call_line(a))?;
     }
     if let Some(out) = &t.output {
-        println!("\noutput:\n{out}");
+        say!("\noutput:\n{out}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,19 +329,25 @@ pub async fn report(
         .usage(Some(since_ms), None, None, baseline.as_ref())
         .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        say!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "usage since {}",
         r.since.as_deref().unwrap_or("the beginning")
-    );
-    println!(
+    )?;
+    say!(
         "{:<22}  {:<14}  {:<40}  {:>6}  {:>10}  {:>10}  {:>10}",
-        "AGENT", "KIND", "MODEL", "CALLS", "IN", "OUT", "COST"
-    );
+        "AGENT",
+        "KIND",
+        "MODEL",
+        "CALLS",
+        "IN",
+        "OUT",
+        "COST"
+    )?;
     for row in &r.rows {
-        println!(
+        say!(
             "{:<22}  {:<14}  {:<40}  {:>6}  {:>10}  {:>10}  {:>10}",
             row.agent,
             row.kind.as_str(),
@@ -313,29 +356,35 @@ pub async fn report(
             row.input_tokens,
             row.output_tokens,
             format!("${:.4}", row.cost_usd)
-        );
+        )?;
     }
-    println!(
+    say!(
         "\ntotal: {} calls · {} in / {} out tokens · ${:.4}",
-        r.total_calls, r.total_input_tokens, r.total_output_tokens, r.total_cost_usd
-    );
+        r.total_calls,
+        r.total_input_tokens,
+        r.total_output_tokens,
+        r.total_cost_usd
+    )?;
     for a in &r.agents {
         if a.audit_cost_usd > 0.0 {
-            println!(
+            say!(
                 "  {}: ${:.4}, of which audits ${:.4} ({:.0}%)",
                 a.agent,
                 a.cost_usd,
                 a.audit_cost_usd,
                 a.audit_share * 100.0
-            );
+            )?;
         }
     }
     match (&r.baseline, &r.baseline_note) {
-        (Some(b), _) => println!(
+        (Some(b), _) => say!(
             "on {} alone: ${:.4} → saving ${:.4} ({:.1}%)",
-            b.model, b.cost_usd, b.saving_usd, b.saving_percent
-        ),
-        (None, Some(n)) => println!("{n}"),
+            b.model,
+            b.cost_usd,
+            b.saving_usd,
+            b.saving_percent
+        )?,
+        (None, Some(n)) => say!("{n}")?,
         _ => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -436,11 +485,11 @@ pub async fn workflow_run(
     let (run, steps) = engine.run_status(&finished.id, None).await?;
     let view = crate::engine::run_view(&engine, &run, &steps).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        say!("{}", serde_json::to_string_pretty(&view)?)?;
     } else {
-        print_run(&view);
+        print_run(&view)?;
         if let Some(out) = &view.output {
-            println!("\n{out}");
+            say!("\n{out}")?;
         }
     }
     Ok(if run.state == crate::task::RunState::Succeeded {
@@ -450,8 +499,8 @@ pub async fn workflow_run(
     })
 }
 
-fn print_run(v: &crate::engine::RunView) {
-    println!(
+fn print_run(v: &crate::engine::RunView) -> std::io::Result<()> {
+    say!(
         "run {} · {} · {} · {} in / {} out tokens · ${:.6} · {:.1} s · kb: {}",
         v.run_id,
         v.name.as_deref().unwrap_or("(inline)"),
@@ -461,24 +510,29 @@ fn print_run(v: &crate::engine::RunView) {
         v.cost_usd,
         v.elapsed_ms as f64 / 1000.0,
         v.session
-    );
+    )?;
     if let Some(e) = &v.error {
-        println!("error: {e}");
+        say!("error: {e}")?;
     }
-    println!(
+    say!(
         "{:<20}  {:<20}  {:<10}  {:<26}  {:>10}",
-        "STEP", "AGENT", "STATE", "TASK", "COST"
-    );
+        "STEP",
+        "AGENT",
+        "STATE",
+        "TASK",
+        "COST"
+    )?;
     for s in &v.steps {
-        println!(
+        say!(
             "{:<20}  {:<20}  {:<10}  {:<26}  {:>10}",
             s.id,
             s.agent,
             s.state.as_str(),
             s.task_id.as_deref().unwrap_or("-"),
             format!("${:.4}", s.cost_usd)
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// `dispatch workflow show`
@@ -496,8 +550,13 @@ pub async fn workflow_show(
         let def = crate::workflow::WorkflowDef::from_json(&run.definition)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // Rendering needs a plan; agents may have changed since, so accept any name.
-        let plan = crate::workflow::validate(&def, &|_| true)
-            .map_err(|e| anyhow::anyhow!("stored definition no longer validates: {e:?}"))?;
+        let plan = crate::workflow::validate(&def, &|_| true).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(|e| format!("- {e}")).collect();
+            anyhow::anyhow!(
+                "the stored definition of {run_id} no longer validates:\n{}",
+                list.join("\n")
+            )
+        })?;
         let state_of = |i: usize| {
             steps
                 .get(i)
@@ -508,14 +567,14 @@ pub async fn workflow_show(
         } else {
             crate::workflow::dot(&plan, &state_of)
         };
-        print!("{text}");
+        say_raw!("{text}")?;
         return Ok(ExitCode::SUCCESS);
     }
     let view = crate::engine::run_view(&engine, &run, &steps).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        say!("{}", serde_json::to_string_pretty(&view)?)?;
     } else {
-        print_run(&view);
+        print_run(&view)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,31 +12,148 @@ use crate::agent::reader::ReadContext;
 /// Name of the optional config file under the project root.
 pub const CONFIG_FILE: &str = "dispatch.toml";
 
+/// How the project root was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootOrigin {
+    /// `--root` (or `DISPATCH_ROOT`) named it.
+    Given,
+    /// The nearest folder at or above the working folder that holds this
+    /// marker: `dispatch.toml`, `agents/` or `.git`.
+    Found(&'static str),
+    /// Nothing at or above the working folder marks a project: the working
+    /// folder itself.
+    WorkingFolder,
+}
+
+impl RootOrigin {
+    /// How it was found, in a few words (for logs and `agent_list`).
+    pub fn describe(self) -> String {
+        match self {
+            RootOrigin::Given => "given by --root".to_string(),
+            RootOrigin::Found(marker) => format!("the nearest folder with {marker}"),
+            RootOrigin::WorkingFolder => {
+                "the working folder (no dispatch.toml, agents/ or .git above it)".to_string()
+            }
+        }
+    }
+}
+
+/// What marks a project root, in the order they are looked for in each folder.
+const ROOT_MARKERS: [(&str, &str); 3] = [
+    (CONFIG_FILE, "dispatch.toml"),
+    ("agents", "agents/"),
+    (".git", ".git"),
+];
+
 /// The project's folders.
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// The project root (`--root`, default: the current directory).
+    /// The project root (`--root`, else found from the working folder).
     pub root: PathBuf,
+    /// How the root was chosen.
+    pub origin: RootOrigin,
     /// Agent files (`--agents`, default `ROOT/agents`).
     pub agents: PathBuf,
+    /// True when `--agents` named the folder (then it must exist).
+    pub agents_given: bool,
     /// Knowledge base (`--kb`, default `ROOT/_kb`).
     pub kb: PathBuf,
 }
 
+/// Errors finding the project.
+#[derive(Debug, thiserror::Error)]
+pub enum PathsError {
+    /// `--root` names nothing.
+    #[error(
+        "--root {0}: no such folder; pass the project folder (the one with agents/ or dispatch.toml)"
+    )]
+    NoRoot(PathBuf),
+    /// `--root` names a file.
+    #[error("--root {0} is a file, not a folder; pass the project folder")]
+    RootIsFile(PathBuf),
+    /// The working folder cannot be read (deleted while in it, say).
+    #[error("cannot read the working folder: {0}; cd into the project or pass --root DIR")]
+    WorkingFolder(std::io::Error),
+}
+
 impl Paths {
-    /// Resolve the folders from the CLI options.
+    /// The folders under `root` as given (no search, no checks): for
+    /// programs and tests that name their project.
     pub fn new(root: &Path, agents: Option<&Path>, kb: Option<&Path>) -> Paths {
         Paths {
             root: root.to_path_buf(),
+            origin: RootOrigin::Given,
             agents: agents.map_or_else(|| root.join("agents"), Path::to_path_buf),
+            agents_given: agents.is_some(),
             kb: kb.map_or_else(|| root.join("_kb"), Path::to_path_buf),
         }
+    }
+
+    /// The folders as the command line names them: `root` must be an
+    /// existing folder (nothing is created); without it, the project is the
+    /// nearest folder at or above the working folder that has
+    /// `dispatch.toml`, `agents/` or `.git`, else the working folder.
+    pub fn discover(
+        root: Option<&Path>,
+        agents: Option<&Path>,
+        kb: Option<&Path>,
+    ) -> Result<Paths, PathsError> {
+        let cwd = std::env::current_dir().map_err(PathsError::WorkingFolder)?;
+        Self::discover_from(&cwd, root, agents, kb)
+    }
+
+    /// [`Paths::discover`] from the working folder `cwd`.
+    pub fn discover_from(
+        cwd: &Path,
+        root: Option<&Path>,
+        agents: Option<&Path>,
+        kb: Option<&Path>,
+    ) -> Result<Paths, PathsError> {
+        let (root, origin) = match root {
+            Some(r) => {
+                let abs = cwd.join(r);
+                match std::fs::metadata(&abs) {
+                    Ok(m) if m.is_dir() => (r.to_path_buf(), RootOrigin::Given),
+                    Ok(_) => return Err(PathsError::RootIsFile(r.to_path_buf())),
+                    Err(_) => return Err(PathsError::NoRoot(r.to_path_buf())),
+                }
+            }
+            None => find_root(cwd),
+        };
+        let mut paths = Paths::new(&root, agents, kb);
+        paths.origin = origin;
+        Ok(paths)
     }
 
     /// `ROOT/dispatch.toml`.
     pub fn config_file(&self) -> PathBuf {
         self.root.join(CONFIG_FILE)
     }
+
+    /// `path` relative to the project root when it is inside it (for what
+    /// clients see: never where the project lives on this machine).
+    pub fn relative<'a>(&self, path: &'a Path) -> &'a Path {
+        path.strip_prefix(&self.root).unwrap_or(path)
+    }
+}
+
+/// The nearest folder at or above `cwd` with a root marker.
+fn find_root(cwd: &Path) -> (PathBuf, RootOrigin) {
+    for dir in cwd.ancestors() {
+        for (name, marker) in ROOT_MARKERS {
+            let p = dir.join(name);
+            let is_marker = match name {
+                CONFIG_FILE => p.is_file(),
+                "agents" => p.is_dir(),
+                // A worktree's `.git` is a file.
+                _ => p.exists(),
+            };
+            if is_marker {
+                return (dir.to_path_buf(), RootOrigin::Found(marker));
+            }
+        }
+    }
+    (cwd.to_path_buf(), RootOrigin::WorkingFolder)
 }
 
 /// Errors reading `dispatch.toml`.
@@ -80,7 +197,17 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     /// Wire format: `openai` (default) or `anthropic`.
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<WireFormat>,
+}
+
+/// The wire format a `[providers.NAME]` endpoint speaks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// OpenAI-compatible chat completions.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
 }
 
 /// The contents of `dispatch.toml`; every section is optional.
@@ -117,7 +244,44 @@ pub struct Config {
     /// OAuth2 resource server for HTTP: without it, HTTP is unauthenticated.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Where agent files are read from besides `agents/`.
+    #[serde(default)]
+    pub agents: AgentsSection,
+    /// Model aliases (`sonnet = "anthropic/claude-sonnet-4-5"`): a bare word
+    /// in an agent file's `model` that names a model. These add to and
+    /// override [`DEFAULT_MODEL_ALIASES`].
+    #[serde(default)]
+    pub model_aliases: BTreeMap<String, toml::Spanned<String>>,
 }
+
+/// `[agents]`: which other tools' agent folders of the project are loaded.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsSection {
+    /// Load Claude Code subagents from `.claude/agents/*.md`.
+    pub claude_code: bool,
+    /// Load VS Code custom agents from `.github/agents/*.agent.md`.
+    pub vscode: bool,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        AgentsSection {
+            claude_code: true,
+            vscode: true,
+        }
+    }
+}
+
+/// The model aliases Claude Code subagents use, and the models they mean
+/// here. `inherit` (Claude Code: the conversation's model) has no
+/// conversation to inherit from in dispatch, so it means the middle tier.
+pub const DEFAULT_MODEL_ALIASES: &[(&str, &str)] = &[
+    ("sonnet", "anthropic/claude-sonnet-4-5"),
+    ("opus", "anthropic/claude-opus-4-1"),
+    ("haiku", "anthropic/claude-haiku-4-5"),
+    ("inherit", "anthropic/claude-sonnet-4-5"),
+];
 
 /// `[http]`: the HTTP server's hardening. Everything has a safe default for a
 /// server on a loopback address.
@@ -327,9 +491,8 @@ impl Config {
 
     /// Parse the text of a config file named `path` (for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = span
                 .map(|s| {
                     let before = &text.as_bytes()[..s.start.min(text.len())];
                     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -341,9 +504,18 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().to_string(),
+                message,
             }
-        })
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        let known = config.known_providers();
+        for (alias, target) in &config.model_aliases {
+            if let Err(message) = check_alias(alias, target.get_ref(), &known) {
+                return Err(at(Some(target.span()), message));
+            }
+        }
+        Ok(config)
     }
 
     /// Built-in providers plus the configured ones.
@@ -357,9 +529,41 @@ impl Config {
 
     /// What the agent reader needs from the config.
     pub fn read_context(&self) -> ReadContext {
+        let mut aliases: BTreeMap<String, String> = DEFAULT_MODEL_ALIASES
+            .iter()
+            .map(|(a, m)| (a.to_string(), m.to_string()))
+            .collect();
+        aliases.extend(
+            self.model_aliases
+                .iter()
+                .map(|(a, m)| (a.clone(), m.get_ref().clone())),
+        );
         ReadContext {
             known_providers: self.known_providers(),
+            aliases,
         }
+    }
+}
+
+/// An alias must be a bare word and stand for a model dispatch can call.
+fn check_alias(alias: &str, target: &str, known: &BTreeSet<String>) -> Result<(), String> {
+    if alias.is_empty() || alias.contains(['/', ' ', '(']) {
+        return Err(format!(
+            "[model_aliases] `{alias}`: an alias is one word without `/` (agent files write `model: {alias}`)"
+        ));
+    }
+    match crate::agent::parse_model(target) {
+        Ok(crate::agent::ModelSpec::Ref(m)) if known.contains(&m.provider) => Ok(()),
+        Ok(crate::agent::ModelSpec::Ref(m)) => Err(format!(
+            "[model_aliases] {alias} = \"{target}\": unknown provider `{}`; declare [providers.{}] or use one of {}",
+            m.provider,
+            m.provider,
+            known.iter().cloned().collect::<Vec<_>>().join(", ")
+        )),
+        Ok(_) => Err(format!(
+            "[model_aliases] {alias} = \"{target}\": write `provider/model-id`, e.g. `anthropic/claude-sonnet-4-5`"
+        )),
+        Err(e) => Err(format!("[model_aliases] {alias}: {e}")),
     }
 }
 
@@ -376,6 +580,72 @@ mod tests {
         .unwrap();
         assert!(c.known_providers().contains("together"));
         assert!(c.known_providers().contains("openai"));
+    }
+
+    #[test]
+    fn a_bad_provider_kind_or_alias_has_a_position() {
+        let e = Config::parse(
+            "[providers.x]\nbase_url = \"http://127.0.0.1:1/v1\"\nkind = \"grpc\"\n",
+            Path::new("dispatch.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("dispatch.toml:3:8: error:"), "{e}");
+        assert!(e.contains("openai") && e.contains("anthropic"), "{e}");
+        let e = Config::parse(
+            "[model_aliases]\nsonnet = \"nowhere/x\"\n",
+            Path::new("dispatch.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("dispatch.toml:2:10: error:"), "{e}");
+        assert!(e.contains("unknown provider `nowhere`"), "{e}");
+        let c = Config::parse(
+            "[model_aliases]\nsonnet = \"openrouter/anthropic/claude-sonnet-4.5\"\n",
+            Path::new("dispatch.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.read_context().aliases["sonnet"],
+            "openrouter/anthropic/claude-sonnet-4.5"
+        );
+        assert_eq!(
+            c.read_context().aliases["haiku"],
+            "anthropic/claude-haiku-4-5"
+        );
+    }
+
+    #[test]
+    fn the_root_is_found_above_the_working_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("proj");
+        std::fs::create_dir_all(root.join("agents")).unwrap();
+        std::fs::create_dir_all(root.join("src/deep")).unwrap();
+        let p = Paths::discover_from(&root.join("src/deep"), None, None, None).unwrap();
+        assert_eq!(p.root, root);
+        assert_eq!(p.origin, RootOrigin::Found("agents/"));
+        assert_eq!(p.kb, root.join("_kb"));
+        std::fs::write(root.join("src/dispatch.toml"), "").unwrap();
+        let p = Paths::discover_from(&root.join("src/deep"), None, None, None).unwrap();
+        assert_eq!(p.root, root.join("src"));
+        assert_eq!(p.origin, RootOrigin::Found("dispatch.toml"));
+        let lonely = dir.path().join("lonely");
+        std::fs::create_dir_all(&lonely).unwrap();
+        // The temp folder itself may sit in a repository; only say what is found.
+        let p = Paths::discover_from(&lonely, None, None, None).unwrap();
+        assert!(p.origin != RootOrigin::Found("agents/") || p.root != lonely);
+    }
+
+    #[test]
+    fn a_missing_root_is_an_error_and_nothing_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = Paths::discover_from(dir.path(), Some(&missing), None, None).unwrap_err();
+        assert!(e.to_string().contains("no such folder"), "{e}");
+        assert!(!missing.exists());
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let e = Paths::discover_from(dir.path(), Some(Path::new("file")), None, None).unwrap_err();
+        assert!(e.to_string().contains("is a file"), "{e}");
     }
 
     #[test]

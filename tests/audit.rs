@@ -2,6 +2,8 @@
 //! verdicts, revision rounds, repair of unparseable verdicts, escalation,
 //! selective auditing, cancellation and crash recovery in the middle of it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::sync::Arc;

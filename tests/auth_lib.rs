@@ -4,6 +4,8 @@
 //! of error texts. Time-dependent behaviour (rate limit, cache lifetimes)
 //! runs on a `ManualClock`: no test sleeps.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The command line: `agents`, `agents check`, `--version`, `--help`, and the
 //! folder overrides.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::process::{Command, Output};
@@ -75,7 +77,7 @@ fn check_passes_on_the_shipped_agents() {
     let o = run(&["agents", "check"], &p);
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(
-        stdout(&o).contains("8 agent(s) loaded from 8 file(s): 0 error(s)"),
+        stdout(&o).contains("8 agent(s) loaded from 8 file(s) in agents/, .claude/agents/, .github/agents/: 0 error(s)"),
         "{}",
         stdout(&o)
     );
@@ -118,7 +120,7 @@ fn check_prints_file_line_col_and_exits_1() {
         "{out}"
     );
     assert!(
-        out.contains("2 agent(s) loaded from 3 file(s): 1 error(s), 2 warning(s)"),
+        out.contains("2 agent(s) loaded from 3 file(s) in agents/, .claude/agents/, .github/agents/: 1 error(s), 2 warning(s)"),
         "{out}"
     );
     // Warnings alone do not fail the check.
@@ -225,4 +227,67 @@ fn a_store_that_cannot_open_is_reported_once_with_advice() {
         1,
         "said more than once:\n{err}"
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let p = Project::with_shipped_agents();
+    // The reader is gone before dispatch writes a byte: every write fails
+    // with EPIPE, as with `dispatch tasks | head -1` after head exits.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    for args in [&["tasks"][..], &["agents"][..], &["agents", "check"][..]] {
+        let o = Command::new(bin())
+            .args(args)
+            .arg("--root")
+            .arg(p.root())
+            .env_remove("DISPATCH_ROOT")
+            .stdout(writer.try_clone().expect("clone"))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run dispatch");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
+    }
+}
+
+#[tokio::test]
+async fn a_stored_run_that_no_longer_validates_is_explained_in_words() {
+    let p = Project::with_shipped_agents();
+    let db = p.root().join(".dispatch").join("dispatch.db");
+    let store = dispatch::store::SqliteStore::open(&db.display().to_string())
+        .await
+        .expect("store");
+    use dispatch::store::Store;
+    let cycle = serde_json::json!({"steps": [
+        {"id": "a", "agent": "docs-sync", "depends_on": ["b"]},
+        {"id": "b", "agent": "docs-sync", "depends_on": ["a"]}]});
+    let stored = dispatch::task::Run {
+        id: "run-01cycle".into(),
+        name: None,
+        agent: None,
+        state: dispatch::task::RunState::Failed,
+        input: serde_json::json!(""),
+        definition: cycle,
+        subject: None,
+        owner: None,
+        created_at: 1,
+        finished_at: Some(2),
+        error: None,
+    };
+    store.put_run(&stored).await.expect("put run");
+    store.close().await.expect("close");
+    let o = run(&["workflow", "show", "run-01cycle", "--mermaid"], &p);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the stored definition of run-01cycle no longer validates:\n- "),
+        "{err}"
+    );
+    assert!(err.contains("cycle"), "{err}");
+    assert!(!err.contains("Cycle {"), "debug formatting leaked: {err}");
+    let o = run(&["workflow", "show", "run-nope"], &p);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no workflow run `run-nope`"), "{err}");
 }

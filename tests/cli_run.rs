@@ -1,6 +1,8 @@
 //! `dispatch run`, `tasks`, `task` and `report` through the same engine, against
 //! the fake provider.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::process::{Output, Stdio};

@@ -1,6 +1,8 @@
 //! The task engine through MCP, against the real binary and a fake provider
 //! on 127.0.0.1 that speaks the OpenAI and Anthropic wire formats.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::sync::Arc;
@@ -239,12 +241,24 @@ async fn a_missing_key_names_the_variable() {
     let mut spawn = fx.spawn();
     spawn.env.retain(|(k, _)| k != "ANTHROPIC_API_KEY");
     let c = connect_with(&fx.p, spawn).await;
-    let v = run(&c, "a", json!("x")).await;
-    assert_eq!(v["state"], "failed");
+    // Refused at once, before a task is queued or a provider called.
+    let e = c
+        .err("agent_run", json!({"agent": "a", "input": "x"}))
+        .await;
     assert!(
-        v["error"].as_str().unwrap().contains("ANTHROPIC_API_KEY"),
-        "{v:#}"
+        e.starts_with("missing_key: no model of `a` has a key: set ANTHROPIC_API_KEY (for anthropic/claude-haiku-4-5)"),
+        "{e}"
     );
+    let listed = c.ok("task_list", json!({})).await;
+    assert_eq!(listed["tasks"], json!([]));
+    let a = c.ok("agent_list", json!({})).await;
+    assert_eq!(a["agents"][0]["missing_keys"], json!(["ANTHROPIC_API_KEY"]));
+    eventually("the start-up warning about the key", DEADLINE, || async {
+        c.stderr()
+            .contains("no key for anthropic: set ANTHROPIC_API_KEY (used by a)")
+            .then_some(())
+    })
+    .await;
     assert_eq!(fx.fake.request_count(), 0);
     c.close().await;
 }

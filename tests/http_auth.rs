@@ -3,6 +3,8 @@
 //! token on both transports, 403 `insufficient_scope` per tool, subjects that
 //! cannot see each other's tasks or sessions, and introspection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use common::auth_server::{ALL_SCOPES, AUDIENCE, AuthServer, CLIENT_ID, CLIENT_SECRET};

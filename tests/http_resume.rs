@@ -12,6 +12,8 @@
 //! stream that ends at once. A session resumes only for the subject that
 //! opened it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! limits, health, refusal of unauthenticated non-loopback serving, and a
 //! graceful shutdown that lets a call in flight finish.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::sync::Arc;
@@ -286,4 +288,47 @@ async fn sigterm_lets_the_call_in_flight_finish() {
     );
     let status = term.await.unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// `DELETE /mcp` ends a live session (then 404, as for a POST to it) and
+/// answers 404 for an id that names no session.
+#[tokio::test]
+async fn deleting_a_session_that_is_not_there_is_404() {
+    let (_fx, s) = server("").await;
+    let http = common::http::client();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    let r = http
+        .post(s.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let id = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let _ = r.text().await;
+    let delete = |id: String| {
+        http.delete(s.url("/mcp"))
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    assert!(delete(id.clone()).await.unwrap().status().is_success());
+    assert_eq!(delete(id).await.unwrap().status().as_u16(), 404);
+    let r = delete("no-such-session".into()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.text().await.unwrap().contains("no such MCP session"));
+}
+
+/// A remote client is not shown where the project lives on the server.
+#[tokio::test]
+async fn agent_list_over_http_shows_no_server_paths() {
+    let (fx, s) = server("").await;
+    let c = s.streamable(None).await.expect("connect");
+    let (err, v) = call(&c, "agent_list", json!({})).await;
+    assert!(!err, "{v}");
+    assert_eq!(v["agents"][0]["file"], "agents/helper.agent.md", "{v:#}");
+    assert!(v["project"].get("root").is_none(), "{v:#}");
+    let root = fx.p.root().display().to_string();
+    assert!(!v.to_string().contains(&root), "{v:#}");
 }

@@ -2,6 +2,8 @@
 //! layer), against the fake provider on 127.0.0.1: what `metrics_text` shows
 //! after tasks succeed, fail, wait, run and are cancelled.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "common/fake_provider.rs"]
 mod fake_provider;
 

@@ -1,6 +1,8 @@
 //! The provider layer against the fake provider: wire formats, retries,
 //! failover, breakers, cost, cancellation and secrecy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "common/fake_provider.rs"]
 mod fake_provider;
 

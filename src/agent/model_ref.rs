@@ -34,43 +34,18 @@ impl Serialize for ModelRef {
 pub enum ModelSpec {
     /// A proper `provider/model-id`.
     Ref(ModelRef),
-    /// A Claude Code alias (`sonnet`, `opus`, `haiku`) mapped to an Anthropic model.
-    Alias {
-        /// The alias as written.
-        alias: String,
-        /// What it maps to.
-        model: ModelRef,
-    },
-    /// `inherit` (Claude Code): use the default, i.e. no model of its own.
-    Inherit,
     /// A display name from another tool, such as VS Code's `GPT-4o (copilot)`,
     /// which names no provider `dispatch` can call.
     Foreign(String),
 }
 
-/// Parse a model string. `Err` carries a message that says what to write instead.
+/// Parse a model string. `Err` carries a message that says what to write
+/// instead. Aliases (`sonnet`, ...) are the agent reader's business: they
+/// come from the config.
 pub fn parse_model(raw: &str) -> Result<ModelSpec, String> {
     let s = raw.trim();
     if s.is_empty() {
         return Err("model is empty: write `provider/model-id`, e.g. `openai/gpt-4o-mini`".into());
-    }
-    match s {
-        "inherit" => return Ok(ModelSpec::Inherit),
-        "sonnet" | "opus" | "haiku" => {
-            let model = match s {
-                "sonnet" => "claude-sonnet-4-5",
-                "opus" => "claude-opus-4-1",
-                _ => "claude-haiku-4-5",
-            };
-            return Ok(ModelSpec::Alias {
-                alias: s.to_string(),
-                model: ModelRef {
-                    provider: "anthropic".into(),
-                    model: model.into(),
-                },
-            });
-        }
-        _ => {}
     }
     // VS Code and Copilot use display names such as "Claude Sonnet 4 (copilot)".
     if s.contains(char::is_whitespace) || s.contains('(') {
@@ -140,11 +115,6 @@ mod tests {
 
     #[test]
     fn foreign_forms() {
-        assert_eq!(parse_model("inherit").unwrap(), ModelSpec::Inherit);
-        assert!(matches!(
-            parse_model("sonnet").unwrap(),
-            ModelSpec::Alias { .. }
-        ));
         assert_eq!(
             parse_model("Claude Sonnet 4 (copilot)").unwrap(),
             ModelSpec::Foreign("Claude Sonnet 4 (copilot)".into())

@@ -25,6 +25,9 @@ pub const AGENT_SUFFIX: &str = ".agent.md";
 pub struct ReadContext {
     /// Provider names a model may start with (built-ins plus configured ones).
     pub known_providers: BTreeSet<String>,
+    /// Model aliases (`sonnet`, `inherit`, ...) and the `provider/model-id`
+    /// each stands for.
+    pub aliases: BTreeMap<String, String>,
 }
 
 impl Default for ReadContext {
@@ -33,6 +36,10 @@ impl Default for ReadContext {
             known_providers: super::BUILTIN_PROVIDERS
                 .iter()
                 .map(|s| s.to_string())
+                .collect(),
+            aliases: crate::config::DEFAULT_MODEL_ALIASES
+                .iter()
+                .map(|(a, m)| (a.to_string(), m.to_string()))
                 .collect(),
         }
     }
@@ -104,9 +111,73 @@ const DISPATCH_TOOLS: &[&str] = &[
     "usage_report",
 ];
 
-/// Read and parse `path`; diagnostics name the file as `shown_as`.
+/// The largest agent file read; a larger one is a diagnostic.
+pub const MAX_AGENT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Open `path` for reading without ever blocking: a FIFO opened without
+/// `O_NONBLOCK` waits for a writer; a regular file ignores the flag. The
+/// opened file (not the path) must be a regular file.
+fn open_regular(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            "not a regular file (a device, FIFO or socket): agent files must be plain files"
+                .to_string(),
+        );
+    }
+    if meta.len() > MAX_AGENT_FILE_BYTES {
+        return Err(format!(
+            "the file is {} bytes; agent files may have at most {MAX_AGENT_FILE_BYTES}",
+            meta.len()
+        ));
+    }
+    Ok(file)
+}
+
+/// At most [`MAX_AGENT_FILE_BYTES`] of `path`, which must be a regular file.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_AGENT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > MAX_AGENT_FILE_BYTES {
+        return Err(format!(
+            "the file grew past {MAX_AGENT_FILE_BYTES} bytes while it was read; agent files may have at most that"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// True when `path` starts with a front matter line (`---`, after an
+/// optional BOM), or cannot be judged (the reader then says why).
+pub fn starts_with_front_matter(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(file) = open_regular(path) else {
+        return true;
+    };
+    let mut head = Vec::with_capacity(8);
+    if file.take(8).read_to_end(&mut head).is_err() {
+        return true;
+    }
+    let head = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&head);
+    head.starts_with(b"---")
+}
+
+/// Read and parse `path`; diagnostics name the file as `shown_as`. Only
+/// regular files up to [`MAX_AGENT_FILE_BYTES`] are read, and reading never
+/// blocks.
 pub fn read_agent_file(path: &Path, shown_as: &Path, ctx: &ReadContext) -> FileReport {
-    match std::fs::read(path) {
+    match read_limited(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => parse_agent(&text, shown_as, ctx),
             Err(e) => {
@@ -122,14 +193,9 @@ pub fn read_agent_file(path: &Path, shown_as: &Path, ctx: &ReadContext) -> FileR
                 }
             }
         },
-        Err(e) => FileReport {
+        Err(message) => FileReport {
             agent: None,
-            diagnostics: vec![Diagnostic::error(
-                shown_as,
-                1,
-                1,
-                format!("cannot read file: {e}"),
-            )],
+            diagnostics: vec![Diagnostic::error(shown_as, 1, 1, message)],
         },
     }
 }
@@ -684,6 +750,26 @@ impl FileParser<'_> {
     }
 
     fn one_model(&mut self, key: &str, raw: &str) -> Option<ModelRef> {
+        if let Some(target) = self.ctx.aliases.get(raw.trim()) {
+            let alias = raw.trim().to_string();
+            let model = match parse_model(target) {
+                Ok(ModelSpec::Ref(m)) if self.ctx.known_providers.contains(&m.provider) => m,
+                _ => {
+                    self.error(
+                        key,
+                        format!("model alias `{alias}` stands for `{target}`, which is not a `provider/model-id` dispatch can call; fix [model_aliases] in dispatch.toml"),
+                    );
+                    return None;
+                }
+            };
+            self.warn(
+                key,
+                format!(
+                    "model alias `{alias}` is read as `{model}` (change it under [model_aliases] in dispatch.toml)"
+                ),
+            );
+            return Some(model);
+        }
         match parse_model(raw) {
             Ok(ModelSpec::Ref(m)) => {
                 if self.ctx.known_providers.contains(&m.provider) {
@@ -707,14 +793,6 @@ impl FileParser<'_> {
                     None
                 }
             }
-            Ok(ModelSpec::Alias { alias, model }) => {
-                self.warn(
-                    key,
-                    format!("Claude Code model alias `{alias}` is read as `{model}`"),
-                );
-                Some(model)
-            }
-            Ok(ModelSpec::Inherit) => None,
             Ok(ModelSpec::Foreign(name)) => {
                 self.warn(
                     key,

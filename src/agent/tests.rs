@@ -172,7 +172,40 @@ fn claude_code_format() {
             .all(|d| d.severity == Severity::Warning)
     );
     let r = parse("---\nmodel: inherit\n---\nx\n");
-    assert!(r.agent.unwrap().models.is_empty());
+    assert_eq!(r.agent.unwrap().models, [m("anthropic/claude-sonnet-4-5")]);
+}
+
+#[test]
+fn model_aliases_come_from_the_config() {
+    let mut ctx = ReadContext::default();
+    ctx.aliases.insert(
+        "sonnet".into(),
+        "openrouter/anthropic/claude-sonnet-4.5".into(),
+    );
+    ctx.aliases
+        .insert("cheap".into(), "openai/gpt-4o-mini".into());
+    let r = parse_agent(
+        "---\nmodel: [cheap, sonnet]\n---\nx\n",
+        Path::new("a.agent.md"),
+        &ctx,
+    );
+    assert_eq!(
+        r.agent.unwrap().models,
+        [
+            m("openai/gpt-4o-mini"),
+            m("openrouter/anthropic/claude-sonnet-4.5")
+        ]
+    );
+    let msgs: Vec<String> = r.diagnostics.iter().map(|d| d.message.clone()).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("`cheap` is read as `openai/gpt-4o-mini`")),
+        "{msgs:?}"
+    );
+    ctx.aliases.insert("bad".into(), "nowhere/model".into());
+    let r = parse_agent("---\nmodel: bad\n---\nx\n", Path::new("b.agent.md"), &ctx);
+    assert!(r.agent.is_none());
+    assert!(r.diagnostics[0].message.contains("[model_aliases]"));
 }
 
 #[test]

@@ -13,6 +13,9 @@ use crate::diag::Diagnostic;
 pub struct Entry {
     /// The file as shown in diagnostics.
     pub file: PathBuf,
+    /// The file as messages about other files name it: relative to the
+    /// project (`.claude/agents/x.md`), never where the project lives.
+    pub label: String,
     /// The agent, while it is still usable.
     pub agent: Option<Agent>,
     /// Problems found in the file or in its relation to other files.
@@ -22,10 +25,11 @@ pub struct Entry {
 }
 
 /// Run the set-level checks. An entry that fails one loses its agent (so it is
-/// not served) and gains an error that names every file involved. Entries must
-/// be in a stable order (by path): the first file to claim a name keeps it.
-pub fn check_set(entries: &mut [Entry]) {
-    check_duplicates(entries);
+/// not served) and gains an error that names every file involved. `holders`
+/// names the file that held each name in the previous snapshot: of two files
+/// defining one name, that one keeps it; otherwise neither does.
+pub fn check_set(entries: &mut [Entry], holders: &BTreeMap<String, PathBuf>) {
+    check_duplicates(entries, holders);
     // Removing an agent can break a mirror that named it, so repeat until stable.
     loop {
         let removed = check_mirrors(entries);
@@ -36,23 +40,62 @@ pub fn check_set(entries: &mut [Entry]) {
     check_auditor_prompts(entries);
 }
 
-fn check_duplicates(entries: &mut [Entry]) {
-    let mut first: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for e in entries.iter_mut() {
-        let Some(agent) = &e.agent else { continue };
-        match first.get(&agent.name) {
-            None => {
-                first.insert(agent.name.clone(), e.file.clone());
-            }
-            Some(other) => {
-                let (l, c) = agent.position("name");
-                let msg = format!(
-                    "duplicate agent name `{}`: {} already defines it; rename one of the two files' `name`",
-                    agent.name,
-                    other.display()
-                );
-                e.diagnostics.push(Diagnostic::error(&e.file, l, c, msg));
-                e.agent = None;
+fn check_duplicates(entries: &mut [Entry], holders: &BTreeMap<String, PathBuf>) {
+    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(agent) = &e.agent {
+            by_name.entry(agent.name.clone()).or_default().push(i);
+        }
+    }
+    for (name, idx) in by_name.into_iter().filter(|(_, idx)| idx.len() > 1) {
+        let files: Vec<(PathBuf, String)> = idx
+            .iter()
+            .map(|&i| (entries[i].file.clone(), entries[i].label.clone()))
+            .collect();
+        let holder = holders
+            .get(&name)
+            .and_then(|h| idx.iter().copied().find(|&i| &entries[i].file == h));
+        for &i in &idx {
+            let others: Vec<String> = files
+                .iter()
+                .filter(|(f, _)| *f != entries[i].file)
+                .map(|(_, label)| label.clone())
+                .collect();
+            let others = others.join(", ");
+            let e = &mut entries[i];
+            let (l, c) = e.agent.as_ref().map_or((1, 1), |a| a.position("name"));
+            match holder {
+                Some(h) if h == i => e.diagnostics.push(Diagnostic::warning(
+                    &e.file,
+                    l,
+                    c,
+                    format!(
+                        "agent name `{name}` is also claimed by {others}; this file keeps it (it had it first) and the other is not loaded until one is renamed"
+                    ),
+                )),
+                Some(h) => {
+                    let held = files[idx.iter().position(|&j| j == h).unwrap_or(0)].1.clone();
+                    e.diagnostics.push(Diagnostic::error(
+                        &e.file,
+                        l,
+                        c,
+                        format!(
+                            "duplicate agent name `{name}`: {held} already defines it and keeps it; rename this file's `name`"
+                        ),
+                    ));
+                    e.agent = None;
+                }
+                None => {
+                    e.diagnostics.push(Diagnostic::error(
+                        &e.file,
+                        l,
+                        c,
+                        format!(
+                            "duplicate agent name `{name}`: {others} defines it too; neither is loaded until one of the two files' `name` is changed"
+                        ),
+                    ));
+                    e.agent = None;
+                }
             }
         }
     }

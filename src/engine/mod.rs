@@ -10,6 +10,7 @@
 
 mod audit;
 mod input;
+mod keys;
 mod outbox;
 mod owner;
 mod report;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use audit::{AuditTrail, Decision, Issue, Report, Round, Verdict};
 pub use input::render_input;
+pub use keys::{KeyCheck, missing_by_variable};
 pub use outbox::rfc3339;
 pub use report::{UsageReport, UsageReportRow};
 pub use router::{RouteDecision, RouterConfig};
@@ -90,13 +92,11 @@ impl Default for EngineConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No agent by that name.
-    #[error(
-        "unknown agent `{name}`: available agents are {available}; call agent_list for details"
-    )]
+    #[error("unknown agent `{name}`: {available}; call agent_list for details")]
     UnknownAgent {
         /// The name asked for.
         name: String,
-        /// Comma-separated loaded agents.
+        /// Comma-separated loaded agents, or why there are none.
         available: String,
     },
     /// No task by that id (or not visible to the caller).
@@ -122,6 +122,14 @@ pub enum EngineError {
         /// The limit.
         limit: u32,
     },
+    /// No model of a chain the run needs has a key.
+    #[error("missing_key: {0}")]
+    MissingKey(String),
+    /// No workflow run by that id (or not visible to the caller).
+    #[error(
+        "no workflow run `{0}`: check the id (task_list shows recent tasks; runs start with `run-`)"
+    )]
+    UnknownRun(String),
     /// The router could not choose an agent.
     #[error("{0}")]
     Unroutable(String),
@@ -223,6 +231,14 @@ impl Live {
     }
 }
 
+/// What recovery did with one task.
+enum Recovered {
+    /// Re-queued (or resumed) and driven here.
+    Resumed,
+    /// Failed as interrupted (its re-queues used up).
+    Failed,
+}
+
 /// Both slots a running task holds (its agent's, then the global one).
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -235,6 +251,8 @@ struct Start {
     /// task's routing calls); `None` to read them (a recovered task may have
     /// some from an earlier run).
     prior: Option<Vec<Attempt>>,
+    /// Those of `prior` not stored yet: stored with the final state.
+    unstored: Vec<Attempt>,
 }
 
 /// The engine. Cheap to share: hold it in an `Arc`.
@@ -379,67 +397,113 @@ impl Engine {
 
     /// Re-queue (or fail) tasks a crash left `running`, and resume `queued` ones.
     /// Returns how many tasks were resumed and how many failed as interrupted.
+    ///
+    /// Each task is claimed first: its owner (gone) is replaced by this
+    /// process in one compare-and-set on state and owner, so of two servers
+    /// recovering at once only one drives it. A claim lost, or a task that
+    /// cannot be written, is skipped (and logged) without stopping the rest.
     pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), EngineError> {
         let mut resumed = 0;
         let mut failed = 0;
-        for mut task in self.store.tasks_in_state(TaskState::Running).await? {
-            if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
-                continue;
+        for task in self.store.tasks_in_state(TaskState::Running).await? {
+            match self.recover_running(task).await {
+                Some(Recovered::Resumed) => resumed += 1,
+                Some(Recovered::Failed) => failed += 1,
+                None => {}
             }
-            task.owner = Some(owner::this_process().to_string());
-            if task.requeues < self.cfg.max_requeues {
-                task.state = TaskState::Queued;
-                task.requeues += 1;
-                task.started_at = None;
-                self.store.update_task(&task, TaskState::Running).await?;
+        }
+        for task in self.store.tasks_in_state(TaskState::Queued).await? {
+            if self.recover_queued(task).await {
+                resumed += 1;
+            }
+        }
+        // Runs last: their steps re-attach to the tasks recovered above.
+        resumed += self.recover_runs().await?;
+        Ok((resumed, failed))
+    }
+
+    /// Take over a task a dead process left `running`: re-queue it, or fail
+    /// it once it has been re-queued `max_requeues` times.
+    async fn recover_running(self: &Arc<Self>, mut task: Task) -> Option<Recovered> {
+        if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
+            return None;
+        }
+        let gone = task.owner.take();
+        task.owner = Some(owner::this_process().to_string());
+        let outcome = if task.requeues < self.cfg.max_requeues {
+            task.state = TaskState::Queued;
+            task.requeues += 1;
+            task.started_at = None;
+            Recovered::Resumed
+        } else {
+            task.state = TaskState::Failed;
+            task.reason = Some(FailReason::Interrupted);
+            task.error = Some(format!(
+                "the server stopped while this task ran, {} time(s); not retried again",
+                task.requeues + 1
+            ));
+            task.finished_at = Some(now_millis());
+            Recovered::Failed
+        };
+        if !self.claim(&task, TaskState::Running, gone.as_deref()).await {
+            return None;
+        }
+        match outcome {
+            Recovered::Resumed => {
                 tracing::warn!(task = %task.id, agent = %task.agent, "re-queued a task interrupted by a restart");
                 self.spawn_driver(
                     task,
                     Start {
                         permits: None,
                         prior: None,
+                        unstored: Vec::new(),
                     },
                 );
-                resumed += 1;
-            } else {
-                task.state = TaskState::Failed;
-                task.reason = Some(FailReason::Interrupted);
-                task.error = Some(format!(
-                    "the server stopped while this task ran, {} time(s); not retried again",
-                    task.requeues + 1
-                ));
-                task.finished_at = Some(now_millis());
-                self.store.update_task(&task, TaskState::Running).await?;
+            }
+            Recovered::Failed => {
                 self.record_finished(&task);
                 tracing::warn!(task = %task.id, "failed an interrupted task (re-queue limit reached)");
-                failed += 1;
             }
         }
-        let queued = self.store.tasks_in_state(TaskState::Queued).await?;
-        for mut task in queued {
-            if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
-                continue;
+        Some(outcome)
+    }
+
+    /// Take over a `queued` task whose process is gone and drive it.
+    async fn recover_queued(self: &Arc<Self>, mut task: Task) -> bool {
+        if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
+            return false;
+        }
+        let gone = task.owner.take();
+        task.owner = Some(owner::this_process().to_string());
+        if !self.claim(&task, TaskState::Queued, gone.as_deref()).await {
+            return false;
+        }
+        self.spawn_driver(
+            task,
+            Start {
+                permits: None,
+                prior: None,
+                unstored: Vec::new(),
+            },
+        );
+        true
+    }
+
+    /// Store `task` (now owned by this process) if it is still `expected`
+    /// and owned by `gone`. False when another process got there first or
+    /// the write failed (logged; the next sweep tries again).
+    async fn claim(&self, task: &Task, expected: TaskState, gone: Option<&str>) -> bool {
+        match self.store.claim_task(task, expected, gone).await {
+            Ok(()) => true,
+            Err(StoreError::Conflict { .. } | StoreError::Claimed { .. }) => {
+                tracing::debug!(task = %task.id, "another process recovered this task first");
+                false
             }
-            // Claim it first (compare-and-set), so two recovering servers cannot both drive it.
-            task.owner = Some(owner::this_process().to_string());
-            match self.store.update_task(&task, TaskState::Queued).await {
-                Ok(()) => {
-                    self.spawn_driver(
-                        task,
-                        Start {
-                            permits: None,
-                            prior: None,
-                        },
-                    );
-                    resumed += 1;
-                }
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "cannot recover a task now; the next sweep tries again");
+                false
             }
         }
-        // Runs last: their steps re-attach to the tasks recovered above.
-        resumed += self.recover_runs().await?;
-        Ok((resumed, failed))
     }
 
     /// Recover now and then every `every`, for as long as the engine lives: a
@@ -468,8 +532,19 @@ impl Engine {
             .cloned()
             .ok_or_else(|| EngineError::UnknownAgent {
                 name: name.to_string(),
-                available: snap.agents.keys().cloned().collect::<Vec<_>>().join(", "),
+                available: snap.available(),
             })
+    }
+
+    /// Which keys `agent`'s runs need and lack (its chain and its auditor's).
+    pub fn key_check(&self, agent: &crate::agent::Agent) -> KeyCheck {
+        KeyCheck::of(agent, &self.registry.snapshot(), &self.providers)
+    }
+
+    /// Per environment variable that should hold a key and does not: the
+    /// provider it is for and the agents whose models use it.
+    pub fn missing_keys(&self) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+        missing_by_variable(&self.registry.snapshot(), &self.providers)
     }
 
     /// Create a task (persisted as `queued`) and start driving it.
@@ -483,7 +558,10 @@ impl Engine {
         self: &Arc<Self>,
         req: Submit,
     ) -> Result<(Task, broadcast::Receiver<TaskEvent>), EngineError> {
-        self.agent(&req.agent)?;
+        let agent = self.agent(&req.agent)?;
+        if let Some(why) = self.key_check(&agent).blocking() {
+            return Err(EngineError::MissingKey(why));
+        }
         input::validate(&req.input)?;
         let depth = match &req.parent_id {
             None => 0,
@@ -535,17 +613,26 @@ impl Engine {
             task.started_at = Some(now_millis());
         }
         self.store.create_task(&task).await?;
+        // From here on the task exists: whatever fails, its driver must
+        // start, or it would stay `queued`/`running` with nothing driving it.
+        // A routing call that cannot be stored now is kept for the commit of
+        // the final state instead.
         let mut prior = Vec::new();
+        let mut unstored = Vec::new();
         for (i, a) in req.routing.iter().flat_map(|r| &r.attempts).enumerate() {
             let mut a = a.clone();
             a.task_id = task.id.clone();
             a.seq = i as u32 + 1;
-            self.store.add_attempt(&a).await?;
+            if let Err(e) = self.store.add_attempt(&a).await {
+                tracing::warn!(task = %task.id, error = %e, "cannot store a routing call yet; it is stored with the outcome");
+                unstored.push(a.clone());
+            }
             prior.push(a);
         }
         let start = Start {
             permits: admitted,
             prior: Some(prior),
+            unstored,
         };
         let (_, events) = self.spawn_driver(task.clone(), start);
         Ok((task, events))

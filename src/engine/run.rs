@@ -93,7 +93,15 @@ pub(super) async fn drive(engine: Arc<Engine>, task: Task, live: Arc<Live>, star
     // Everything after admission lives in its own allocation, made when the
     // task gets its slot: a queued task's future stays a few hundred bytes
     // instead of the size of the whole run (thousands may be queued).
-    Box::pin(run_admitted(engine, task, live, permits, start.prior)).await;
+    Box::pin(run_admitted(
+        engine,
+        task,
+        live,
+        permits,
+        start.prior,
+        start.unstored,
+    ))
+    .await;
 }
 
 /// The driver once a slot is held (or the wait for one was cancelled).
@@ -103,6 +111,7 @@ async fn run_admitted(
     live: Arc<Live>,
     permits: Option<Permits>,
     prior: Option<Vec<Attempt>>,
+    unstored: Vec<Attempt>,
 ) {
     let cancel = live.cancel.clone();
     let publish = |live: &Live, state: TaskState| {
@@ -111,13 +120,18 @@ async fn run_admitted(
     };
     let Some(_permits) = permits else {
         let prior = prior.unwrap_or_default();
+        let closed = Closed {
+            all: prior,
+            held: unstored,
+            writer: None,
+        };
         finish(
             &engine,
             &live,
             task,
             TaskState::Queued,
             Outcome::Cancelled,
-            Closed::of(prior),
+            closed,
         )
         .await;
         return;
@@ -176,6 +190,7 @@ async fn run_admitted(
             .and_then(|v| serde_json::from_value::<AuditTrail>(v).ok()),
     ));
     let attempts = Arc::new(Attempts::new(&engine, &live, prior.clone()));
+    attempts.keep_for_finish(unstored);
     let outcome = {
         let ctx = RunCtx {
             engine: &engine,
@@ -347,6 +362,11 @@ impl Attempts {
             (tx, task)
         });
         tx.send((attempt, ack)).is_ok()
+    }
+
+    /// Attempts already in `all` that the final commit must store.
+    fn keep_for_finish(&self, attempts: Vec<Attempt>) {
+        lock(&self.held).extend(attempts);
     }
 
     /// Keep an attempt for the commit of the final state.
@@ -593,6 +613,14 @@ impl RunCtx<'_> {
     }
 }
 
+/// An agent file's name without its folder: errors reach remote clients,
+/// which must not learn where the project lives.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn timeout_of(engine: &Engine, agent: &Agent) -> Duration {
     agent.timeout.unwrap_or(engine.cfg.default_timeout)
 }
@@ -664,9 +692,9 @@ async fn run_agent(ctx: &RunCtx<'_>) -> Outcome {
         return Outcome::failed(
             FailReason::Invalid,
             format!(
-                "agent `{}` has no model dispatch can call: add `model: provider/model-id` to {}",
+                "agent `{}` has no model dispatch can call: add `model: provider/model-id` to its agent file ({})",
                 agent.name,
-                agent.source.display()
+                file_name(&agent.source)
             ),
         );
     }
@@ -971,8 +999,18 @@ pub struct DryRun {
     pub user: String,
     /// Estimated input tokens.
     pub input_tokens: u64,
-    /// Output tokens assumed for the estimate (`max_tokens` or 1000).
+    /// Output tokens assumed for the estimate: the `max_tokens` the request
+    /// sends, or 1000 when it sends none.
     pub output_tokens: u64,
+    /// The `max_tokens` the request sends (the agent's, else the provider's
+    /// default); absent when it sends none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Variables that should hold keys for this run's models and do not.
+    pub missing_keys: Vec<String>,
+    /// Why the run would fail at once (`missing_key`), if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
     /// Estimated cost on the primary model, USD.
     pub estimated_cost_usd: f64,
     /// Whether the primary model's price is known.
@@ -990,7 +1028,12 @@ pub(super) fn dry_run(
     input::validate(input)?;
     let req = request_for(&agent, input);
     let input_tokens = estimate_request_tokens(&req);
-    let output_tokens = u64::from(agent.max_tokens.unwrap_or(1000));
+    let max_tokens = agent
+        .models
+        .first()
+        .and_then(|m| engine.providers.max_tokens_sent(m, agent.max_tokens));
+    let output_tokens = u64::from(max_tokens.unwrap_or(1000));
+    let keys = engine.key_check(&agent);
     let (cost, known) = match agent.models.first() {
         Some(m) => {
             let c = engine
@@ -1015,5 +1058,8 @@ pub(super) fn dry_run(
         estimated_cost_usd: cost,
         price_known: known,
         mirror: agent.mirror.clone(),
+        max_tokens,
+        missing_keys: keys.missing_vars(),
+        blocked: keys.blocking(),
     })
 }

@@ -77,6 +77,17 @@ impl Engine {
     /// Validate, persist and start a run. Returns at once.
     pub async fn start_run(self: &Arc<Self>, req: RunRequest) -> Result<Run, EngineError> {
         let plan = self.plan(&req.def)?;
+        // A step that could never call its model fails the run before it starts.
+        for step in &req.def.steps {
+            if let Ok(agent) = self.agent(&step.agent)
+                && let Some(why) = self.key_check(&agent).blocking()
+            {
+                return Err(EngineError::MissingKey(format!(
+                    "step `{}`: {why}",
+                    step.id
+                )));
+            }
+        }
         let run = Run {
             id: new_run_id(),
             name: req.def.name.clone().or_else(|| req.agent.clone()),
@@ -160,7 +171,7 @@ impl Engine {
     pub async fn visible_run(&self, id: &str, subject: Option<&str>) -> Result<Run, EngineError> {
         match self.store.get_run(id).await? {
             Some(r) if subject.is_none() || r.subject.as_deref() == subject => Ok(r),
-            _ => Err(EngineError::UnknownTask(id.to_string())),
+            _ => Err(EngineError::UnknownRun(id.to_string())),
         }
     }
 
@@ -257,9 +268,18 @@ impl Engine {
                     continue;
                 }
             };
-            let steps = self.store.steps(&run.id).await?;
+            let steps = match self.store.steps(&run.id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "cannot resume a run now; the next sweep tries again");
+                    continue;
+                }
+            };
             run.owner = Some(owner::this_process().to_string());
-            self.store.put_run(&run).await?;
+            if let Err(e) = self.store.put_run(&run).await {
+                tracing::warn!(run = %run.id, error = %e, "cannot resume a run now; the next sweep tries again");
+                continue;
+            }
             tracing::warn!(run = %run.id, "resuming a workflow run interrupted by a restart");
             self.spawn_run(run, plan, steps);
             resumed += 1;

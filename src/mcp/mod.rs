@@ -3,6 +3,7 @@
 //! ([`crate::app::App`]) and turns every failure into something a model can read.
 
 pub mod resources;
+pub mod schema;
 pub mod tasks;
 pub mod tools;
 pub mod workflows;
@@ -66,6 +67,18 @@ pub struct DispatchServer {
     session_subject: Arc<std::sync::OnceLock<String>>,
     /// Tool calls in flight, so an HTTP shutdown can wait for them.
     calls: Option<TaskTracker>,
+    /// Which transport carries this session.
+    transport: Transport,
+}
+
+/// Which transport a session came in on: what a client may be shown
+/// depends on it (a remote client never sees the server's file paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// stdin/stdout of a local client.
+    Stdio,
+    /// HTTP (Streamable HTTP or legacy SSE), possibly from another machine.
+    Http,
 }
 
 impl DispatchServer {
@@ -79,7 +92,14 @@ impl DispatchServer {
             principal: None,
             session_subject: Arc::new(std::sync::OnceLock::new()),
             calls: None,
+            transport: Transport::Stdio,
         }
+    }
+
+    /// Mark the sessions of this server as coming over `transport`.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// Fix the caller for every request of this session.
@@ -211,6 +231,7 @@ impl ServerHandler for DispatchServer {
             progress_token,
             cancelled: context.ct.clone(),
             subject: principal.map(|p| p.subject),
+            transport: self.transport,
         };
         let ctx = tools::Ctx {
             app: &self.app,

@@ -35,6 +35,8 @@ pub struct CallCtx {
     pub cancelled: CancellationToken,
     /// The authenticated subject (HTTP with OAuth2); `None` on stdio.
     pub subject: Option<String>,
+    /// The transport the call came in on.
+    pub transport: super::Transport,
 }
 
 impl CallCtx {
@@ -45,6 +47,7 @@ impl CallCtx {
             progress_token: None,
             cancelled: CancellationToken::new(),
             subject: None,
+            transport: super::Transport::Stdio,
         }
     }
 }

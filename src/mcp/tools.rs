@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use super::schema::JsonObject;
 use super::tasks::{self, CallCtx};
 use super::workflows;
 use crate::agent::SourceFormat;
@@ -97,9 +98,17 @@ fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
         tracing::error!(tool = name, error = %e, "input schema is not an object");
         rmcp::handler::server::common::schema_for_empty_input()
     });
+    let mut input = Value::Object(JsonObject::clone(&input));
+    super::schema::standard_formats(&mut input);
+    let input = match input {
+        Value::Object(m) => Arc::new(m),
+        _ => rmcp::handler::server::common::schema_for_empty_input(),
+    };
     let mut t = Tool::new(name, description, input);
     t.title = Some(title.to_string());
-    t.output_schema = Some(schema_for_output::<O>());
+    t.output_schema = Some(Arc::new(super::schema::shallow_output(
+        &schema_for_output::<O>(),
+    )));
     t.annotations = Some(annotations.with_title_opt(title));
     t
 }
@@ -360,7 +369,9 @@ pub async fn call(
     match spec.name {
         "agent_list" => {
             let a: AgentListArgs = parse(spec.name, args)?;
-            Ok(ToolReply::json(to_value(agent_list(app, &a))?))
+            Ok(ToolReply::json(to_value(agent_list(
+                app, engine, &a, caller,
+            ))?))
         }
         "agent_run" => tasks::agent_run(engine, parse(spec.name, args)?, caller).await,
         "agent_delegate" => tasks::agent_delegate(engine, parse(spec.name, args)?, caller).await,
@@ -527,7 +538,7 @@ pub struct AgentInfo {
     /// Timeout per attempt in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<f64>,
-    /// The agent file.
+    /// The agent file, relative to the project root.
     pub file: String,
     /// The file's dialect.
     pub format: SourceFormat,
@@ -538,6 +549,23 @@ pub struct AgentInfo {
     /// The system prompt, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// Environment variables that hold no key although this agent's models
+    /// (or its auditor's) need them; a run fails at once with `missing_key`
+    /// when no model of a chain has its key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_keys: Vec<String>,
+}
+
+/// Where the agents came from.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProjectInfo {
+    /// The project root; shown to local (stdio) clients only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// How the root was chosen.
+    pub found_by: String,
+    /// The folders agent files were read from, relative to the root.
+    pub agent_folders: Vec<String>,
 }
 
 /// Result of `agent_list`.
@@ -551,10 +579,13 @@ pub struct AgentListOutput {
     pub warnings: usize,
     /// Reload counter; changes whenever agent files change.
     pub generation: u64,
+    /// The project the agents belong to.
+    pub project: ProjectInfo,
 }
 
-fn agent_list(app: &App, args: &AgentListArgs) -> AgentListOutput {
+fn agent_list(app: &App, engine: &Engine, args: &AgentListArgs, call: &CallCtx) -> AgentListOutput {
     let snap = app.registry.snapshot();
+    let relative = |p: &std::path::Path| app.paths.relative(p).display().to_string();
     let agents = snap
         .agents
         .values()
@@ -570,18 +601,36 @@ fn agent_list(app: &App, args: &AgentListArgs) -> AgentListOutput {
                 tools: a.tools.clone(),
                 workflow: a.is_workflow(),
                 timeout_seconds: a.timeout.map(|d| d.as_secs_f64()),
-                file: a.source.display().to_string(),
+                file: relative(&a.source),
                 format: a.format,
                 stale: l.stale,
-                diagnostics: l.diagnostics.clone(),
+                diagnostics: l
+                    .diagnostics
+                    .iter()
+                    .map(|d| relative_diag(app, d))
+                    .collect(),
                 prompt: args.include_prompts.then(|| a.system_prompt.clone()),
+                missing_keys: engine.key_check(a).missing_vars(),
             }
         })
         .collect();
     AgentListOutput {
         agents,
-        load_errors: snap.errors().cloned().collect(),
+        load_errors: snap.errors().map(|d| relative_diag(app, d)).collect(),
         warnings: snap.diagnostics.iter().filter(|d| !d.is_error()).count(),
         generation: snap.generation,
+        project: ProjectInfo {
+            root: (call.transport == super::Transport::Stdio)
+                .then(|| app.paths.root.display().to_string()),
+            found_by: app.paths.origin.describe(),
+            agent_folders: snap.looked_in.clone(),
+        },
     }
+}
+
+/// A diagnostic whose file is named relative to the project root.
+fn relative_diag(app: &App, d: &Diagnostic) -> Diagnostic {
+    let mut d = d.clone();
+    d.file = app.paths.relative(&d.file).to_path_buf();
+    d
 }

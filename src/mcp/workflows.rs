@@ -69,7 +69,10 @@ pub fn definition(
             let mut def = WorkflowDef::from_json(dag).map_err(|e| {
                 ToolError::Engine(format!(
                     "the `dag` of `{name}` ({}): {e}",
-                    a.source.display()
+                    a.source
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
                 ))
             })?;
             def.name.get_or_insert_with(|| name.to_string());

@@ -138,6 +138,10 @@ impl Provider for AnthropicProvider {
         &self.ep.name
     }
 
+    fn default_max_tokens(&self) -> Option<u32> {
+        Some(ANTHROPIC_DEFAULT_MAX_TOKENS)
+    }
+
     async fn chat(
         &self,
         model: &str,

@@ -173,6 +173,9 @@ pub struct Providers {
     clock: Arc<dyn Clock>,
     sleep: SleepFn,
     metrics: Arc<Metrics>,
+    /// Providers that need a key the environment does not hold, with the
+    /// variable that should hold it.
+    missing_keys: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Providers {
@@ -231,6 +234,7 @@ impl Providers {
             clock: Arc::new(SystemClock),
             sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
             metrics: Arc::new(Metrics::new()),
+            missing_keys: BTreeMap::new(),
         };
         for name in names {
             let settings = custom.get(name).unwrap_or(&default_settings);
@@ -277,10 +281,16 @@ impl Providers {
                 });
             };
             let base_url = validate_base_url(name, &raw_url, &source, kind)?;
+            let key = env_value(&key_env).map(ApiKey::new);
+            if key_required && key.is_none() {
+                providers
+                    .missing_keys
+                    .insert(name.to_string(), key_env.clone());
+            }
             let ep = Endpoint {
                 name: name.to_string(),
                 base_url,
-                key: env_value(&key_env).map(ApiKey::new),
+                key,
                 key_env,
                 key_required,
                 base_url_env,
@@ -347,6 +357,18 @@ impl Providers {
     /// Every provider name, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)
+    }
+
+    /// The environment variable that should hold `provider`'s key, when the
+    /// provider needs one and none is set (calls to it would fail at once).
+    pub fn missing_key(&self, provider: &str) -> Option<&str> {
+        self.missing_keys.get(provider).map(String::as_str)
+    }
+
+    /// The output limit a request to `model` carries: the agent's
+    /// `max_tokens`, else the provider's default, else none.
+    pub fn max_tokens_sent(&self, model: &ModelRef, asked: Option<u32>) -> Option<u32> {
+        asked.or_else(|| self.get(&model.provider)?.default_max_tokens())
     }
 
     /// The price table.

@@ -22,6 +22,10 @@ impl Provider for Limited {
         self.inner.name()
     }
 
+    fn default_max_tokens(&self) -> Option<u32> {
+        self.inner.default_max_tokens()
+    }
+
     async fn chat(
         &self,
         model: &str,

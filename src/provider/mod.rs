@@ -168,6 +168,12 @@ pub trait Provider: Send + Sync {
     /// The provider's name (`openai`, `openrouter`, a custom name, ...).
     fn name(&self) -> &str;
 
+    /// The `max_tokens` sent when a request names none; `None` when the
+    /// field is left out (the model's own limit applies).
+    fn default_max_tokens(&self) -> Option<u32> {
+        None
+    }
+
     /// Send one request to `model` (the id without the provider prefix).
     ///
     /// `timeout` bounds the whole call, from connecting to the last byte of the

@@ -58,6 +58,17 @@ pub trait Store: Send + Sync + 'static {
     /// is always allowed.
     fn update_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()>;
 
+    /// [`Store::update_task`] that also requires the stored owner to be
+    /// `owner` (`None`: no owner): the way a process takes over a task whose
+    /// owner is gone, so that of two processes doing so, only one wins
+    /// ([`StoreError::Claimed`] for the other).
+    fn claim_task<'a>(
+        &'a self,
+        task: &'a Task,
+        expected: TaskState,
+        owner: Option<&'a str>,
+    ) -> StoreFuture<'a, ()>;
+
     /// The task with this id, if there is one.
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
 
@@ -202,6 +213,14 @@ pub enum StoreError {
         expected: TaskState,
         /// The state stored.
         found: TaskState,
+    },
+    /// A claim lost: another process took the task first.
+    #[error("task {id} was taken over by {owner} meanwhile")]
+    Claimed {
+        /// The task.
+        id: TaskId,
+        /// Its owner now.
+        owner: String,
     },
     /// An update asked for a move the state machine forbids.
     #[error("task {id} cannot go from {from} to {to}")]

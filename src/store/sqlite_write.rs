@@ -59,6 +59,12 @@ const UPDATE_TASK: &str = "UPDATE tasks SET state = ?3, started_at = ?9, finishe
      output = ?16, reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, \
      owner = ?22, audit = ?23 WHERE id = ?1 AND state = ?24";
 
+/// [`UPDATE_TASK`] that also requires the stored owner to be `?25`.
+const CLAIM_TASK: &str = "UPDATE tasks SET state = ?3, started_at = ?9, finished_at = ?10, \
+     model = ?11, attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, \
+     output = ?16, reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, \
+     owner = ?22, audit = ?23 WHERE id = ?1 AND state = ?24 AND owner IS ?25";
+
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, provider, model, \
      started_at, latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, \
      cost_source, verdict, revision_message, output) \
@@ -118,6 +124,8 @@ enum Msg {
 pub(super) enum Write {
     CreateTask(TaskRow),
     UpdateTask(TaskRow, TaskState),
+    /// An update that also requires the stored owner (a claim).
+    ClaimTask(TaskRow, TaskState, Option<String>),
     AddAttempt(AttemptRow),
     /// Attempts, then the task's update (together when in a group).
     FinishTask(Vec<AttemptRow>, TaskRow, TaskState),
@@ -205,6 +213,7 @@ impl Write {
         match self {
             Write::CreateTask(t) => format!("create task {}", t.id),
             Write::UpdateTask(t, _) => format!("update task {}", t.id),
+            Write::ClaimTask(t, _, _) => format!("claim task {}", t.id),
             Write::FinishTask(_, t, _) => format!("finish task {}", t.id),
             Write::AddAttempt(a) => format!("record attempt {} of task {}", a.seq, a.task_id),
             Write::PutRun(r) => format!("record run {}", r.id),
@@ -485,6 +494,7 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             Ok(())
         }
         Write::UpdateTask(t, expected) => update_task(conn, t, *expected),
+        Write::ClaimTask(t, expected, owner) => claim_task(conn, t, *expected, owner.as_deref()),
         Write::AddAttempt(a) => insert_attempt(conn, a),
         Write::FinishTask(attempts, t, expected) => {
             for a in attempts {
@@ -515,24 +525,73 @@ fn update_task(conn: &Connection, t: &TaskRow, expected: TaskState) -> Result<()
     if changed == 1 {
         return Ok(());
     }
-    // Nothing matched: tell a missing task from a lost race. Read on
-    // this connection, inside the group, so `found` is the state the
-    // update actually met.
-    let found: Option<String> = conn
-        .prepare_cached("SELECT state FROM tasks WHERE id = ?1")
-        .and_then(|mut s| s.query_row([&t.id], |row| row.get(0)).optional())
-        .map_err(|e| Failure::Database(reason(&e)))?;
-    Err(Failure::Own(match found {
+    Err(why_unchanged(conn, t, expected, None))
+}
+
+/// The update of a task whose state is still `expected` and whose owner is
+/// still `owner`: of two processes claiming it, one wins.
+fn claim_task(
+    conn: &Connection,
+    t: &TaskRow,
+    expected: TaskState,
+    owner: Option<&str>,
+) -> Result<(), Failure> {
+    let expected_name = expected.as_str();
+    let mut values = Vec::with_capacity(25);
+    values.extend_from_slice(&task_values(t));
+    values.push(&expected_name as &dyn ToSql);
+    values.push(&owner as &dyn ToSql);
+    let changed = execute(conn, CLAIM_TASK, &values).map_err(|e| Failure::Database(reason(&e)))?;
+    if changed == 1 {
+        return Ok(());
+    }
+    Err(why_unchanged(conn, t, expected, Some(owner)))
+}
+
+/// Why an update matched nothing: the task is missing, its state moved on,
+/// or (for a claim) another process took it. Read on this connection,
+/// inside the group, so what is found is what the update met.
+fn why_unchanged(
+    conn: &Connection,
+    t: &TaskRow,
+    expected: TaskState,
+    owner: Option<Option<&str>>,
+) -> Failure {
+    let found: Result<Option<(String, Option<String>)>, _> = conn
+        .prepare_cached("SELECT state, owner FROM tasks WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&t.id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        });
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => return Failure::Database(reason(&e)),
+    };
+    Failure::Own(match found {
         None => StoreError::NotFound { id: t.id.clone() },
-        Some(found) => match parse_column(&found, || format!("task {}, column state", t.id)) {
-            Ok(found) => StoreError::Conflict {
-                id: t.id.clone(),
-                expected,
-                found,
-            },
-            Err(corrupt) => corrupt,
-        },
-    }))
+        Some((state, stored_owner)) => {
+            match parse_column(&state, || format!("task {}, column state", t.id)) {
+                Ok(found) if found != expected => StoreError::Conflict {
+                    id: t.id.clone(),
+                    expected,
+                    found,
+                },
+                Ok(found) => match owner {
+                    Some(_) => StoreError::Claimed {
+                        id: t.id.clone(),
+                        owner: stored_owner.unwrap_or_default(),
+                    },
+                    // Same state, yet no match: only a concurrent change explains it.
+                    None => StoreError::Conflict {
+                        id: t.id.clone(),
+                        expected,
+                        found,
+                    },
+                },
+                Err(corrupt) => corrupt,
+            }
+        }
+    })
 }
 
 /// The insert of one attempt.

@@ -1093,3 +1093,87 @@ async fn the_wal_is_checkpointed_beside_the_writer() {
     }
     store.close().await.unwrap();
 }
+
+/// The embedded migrations are exactly the files under `migrations/`, in
+/// version order, each named `NNNN_words.sql` with its words as description.
+#[test]
+fn embedded_migrations_match_the_folder() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
+        .expect("migrations folder")
+        .map(|e| {
+            let e = e.expect("entry");
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".sql").expect("only .sql files");
+            let (version, words) = stem.split_once('_').expect("NNNN_words.sql");
+            let sql = std::fs::read_to_string(e.path()).expect("read");
+            (
+                version.parse().expect("numeric version"),
+                words.replace('_', " "),
+                sql,
+            )
+        })
+        .collect();
+    files.sort();
+    let embedded: Vec<(i64, String, String)> = sqlite::MIGRATIONS
+        .iter()
+        .map(|&(v, d, s)| (v, d.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(embedded, files);
+}
+
+#[tokio::test]
+async fn a_claim_needs_the_state_and_the_owner() {
+    let store = memory().await;
+    let mut t = Task::new("a", json!("x"));
+    t.owner = Some("gone".into());
+    store.create_task(&t).await.unwrap();
+    let mut mine = t.clone();
+    mine.owner = Some("me".into());
+    let e = store
+        .claim_task(&mine, TaskState::Queued, Some("someone-else"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Claimed { ref owner, .. } if owner == "gone"),
+        "{e}"
+    );
+    let e = store
+        .claim_task(&mine, TaskState::Running, Some("gone"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    store
+        .claim_task(&mine, TaskState::Queued, Some("gone"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_task(&t.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("me")
+    );
+    // The second claimant of the same gone owner loses.
+    let e = store
+        .claim_task(&mine, TaskState::Queued, Some("gone"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Claimed { .. }), "{e}");
+    let mut unowned = Task::new("a", json!("y"));
+    unowned.owner = None;
+    store.create_task(&unowned).await.unwrap();
+    store
+        .claim_task(&mine_of(&unowned), TaskState::Queued, None)
+        .await
+        .unwrap();
+}
+
+fn mine_of(t: &Task) -> Task {
+    let mut m = t.clone();
+    m.owner = Some("me".into());
+    m
+}

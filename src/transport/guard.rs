@@ -351,6 +351,21 @@ pub async fn authorize(
     let closing = (mcp && parts.method == Method::DELETE)
         .then_some(session)
         .flatten();
+    // rmcp answers 202 to a DELETE of any session id, live or not; a client
+    // should learn that the session it names is gone, as a POST would.
+    if let Some(id) = &closing
+        && !shared
+            .mcp_sessions
+            .sessions
+            .read()
+            .await
+            .contains_key(id.as_str())
+    {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "no such MCP session: it has ended or never existed; start a new one with initialize",
+        );
+    }
     if is_post && let Some(limiter) = &shared.limiter {
         let key = match &principal {
             Some(p) => format!("sub:{}", p.subject),

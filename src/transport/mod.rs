@@ -101,6 +101,7 @@ impl Shared {
         )
         .with_principal(principal)
         .with_call_tracker(self.calls.clone())
+        .with_transport(crate::mcp::Transport::Http)
     }
 }
 

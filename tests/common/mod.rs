@@ -173,6 +173,22 @@ pub async fn connect_with(project: &Project, spawn: Spawn) -> Client {
     let mut cmd = Command::new(bin());
     cmd.arg("serve").arg("--root").arg(project.root());
     spawn.apply(&mut cmd);
+    connect_cmd(cmd).await
+}
+
+/// `dispatch serve` started in the folder `cwd` without `--root`: the
+/// server finds its project from there.
+pub async fn connect_in(cwd: &Path, spawn: Spawn) -> Client {
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .current_dir(cwd)
+        .env_remove("DISPATCH_ROOT");
+    spawn.apply(&mut cmd);
+    connect_cmd(cmd).await
+}
+
+/// Spawn `cmd` (a `dispatch serve` command line) and connect to it.
+pub async fn connect_cmd(mut cmd: Command) -> Client {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
