@@ -7,7 +7,9 @@
 //! folder: the newest release and the newest 1.x (whose `call_tool` compiled
 //! the output schema on every call). Runs alternate between the two; each
 //! prints p50/p95/p99 of the calls (after 10 warm-up calls) and the client's
-//! CPU time per call. Loopback only. Run: `cargo bench --bench python_client`.
+//! CPU time per call. With `DISPATCH_BENCH_OLD_BIN=PATH`, each run also
+//! drives that binary (an older build), interleaved with this one. Loopback
+//! only. Run: `cargo bench --bench python_client`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -36,9 +38,17 @@ fn main() {
             .collect();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python/agent_run.py");
         println!("== 200 sequential agent_run calls from the Python mcp SDK over stdio");
-        let mut p50s: Vec<(&str, Vec<f64>)> = venvs.iter().map(|(l, _)| (*l, Vec::new())).collect();
+        let mut servers = vec![("this build", env!("CARGO_BIN_EXE_dispatch").to_string())];
+        if let Ok(old) = std::env::var("DISPATCH_BENCH_OLD_BIN") {
+            servers.push(("old build", old));
+        }
+        let mut p50s: Vec<(String, Vec<f64>)> = Vec::new();
         for run in 0..RUNS {
-            for (i, (label, venv)) in venvs.iter().enumerate() {
+            for (i, (label, venv, server, bin)) in venvs
+                .iter()
+                .flat_map(|(l, v)| servers.iter().map(move |(s, b)| (*l, v, *s, b.clone())))
+                .enumerate()
+            {
                 let python = venv.join("bin/python");
                 let base = fake.base_url_openai();
                 let out = tokio::task::spawn_blocking({
@@ -47,7 +57,7 @@ fn main() {
                     move || {
                         Command::new(python)
                             .arg(script)
-                            .arg(env!("CARGO_BIN_EXE_dispatch"))
+                            .arg(bin)
                             .args(["serve", "--root"])
                             .arg(root)
                             .env("OPENAI_BASE_URL", base)
@@ -75,7 +85,7 @@ fn main() {
                 ms.sort_by(f64::total_cmp);
                 let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
                 println!(
-                    "  run {} mcp {} ({label}): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; client CPU {:.2} ms/call; tools/list {} bytes",
+                    "  run {} {server}, mcp {} ({label}): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; client CPU {:.2} ms/call; tools/list {} bytes",
                     run + 1,
                     v["mcp"].as_str().unwrap_or("?"),
                     pct(0.5),
@@ -84,6 +94,9 @@ fn main() {
                     v["client_cpu_ms_per_call"].as_f64().unwrap_or(0.0),
                     v["tools_list_bytes"]
                 );
+                if p50s.len() <= i {
+                    p50s.push((format!("{server}, mcp {label}"), Vec::new()));
+                }
                 p50s[i].1.push(pct(0.5));
             }
         }

@@ -124,6 +124,7 @@ impl App {
             agent_limits: c.limits.agents.clone(),
             queue_capacity: c.limits.queue,
             max_depth: c.limits.max_depth,
+            max_answer_bytes: c.limits.max_answer_bytes.max(1024),
             max_requeues: c.recovery.max_requeues,
             default_timeout: Duration::from_secs(c.resilience.default_timeout_secs.max(1)),
             router: RouterConfig {

@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -326,15 +327,23 @@ fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .watch_kb(kb_tx.clone())
             .inspect_err(|e| tracing::warn!(error = %e, "not watching the knowledge base"))
             .ok();
+        let grace = Duration::from_secs(app.config.http.shutdown_grace_secs);
         match args.http {
-            None => crate::mcp::serve_stdio(app, engine, kb_tx).await?,
+            None => crate::mcp::serve_stdio(app, engine.clone(), kb_tx).await?,
             Some(addr) => {
                 let opts = crate::transport::HttpOptions {
                     addr,
                     allow_unauthenticated: args.allow_unauthenticated,
                 };
-                crate::transport::serve_http(app, engine, kb_tx, opts, shutdown_signal()).await?;
+                crate::transport::serve_http(app, engine.clone(), kb_tx, opts, shutdown_signal())
+                    .await?;
             }
+        }
+        // Tasks still running get the grace period to finish and be stored;
+        // the rest are stored as queued for the next start.
+        engine.shutdown(grace).await;
+        if let Err(e) = engine.store().close().await {
+            tracing::warn!(error = %e, "closing the task store");
         }
         Ok(ExitCode::SUCCESS)
     })

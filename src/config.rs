@@ -354,6 +354,9 @@ pub struct LimitsConfig {
     pub queue: usize,
     /// Deepest delegation chain.
     pub max_depth: u32,
+    /// Longest answer a tool result carries, in bytes; a longer one is cut
+    /// there with a note, and the outbox file keeps the whole answer.
+    pub max_answer_bytes: usize,
     /// Per-agent overrides of `per_agent`.
     pub agents: BTreeMap<String, usize>,
     /// Per-provider overrides of `per_provider`.
@@ -368,6 +371,7 @@ impl Default for LimitsConfig {
             per_provider: 32,
             queue: 10_000,
             max_depth: 3,
+            max_answer_bytes: 4 * 1024 * 1024,
             agents: BTreeMap::new(),
             providers: BTreeMap::new(),
         }

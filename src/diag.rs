@@ -88,15 +88,40 @@ impl Diagnostic {
 }
 
 impl fmt::Display for Diagnostic {
+    /// One line, always: a line break in the message (a YAML error can carry
+    /// one) is written as `\n`, so editors and CI logs still see
+    /// `file:line:col: ...` at the start of every diagnostic.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display().to_string();
         write!(
             f,
             "{}:{}:{}: {}: {}",
-            self.file.display(),
+            one_line(&file),
             self.line,
             self.column,
             self.severity,
-            self.message
+            one_line(&self.message)
         )
+    }
+}
+
+fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\n', '\r']) {
+        s.replace("\r\n", "\\n").replace(['\n', '\r'], "\\n").into()
+    } else {
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diagnostic_is_one_line() {
+        let d = Diagnostic::error("a\nb.agent.md", 3, 1, "first\r\nsecond\nthird");
+        let s = d.to_string();
+        assert_eq!(s, "a\\nb.agent.md:3:1: error: first\\nsecond\\nthird");
+        assert_eq!(s.lines().count(), 1);
     }
 }

@@ -291,3 +291,24 @@ async fn a_stored_run_that_no_longer_validates_is_explained_in_words() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no workflow run `run-nope`"), "{err}");
 }
+
+#[test]
+fn check_finds_invalid_workflows_with_their_position() {
+    let p = Project::new();
+    p.write_agent("ok.agent.md", &agent_file("ok", "openai/gpt-4o"));
+    p.write_agent(
+        "wf.agent.md",
+        "---\nname: wf\ndescription: a broken workflow\ndag:\n  steps:\n    - {id: a, agent: nobody}\n    - {id: b, agent: ok, depends_on: [c]}\n    - {id: c, agent: ok, depends_on: [b]}\n    - {id: e, agent: ok}\n    - {id: e, agent: ok}\n    - {id: d, agent: ok, input: \"{{zzz.output}}\"}\n---\n",
+    );
+    let o = run(&["agents", "check"], &p);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    let wf = p.root().join("agents/wf.agent.md");
+    let at = format!("{}:4:1: error: invalid workflow in `dag`: ", wf.display());
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&at)).collect();
+    let all = lines.join("\n");
+    for needle in ["unknown agent `nobody`", "cycle", "duplicate", "zzz"] {
+        assert!(all.contains(needle), "{needle} missing:\n{out}");
+    }
+    assert!(out.contains("1 agent(s) loaded from 2 file(s)"), "{out}");
+}

@@ -1013,3 +1013,39 @@ async fn anthropic_streams_and_reports_usage() {
     assert_eq!(req.body["stream"], true);
     c.close().await;
 }
+
+/// A 9 MiB answer: the tool result and the task carry the first
+/// `max_answer_bytes` with a note, and the outbox file has all of it.
+#[tokio::test]
+async fn a_huge_answer_is_cut_in_results_and_whole_in_the_outbox() {
+    let fx = Fx::new(
+        &[("big", &agent("openai/gpt-4o-mini"))],
+        "[limits]\nmax_answer_bytes = 100000\n",
+    )
+    .await;
+    let answer: String = "ü".repeat(9 * 1024 * 1024 / 2);
+    fx.fake.set_default(Behavior::reply(&answer));
+    let c = fx.connect().await;
+    let v = run(&c, "big", json!("x")).await;
+    assert_eq!(v["state"], "succeeded", "{}", v["error"]);
+    let out = v["output"].as_str().unwrap();
+    let kb_path = v["kb_path"].as_str().unwrap();
+    assert!(out.len() < 101_000, "{}", out.len());
+    assert!(out.starts_with("üüü"));
+    assert!(
+        out.contains(&format!(
+            "the answer is {} bytes; this is its first 100000",
+            answer.len()
+        )) && out.contains(kb_path),
+        "{}",
+        &out[out.len() - 400..]
+    );
+    let file = std::fs::read_to_string(fx.p.kb().join(kb_path)).unwrap();
+    assert!(
+        file.contains(&answer),
+        "the outbox file has the whole answer"
+    );
+    let r = c.ok("task_result", json!({"task_id": v["task_id"]})).await;
+    assert_eq!(r["output"], v["output"]);
+    c.close().await;
+}

@@ -262,6 +262,23 @@ async fn failures_skip_descendants_unless_continue_on_error() {
         .unwrap();
     assert_eq!(user_msg(&c_req), "after a: []");
 
+    // A failure nothing depends on is still a failure: a lone step, the
+    // last step of a chain, a fan-out leaf. Only tolerated ones are partial.
+    for def in [
+        json!({"steps": [{"id": "a", "agent": "a"}]}),
+        json!({"steps": [
+            {"id": "e", "agent": "e"},
+            {"id": "a", "agent": "a", "depends_on": ["e"]}]}),
+        json!({"steps": [
+            {"id": "e", "agent": "e"},
+            {"id": "c", "agent": "c", "depends_on": ["e"]},
+            {"id": "a", "agent": "a", "depends_on": ["e"]}]}),
+    ] {
+        let run = wf(&c, def.clone(), json!("x")).await;
+        assert_eq!(run["state"], "failed", "{def}: {run:#}");
+        assert!(run["error"].as_str().unwrap().contains("a:"), "{run:#}");
+    }
+
     // A step's own retry runs its task again.
     fx.fake.clear_model("m-a");
     fx.fake

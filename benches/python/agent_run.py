@@ -17,6 +17,15 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 CALLS = int(os.environ.get("CALLS", "200"))
+
+
+def is_error(r) -> bool:
+    # The SDK renamed its fields in 2.0 (isError -> is_error).
+    return bool(getattr(r, "is_error", getattr(r, "isError", False)))
+
+
+def structured(r) -> dict:
+    return getattr(r, "structured_content", None) or getattr(r, "structuredContent", None)
 WARMUP = 10
 
 
@@ -32,15 +41,15 @@ async def main() -> None:
             args = {"agent": "a", "input": "hello", "wait_seconds": 30}
             for _ in range(WARMUP):
                 r = await session.call_tool("agent_run", args)
-                assert not r.isError, r
+                assert not is_error(r), r
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             times = []
             for _ in range(CALLS):
                 t0 = time.perf_counter()
                 r = await session.call_tool("agent_run", args)
                 times.append((time.perf_counter() - t0) * 1000.0)
-                assert not r.isError, r
-                assert r.structuredContent["state"] == "succeeded", r.structuredContent
+                assert not is_error(r), r
+                assert structured(r)["state"] == "succeeded", structured(r)
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     import mcp as _m  # noqa: F401
 

@@ -30,9 +30,10 @@ pub struct Entry {
 /// defining one name, that one keeps it; otherwise neither does.
 pub fn check_set(entries: &mut [Entry], holders: &BTreeMap<String, PathBuf>) {
     check_duplicates(entries, holders);
-    // Removing an agent can break a mirror that named it, so repeat until stable.
+    // Removing an agent can break a mirror or a workflow step that named
+    // it, so repeat until stable.
     loop {
-        let removed = check_mirrors(entries);
+        let removed = check_mirrors(entries) + check_workflows(entries);
         if removed == 0 {
             break;
         }
@@ -143,6 +144,43 @@ fn check_mirrors(entries: &mut [Entry]) -> usize {
             e.agent = None;
             removed += 1;
         }
+    }
+    removed
+}
+
+/// Workflow agents' `dag:` must be a valid workflow of loaded agents (every
+/// problem `workflow_run` would find, found at load). Returns how many
+/// agents were removed.
+fn check_workflows(entries: &mut [Entry]) -> usize {
+    let names: HashSet<String> = entries
+        .iter()
+        .filter_map(|e| e.agent.as_ref().map(|a| a.name.clone()))
+        .collect();
+    let mut removed = 0;
+    for e in entries.iter_mut() {
+        let Some(agent) = &e.agent else { continue };
+        let Some(dag) = &agent.dag else { continue };
+        let (l, c) = agent.position("dag");
+        let problems: Vec<String> = match crate::workflow::WorkflowDef::from_json(dag) {
+            Err(msg) => vec![msg],
+            Ok(def) => match crate::workflow::validate(&def, &|a| names.contains(a)) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.iter().map(ToString::to_string).collect(),
+            },
+        };
+        if problems.is_empty() {
+            continue;
+        }
+        for p in problems {
+            e.diagnostics.push(Diagnostic::error(
+                &e.file,
+                l,
+                c,
+                format!("invalid workflow in `dag`: {p}"),
+            ));
+        }
+        e.agent = None;
+        removed += 1;
     }
     removed
 }

@@ -59,6 +59,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Deepest `parent_task_id` chain `agent_delegate` accepts.
     pub max_depth: u32,
+    /// Longest answer kept in a task's output (the outbox file has it whole).
+    pub max_answer_bytes: usize,
     /// Times a task interrupted by a crash is re-queued before it fails.
     pub max_requeues: u32,
     /// Per-attempt timeout for agents that name none.
@@ -79,6 +81,7 @@ impl Default for EngineConfig {
             agent_limits: BTreeMap::new(),
             queue_capacity: 10_000,
             max_depth: 3,
+            max_answer_bytes: 4 * 1024 * 1024,
             max_requeues: 1,
             default_timeout: crate::provider::DEFAULT_REQUEST_TIMEOUT,
             router: RouterConfig::default(),
@@ -122,6 +125,9 @@ pub enum EngineError {
         /// The limit.
         limit: u32,
     },
+    /// The server is stopping.
+    #[error("the server is shutting down: retry on the next start")]
+    ShuttingDown,
     /// No model of a chain the run needs has a key.
     #[error("missing_key: {0}")]
     MissingKey(String),
@@ -267,6 +273,12 @@ pub struct Engine {
     waiting: AtomicUsize,
     live: Mutex<HashMap<TaskId, Arc<Live>>>,
     shutdown: CancellationToken,
+    /// Set when the process is stopping: no new work is admitted, and a
+    /// client going away no longer cancels the tasks it started.
+    stopping: CancellationToken,
+    /// Set when the grace period is over: drivers still running store their
+    /// task as `queued` (not counted as a crash) and stop.
+    requeue_now: CancellationToken,
     sampler: audit::Sampler,
     runs: Mutex<HashMap<String, Arc<workflow::LiveRun>>>,
     metrics: Arc<Metrics>,
@@ -323,6 +335,8 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+            requeue_now: CancellationToken::new(),
             sampler: audit::Sampler::new(cfg_seed),
             runs: Mutex::new(HashMap::new()),
             metrics,
@@ -511,10 +525,12 @@ impl Engine {
     pub fn spawn_recovery_sweep(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
         let stop = self.shutdown.clone();
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = stopping.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
                 let Some(engine) = weak.upgrade() else { return };
@@ -558,6 +574,9 @@ impl Engine {
         self: &Arc<Self>,
         req: Submit,
     ) -> Result<(Task, broadcast::Receiver<TaskEvent>), EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::ShuttingDown);
+        }
         let agent = self.agent(&req.agent)?;
         if let Some(why) = self.key_check(&agent).blocking() {
             return Err(EngineError::MissingKey(why));
@@ -904,6 +923,65 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// The process is stopping: refuse new work, and let tasks in flight
+    /// finish (see [`Engine::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
+    }
+
+    /// True once [`Engine::begin_shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// A graceful stop (stdin closed, SIGTERM): no new work is admitted and
+    /// queued tasks stay queued; running tasks get `grace` to finish and be
+    /// stored; those still running then are stored back as `queued`, their
+    /// calls so far kept, without counting as a crash (`requeues`), for the
+    /// next start to resume. Returns how many were re-queued.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.begin_shutdown();
+        let running = || {
+            self.live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|l| !l.state.borrow().is_terminal())
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        let now_running = running();
+        if now_running > 0 {
+            tracing::info!(
+                tasks = now_running,
+                "shutting down: waiting up to {} s for the running tasks to finish",
+                grace.as_secs()
+            );
+        }
+        while running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = running();
+        if left > 0 {
+            tracing::info!(
+                tasks = left,
+                "shutting down: storing the tasks still running as queued; they resume at the next start"
+            );
+        }
+        self.requeue_now.cancel();
+        // Drivers store and let go within moments; bound the wait anyway.
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.drivers() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        left
+    }
+
+    /// Drivers alive in this process.
+    fn drivers(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Cancel every live task (used at shutdown by one-shot commands).

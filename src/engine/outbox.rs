@@ -64,8 +64,9 @@ pub fn path_for(task: &Task) -> String {
     format!("outbox/{}-{}.md", task.agent, task.id)
 }
 
-/// Render the outbox document.
-pub fn render(task: &Task, attempts: &[Attempt]) -> String {
+/// Render the outbox document; `full_output` replaces the task's (cut)
+/// output when given.
+pub fn render(task: &Task, full_output: Option<&str>, attempts: &[Attempt]) -> String {
     let trail: Option<AuditTrail> = task
         .audit
         .clone()
@@ -130,7 +131,7 @@ pub fn render(task: &Task, attempts: &[Attempt]) -> String {
         doc.push_str(task.reason.map_or("failed", |r| r.as_str()));
         doc.push_str("); it is kept for reference.\n\n");
     }
-    doc.push_str(task.output.as_deref().unwrap_or("(none)"));
+    doc.push_str(full_output.or(task.output.as_deref()).unwrap_or("(none)"));
     doc.push('\n');
     if let Some(t) = &trail {
         doc.push_str(&format!(
@@ -171,14 +172,16 @@ pub fn render(task: &Task, attempts: &[Attempt]) -> String {
 }
 
 /// Write the outbox file (atomically) and return its KB-relative path.
+/// `full_output` is the whole answer when the task's output was cut.
 /// `attempts` are the task's attempts, in order (the driver keeps them, so
 /// the file needs no read of the store).
 pub async fn write(
     engine: &Arc<Engine>,
     task: &Task,
+    full_output: Option<&str>,
     attempts: &[Attempt],
 ) -> Result<String, String> {
-    let doc = render(task, attempts);
+    let doc = render(task, full_output, attempts);
     let path = path_for(task);
     let kb = engine.kb.clone();
     let p = path.clone();

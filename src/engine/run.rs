@@ -33,6 +33,8 @@ enum Outcome {
         model: Option<String>,
     },
     Cancelled,
+    /// The process stopped while the task ran: stored back as `queued`.
+    Requeued,
 }
 
 impl Outcome {
@@ -81,9 +83,16 @@ pub(super) async fn drive(engine: Arc<Engine>, task: Task, live: Arc<Live>, star
         Some(p) => Some(p),
         None => {
             let cancel = live.cancel.clone();
+            let stopping = engine.stopping.clone();
             let permits = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => None,
+                // The process is stopping: a queued task stays queued in the
+                // store, for the next start, without a call made.
+                _ = stopping.cancelled() => {
+                    engine.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
                 p = engine.admit(&task.agent) => Some(p),
             };
             engine.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -201,9 +210,11 @@ async fn run_admitted(
             prior,
             trail: trail.clone(),
         };
+        let requeue = engine.requeue_now.clone();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Outcome::Cancelled,
+            _ = requeue.cancelled() => Outcome::Requeued,
             o = run_agent(&ctx) => o,
         }
     };
@@ -213,7 +224,35 @@ async fn run_admitted(
     }
     drop(running);
     let attempts = attempts.close();
+    if let Outcome::Requeued = outcome {
+        requeue(&engine, &live, task, attempts).await;
+        return;
+    }
     finish(&engine, &live, task, TaskState::Running, outcome, attempts).await;
+}
+
+/// Store a task the stopping process could not finish as `queued`, with the
+/// calls made so far, so the next start resumes it (not counted as a crash:
+/// `requeues` stays, and no owner holds it).
+async fn requeue(engine: &Arc<Engine>, live: &Live, mut task: Task, attempts: Closed) {
+    let Closed { held, writer, .. } = attempts;
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
+    task.state = TaskState::Queued;
+    task.started_at = None;
+    task.owner = None;
+    match engine
+        .store
+        .finish_task(&task, TaskState::Running, &held)
+        .await
+    {
+        Ok(()) => tracing::info!(task = %task.id, "stored as queued for the next start"),
+        Err(e) => {
+            tracing::warn!(task = %task.id, error = %e, "cannot store a task as queued; the next start recovers it")
+        }
+    }
+    live.state.send_replace(TaskState::Queued);
 }
 
 /// Persist the final state (after writing the outbox file) and publish it.
@@ -256,11 +295,20 @@ async fn finish(
             task.reason = Some(FailReason::Cancelled);
             task.error = Some("cancelled by the client".into());
         }
+        Outcome::Requeued => {
+            // `run_admitted` stores these with `requeue`; never a final state.
+            task.state = TaskState::Failed;
+            task.reason = Some(FailReason::Internal);
+            task.error = Some("a stopped task reached the final commit".into());
+        }
     }
     let Closed { all, held, writer } = attempts;
+    // The outbox file has the whole answer; the task (and every tool result)
+    // at most `max_answer_bytes` of it, with a note saying where the rest is.
+    let full = cut_answer(&mut task, engine.cfg.max_answer_bytes);
     let outbox = async {
         if task.output.is_some() {
-            return Some(outbox::write(engine, &task, &all).await);
+            return Some(outbox::write(engine, &task, full.as_deref(), &all).await);
         }
         None
     };
@@ -300,6 +348,29 @@ async fn finish(
         cost_usd = task.cost_usd,
         "task finished"
     );
+}
+
+/// Cut `task.output` to `limit` bytes (at a character boundary) with a note
+/// naming the outbox file; returns the whole answer when it was cut.
+fn cut_answer(task: &mut Task, limit: usize) -> Option<String> {
+    let path = outbox::path_for(task);
+    let out = task.output.as_mut()?;
+    if out.len() <= limit {
+        return None;
+    }
+    let mut end = limit;
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    let whole = out.clone();
+    out.truncate(end);
+    out.push_str(&format!(
+        "\n\n[dispatch: the answer is {} bytes; this is its first {end} ([limits] max_answer_bytes). \
+         The whole answer is in the knowledge base at {}: read it with kb_read, page by page with `offset`.]",
+        whole.len(),
+        path
+    ));
+    Some(whole)
 }
 
 /// An attempt on its way to the store, with an acknowledgement for the

@@ -296,6 +296,28 @@ impl Engine {
     }
 }
 
+/// How a run ended: `partial` only when every failure was tolerated
+/// (`continue_on_error`); a failure that was not, even of a step nothing
+/// depends on, fails the run.
+fn final_state(cancelled: bool, plan: &Plan, steps: &[StepRecord]) -> RunState {
+    let failed = |s: &&StepRecord| s.state == StepState::Failed;
+    let tolerated = |s: &&StepRecord| {
+        plan.index_of(&s.step_id)
+            .is_some_and(|i| plan.step(i).continue_on_error)
+    };
+    if cancelled {
+        RunState::Cancelled
+    } else if steps.iter().any(|s| s.state == StepState::Skipped)
+        || steps.iter().filter(failed).any(|s| !tolerated(&s))
+    {
+        RunState::Failed
+    } else if steps.iter().any(|s| s.state == StepState::Failed) {
+        RunState::Partial
+    } else {
+        RunState::Succeeded
+    }
+}
+
 /// The coordinator of one run.
 async fn coordinate(
     engine: Arc<Engine>,
@@ -473,15 +495,7 @@ async fn coordinate(
         skip(&engine, &live, &mut steps[d], why.to_string()).await;
     }
 
-    run.state = if cancelled {
-        RunState::Cancelled
-    } else if steps.iter().any(|s| s.state == StepState::Skipped) {
-        RunState::Failed
-    } else if steps.iter().any(|s| s.state == StepState::Failed) {
-        RunState::Partial
-    } else {
-        RunState::Succeeded
-    };
+    run.state = final_state(cancelled, &plan, &steps);
     run.error = match run.state {
         RunState::Cancelled => Some("cancelled by the client".into()),
         RunState::Failed | RunState::Partial => {
@@ -582,6 +596,11 @@ async fn run_step(
                     ..Submit::default()
                 })
                 .await;
+            if let Err(EngineError::ShuttingDown) = submitted {
+                // The step stays recorded as started with this task id; the
+                // next start submits it. Nothing more happens in this process.
+                std::future::pending::<()>().await;
+            }
             if let Err(e) = submitted {
                 return Finished {
                     idx,

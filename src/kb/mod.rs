@@ -42,6 +42,10 @@ pub const MAX_READ_LIMIT: u64 = 1024 * 1024;
 pub const MAX_RESOURCE_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest file [`Kb::write`] produces, appends included.
 pub const MAX_WRITE_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest file [`Kb::write_derived`] produces: an outbox file holds the
+/// whole answer (up to the 32 MiB a provider answer may have) with its input
+/// and header, however much of it a tool result shows.
+pub const MAX_DERIVED_BYTES: u64 = 64 * 1024 * 1024;
 /// Files larger than this are skipped by [`Kb::search`] (and counted).
 pub const MAX_SEARCH_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Default and maximum number of entries in one [`Kb::list`].
@@ -134,19 +138,20 @@ impl Kb {
         content: &str,
         mode: WriteMode,
     ) -> Result<WriteOutcome, KbError> {
-        write::write(self, rel, content, mode, true)
+        write::write(self, rel, content, mode, write::Origin::Client)
     }
 
     /// Like [`Kb::write`] (atomic, same checks) but without forcing the data to
     /// disk: for files derived from the task store (outbox, sessions), which
-    /// the store can always reproduce. Saves two fsyncs per file.
+    /// the store can always reproduce. Saves two fsyncs per file. Files may
+    /// be up to [`MAX_DERIVED_BYTES`].
     pub fn write_derived(
         &self,
         rel: &str,
         content: &str,
         mode: WriteMode,
     ) -> Result<WriteOutcome, KbError> {
-        write::write(self, rel, content, mode, false)
+        write::write(self, rel, content, mode, write::Origin::Derived)
     }
 
     /// Lists a folder (or describes a single file), sorted by path.

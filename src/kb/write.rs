@@ -14,7 +14,7 @@ use tempfile::NamedTempFile;
 
 use super::error::io_message;
 use super::path::{self, RelPath};
-use super::{Kb, KbError, MAX_WRITE_BYTES, WriteMode, WriteOutcome};
+use super::{Kb, KbError, MAX_DERIVED_BYTES, MAX_WRITE_BYTES, WriteMode, WriteOutcome};
 
 /// Serialises writes made by this process. Append is read-modify-write, so
 /// two concurrent appends (two agents logging to one file) would otherwise
@@ -22,13 +22,29 @@ use super::{Kb, KbError, MAX_WRITE_BYTES, WriteMode, WriteOutcome};
 /// lock costs nothing. Other processes are not covered.
 static WRITE_LOCK: Mutex<()> = Mutex::new(());
 
+/// Who a write is for, which sets its size limit and durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A client's or a model's `kb_write`: flushed to disk, up to
+    /// [`MAX_WRITE_BYTES`].
+    Client,
+    /// A file the store can reproduce (outbox, sessions): not flushed, up to
+    /// [`MAX_DERIVED_BYTES`].
+    Derived,
+}
+
 pub(super) fn write(
     kb: &Kb,
     rel: &str,
     content: &str,
     mode: WriteMode,
-    durable: bool,
+    origin: Origin,
 ) -> Result<WriteOutcome, KbError> {
+    let durable = origin == Origin::Client;
+    let limit = match origin {
+        Origin::Client => MAX_WRITE_BYTES,
+        Origin::Derived => MAX_DERIVED_BYTES,
+    };
     let parsed = RelPath::parse(rel)?;
     let (Some((name, folder)), false) = (parsed.parts().split_last(), parsed.is_root()) else {
         return Err(KbError::EmptyPath);
@@ -38,9 +54,9 @@ pub(super) fn write(
     let too_large = |size| KbError::ContentTooLarge {
         path: rel.clone(),
         size,
-        limit: MAX_WRITE_BYTES,
+        limit,
     };
-    if new_len > MAX_WRITE_BYTES {
+    if new_len > limit {
         return Err(too_large(new_len));
     }
     let io_err = |action, e: &io::Error| KbError::from_io(e, action, &rel);
@@ -114,15 +130,15 @@ pub(super) fn write(
     let old = match (&existing, mode) {
         (Some(meta), WriteMode::Append) => {
             let total = meta.len().saturating_add(new_len);
-            if total > MAX_WRITE_BYTES {
+            if total > limit {
                 return Err(too_large(total));
             }
-            read_capped(&target).map_err(|e| io_err("read", &e))?
+            read_capped(&target, limit).map_err(|e| io_err("read", &e))?
         }
         _ => Vec::new(),
     };
     let total = old.len() as u64 + new_len;
-    if total > MAX_WRITE_BYTES {
+    if total > limit {
         // The file grew between the size check and the read.
         return Err(too_large(total));
     }
@@ -238,11 +254,9 @@ pub(super) fn identity(_: &fs::Metadata) -> Option<(u64, u64)> {
 
 /// Reads a whole existing file, refusing (rather than loading) one that has
 /// grown past the write cap.
-fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
+fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    File::open(path)?
-        .take(MAX_WRITE_BYTES + 1)
-        .read_to_end(&mut buf)?;
+    File::open(path)?.take(limit + 1).read_to_end(&mut buf)?;
     Ok(buf)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod resources;
 pub mod schema;
+pub mod stdio;
 pub mod tasks;
 pub mod tools;
 pub mod workflows;
@@ -361,14 +362,22 @@ impl ServerHandler for DispatchServer {
     }
 }
 
-/// Serve MCP over stdin/stdout until the client closes stdin.
+/// Serve MCP over stdin/stdout until the client closes stdin. Every line
+/// gets an answer, bad ones a JSON-RPC error ([`stdio`]). When stdin ends,
+/// the engine starts its shutdown at once, so the requests cut off by the
+/// closing connection do not cancel the tasks they started: those finish or
+/// are stored for the next start (see [`Engine::shutdown`]).
 pub async fn serve_stdio(
     app: Arc<App>,
     engine: Arc<Engine>,
     kb_changes: broadcast::Sender<()>,
 ) -> Result<(), ServeError> {
+    let stopping = engine.clone();
+    let io = stdio::start(tokio::io::stdin(), tokio::io::stdout(), move || {
+        stopping.begin_shutdown()
+    });
     let server = DispatchServer::new(app, engine, kb_changes);
-    let running = match server.serve(rmcp::transport::stdio()).await {
+    let running = match server.serve(io.transport).await {
         Ok(r) => r,
         // A client that goes away before the handshake is not an error: the
         // server's job ends when stdin closes.
@@ -383,6 +392,16 @@ pub async fn serve_stdio(
         .await
         .map_err(|e| ServeError::Run(e.to_string()))?;
     tracing::info!(?reason, "client disconnected");
+    // The last answers are on their way out. (The reader has ended if stdin
+    // did; if rmcp stopped for another reason, stdin may still be open.)
+    let reader = io.reader;
+    if tokio::time::timeout(std::time::Duration::from_secs(1), reader)
+        .await
+        .is_err()
+    {
+        tracing::debug!("stdin still open after the service ended");
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), io.writer).await;
     Ok(())
 }
 

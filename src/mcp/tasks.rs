@@ -537,8 +537,12 @@ pub async fn agent_run(
     let task = match waited {
         Some(t) => t.map_err(engine_error)?,
         None => {
-            // The client gave up on this request: stop the work it started.
-            let _ = engine.cancel(&task.id, ctx.subject.as_deref()).await;
+            // The client gave up on this request: stop the work it started,
+            // unless the server is stopping (the connection closing cancels
+            // every request then, and the task is to finish or resume).
+            if !engine.is_stopping() {
+                let _ = engine.cancel(&task.id, ctx.subject.as_deref()).await;
+            }
             engine
                 .visible_task(&task.id, ctx.subject.as_deref())
                 .await

@@ -141,6 +141,12 @@ pub async fn start_and_wait(
     }
     let run = match waited {
         Some(r) => r.map_err(engine_error)?,
+        // The client gave up: stop the run, unless the server is stopping
+        // (then it resumes at the next start).
+        None if engine.is_stopping() => engine
+            .visible_run(&run.id, ctx.subject.as_deref())
+            .await
+            .map_err(engine_error)?,
         None => engine
             .cancel_run(&run.id, ctx.subject.as_deref())
             .await

@@ -193,10 +193,10 @@ fn apply_event(
                 && let Some(t) = delta.and_then(|d| d.get("text")).and_then(Value::as_str)
                 && !t.is_empty()
             {
+                ep.append_text(&mut out.text, t)?;
                 if let Some(p) = progress {
                     p(t);
                 }
-                out.text.push_str(t);
             }
         }
         "message_delta" => {

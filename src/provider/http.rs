@@ -195,6 +195,19 @@ impl Endpoint {
     }
 
     /// A malformed-response error.
+    /// Add a streamed piece to the answer, refusing an answer larger than a
+    /// whole body may be: a model that never stops must not fill memory.
+    pub(crate) fn append_text(&self, text: &mut String, piece: &str) -> Result<(), ProviderError> {
+        if text.len() + piece.len() > MAX_BODY {
+            return Err(self.malformed(format!(
+                "the answer passed {} MiB, the most dispatch reads; lower the agent's max_tokens",
+                MAX_BODY / (1024 * 1024)
+            )));
+        }
+        text.push_str(piece);
+        Ok(())
+    }
+
     pub(crate) fn malformed(&self, message: impl AsRef<str>) -> ProviderError {
         ProviderError::Malformed {
             provider: self.name.clone(),

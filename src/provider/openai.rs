@@ -201,10 +201,10 @@ fn apply_chunk(
         if let Some(delta) = choice.get("delta") {
             let t = content_text(delta.get("content"));
             if !t.is_empty() {
+                ep.append_text(&mut out.text, &t)?;
                 if let Some(p) = progress {
                     p(&t);
                 }
-                out.text.push_str(&t);
             }
         }
         if let Some(fr) = choice.get("finish_reason").and_then(Value::as_str) {

@@ -241,6 +241,8 @@ pub async fn serve_http(
     let s = shared.clone();
     let drain = async move {
         stopping.cancelled().await;
+        // From here a closing connection no longer cancels the task it started.
+        s.engine.begin_shutdown();
         tracing::info!("shutting down: no new connections; waiting for tool calls in flight");
         s.calls.close();
         if tokio::time::timeout(grace, s.calls.wait()).await.is_err() {
