@@ -202,9 +202,21 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DISPATCH_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
+    // rmcp logs every message whole at debug level (tool arguments and
+    // results: agents' answers), so it stays at warn unless named.
+    let user = std::env::var("DISPATCH_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .filter(|f| !f.trim().is_empty());
+    let directives = match user {
+        Some(f) if f.contains("rmcp") => f,
+        Some(f) => format!("{f},rmcp=warn"),
+        None => "info,rmcp=warn".to_string(),
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("dispatch: DISPATCH_LOG={directives:?} is not a log filter ({e}); using info");
+        EnvFilter::new("info,rmcp=warn")
+    });
     // Logs go to stderr: in stdio mode stdout belongs to JSON-RPC.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

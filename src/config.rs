@@ -310,8 +310,15 @@ pub struct HttpSection {
     /// Longest time to answer a request before 408 (streams, once started,
     /// are not cut).
     pub request_timeout_secs: u64,
-    /// On SIGTERM/ctrl-c, how long in-flight requests may take to finish.
+    /// On SIGTERM/ctrl-c (and, over stdio, when stdin closes), how long
+    /// tool calls and tasks in flight may take to finish; tasks still
+    /// running then are stored as queued for the next start.
     pub shutdown_grace_secs: u64,
+    /// Longest wait for a request's headers, also between requests on a
+    /// kept-alive connection: slow-header and idle connections are closed.
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once; 0 derives it from the open-file limit.
+    pub max_connections: usize,
     /// Serve `/metrics` (Prometheus). With `[auth]`, it needs `dispatch:read`.
     pub metrics: bool,
 }
@@ -327,6 +334,8 @@ impl Default for HttpSection {
             rate_limit_burst: 60,
             request_timeout_secs: 300,
             shutdown_grace_secs: 10,
+            header_read_timeout_secs: 30,
+            max_connections: 0,
             metrics: true,
         }
     }

@@ -1049,3 +1049,139 @@ async fn a_huge_answer_is_cut_in_results_and_whole_in_the_outbox() {
     assert_eq!(r["output"], v["output"]);
     c.close().await;
 }
+
+/// A provider asking for a long wait gets the capped one, and the log says
+/// which wait was taken.
+#[tokio::test]
+async fn the_log_names_the_wait_actually_taken() {
+    let fx = Fx::new(&[("a", &agent("openai/gpt-4o-mini"))], "").await;
+    fx.fake.push(Behavior::rate_limited("100"));
+    let c = fx.connect().await;
+    let v = run(&c, "a", json!("x")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    eventually("the retry is logged", DEADLINE, || async {
+        let log = c.stderr();
+        // The provider's own words sit between the two halves.
+        log.lines()
+            .any(|l| {
+                l.contains("(it asked to retry after 1m40s)")
+                    && l.ends_with("attempt=1")
+                    && l.contains("; retrying in 3s ")
+            })
+            .then_some(())
+    })
+    .await;
+    c.close().await;
+}
+
+/// An interrupted task's totals count the calls stored before the crash.
+#[tokio::test]
+async fn an_interrupted_task_counts_its_stored_calls() {
+    let fx = Fx::new(
+        &[("a", &agent("openai/gpt-4o-mini"))],
+        "[recovery]\nmax_requeues = 0\n",
+    )
+    .await;
+    let gate = Arc::new(Notify::new());
+    fx.fake.push(Behavior::status(500));
+    fx.fake.set_default(Behavior::gate(&gate, "never seen"));
+    let c = fx.connect().await;
+    let d = c
+        .ok("agent_delegate", json!({"agent": "a", "input": "long job"}))
+        .await;
+    fx.fake.wait_in_flight(1).await;
+    eventually("the failed call is stored", DEADLINE, || async {
+        let s = status(&c, &id(&d)).await;
+        (s["calls"].as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    c.kill().await;
+    let c = fx.connect().await;
+    let v = status(&c, &id(&d)).await;
+    assert_eq!(v["reason"], "interrupted", "{v:#}");
+    assert_eq!(v["calls"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["attempts"], 1, "{v:#}");
+    c.close().await;
+}
+
+/// Debug logs say what happened, not what was said: no model answer and no
+/// task input appears in them.
+#[tokio::test]
+async fn debug_logs_carry_no_answers_or_inputs() {
+    let fx = Fx::new(&[("a", &agent("openai/gpt-4o-mini"))], "").await;
+    fx.fake.set_default(Behavior::reply("ANSWER-TEXT-4f1e"));
+    let c = fx.connect().await; // DISPATCH_LOG=debug (see Spawn::apply)
+    let v = run(&c, "a", json!("INPUT-TEXT-9a2b")).await;
+    assert_eq!(v["output"], "ANSWER-TEXT-4f1e");
+    let log = eventually("the task's debug lines", DEADLINE, || async {
+        let log = c.stderr();
+        log.contains("task finished").then_some(log)
+    })
+    .await;
+    assert!(!log.contains("ANSWER-TEXT-4f1e"), "{log}");
+    assert!(!log.contains("INPUT-TEXT-9a2b"), "{log}");
+    c.close().await;
+}
+
+/// Keys echoed inside successful answers (an agent's and its auditor's) are
+/// scrubbed from everything dispatch stores or shows.
+#[tokio::test]
+async fn keys_echoed_in_answers_and_verdicts_are_scrubbed() {
+    let auditor = "---\nmodel: anthropic/judge\n---\nAnswer with a JSON verdict: pass, needs-revision or fail, with feedback.\n";
+    let fx = Fx::new(
+        &[
+            (
+                "a",
+                "---\nmodel: openai/gpt-4o-mini\nmirror: judge\n---\nYou answer.\n",
+            ),
+            ("judge", auditor),
+        ],
+        "",
+    )
+    .await;
+    fx.fake.on_model(
+        "gpt-4o-mini",
+        Behavior::reply(&format!(
+            "the keys are {OPENAI_KEY} and {ANTHROPIC_KEY} and {OPENROUTER_KEY}"
+        )),
+    );
+    fx.fake.on_model(
+        "judge",
+        Behavior::reply(&format!(
+            "{{\"verdict\": \"pass\", \"feedback\": \"saw {OPENAI_KEY}\"}}"
+        )),
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "a", json!("x")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert!(
+        v["output"].as_str().unwrap().contains("[redacted]"),
+        "{v:#}"
+    );
+    let mut seen = format!("{v}");
+    seen.push_str(&format!("{}", status(&c, &id(&v)).await));
+    seen.push_str(&format!(
+        "{}",
+        c.ok("task_result", json!({"task_id": id(&v)})).await
+    ));
+    let stderr = c.stderr();
+    c.close().await;
+    let o = std::process::Command::new(bin())
+        .args(["task", &id(&v), "--json", "--root"])
+        .arg(fx.p.root())
+        .output()
+        .unwrap();
+    seen.push_str(&String::from_utf8_lossy(&o.stdout));
+    for entry in walk(&fx.p.root().join("_kb")) {
+        seen.push_str(&String::from_utf8_lossy(&std::fs::read(&entry).unwrap()));
+    }
+    for file in ["dispatch.db", "dispatch.db-wal"] {
+        if let Ok(db) = std::fs::read(fx.p.root().join(".dispatch").join(file)) {
+            seen.push_str(&String::from_utf8_lossy(&db));
+        }
+    }
+    for key in [OPENAI_KEY, ANTHROPIC_KEY, OPENROUTER_KEY] {
+        assert!(!seen.contains(key), "{key} is stored or shown");
+        assert!(!stderr.contains(key), "{key} is logged");
+    }
+}

@@ -332,3 +332,41 @@ async fn agent_list_over_http_shows_no_server_paths() {
     let root = fx.p.root().display().to_string();
     assert!(!v.to_string().contains(&root), "{v:#}");
 }
+
+/// An idle connection and one that sends its headers too slowly are both
+/// closed, and a server at its connection cap still answers once they are.
+#[tokio::test]
+async fn idle_and_slow_header_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_fx, s) = server("[http]\nheader_read_timeout_secs = 1\nmax_connections = 8\n").await;
+    let addr = s.url("").trim_start_matches("http://").to_string();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    for (what, sock) in [("idle", &mut idle), ("slow", &mut slow)] {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(common::DEADLINE, sock.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the {what} connection stays open"))
+            .unwrap_or(0);
+        // Closed, possibly after a 408 for the half-sent request.
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{what}: {text}");
+    }
+    // Fill the cap with idle sockets: /healthz is answered once they close.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let r = tokio::time::timeout(
+        common::DEADLINE,
+        common::http::client().get(s.url("/healthz")).send(),
+    )
+    .await
+    .expect("/healthz answers")
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(held);
+}

@@ -144,9 +144,12 @@ async fn every_traversal_form_is_refused() {
     .unwrap();
     std::os::unix::fs::symlink(outside.path(), p.kb().join("dir-out")).unwrap();
     std::fs::write(p.kb().join("context/real.md"), "inside").unwrap();
+    std::os::unix::fs::symlink("real.md", p.kb().join("context/link-in.md")).unwrap();
+    // An absolute link is refused even when it points inside: the KB is
+    // opened beneath its root's handle, which knows no absolute paths.
     std::os::unix::fs::symlink(
         p.kb().join("context/real.md"),
-        p.kb().join("context/link-in.md"),
+        p.kb().join("context/link-abs.md"),
     )
     .unwrap();
     let c = connect(&p).await;
@@ -163,6 +166,7 @@ async fn every_traversal_form_is_refused() {
         "context/\u{0}x.md",
         "context/link-out.md",
         "dir-out/passwd",
+        "context/link-abs.md",
     ];
     for path in attempts {
         let msg = c.err("kb_read", json!({"path": path})).await;

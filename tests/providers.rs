@@ -419,7 +419,7 @@ async fn retry_after_seconds_is_honoured() {
         a[0].error
             .as_deref()
             .unwrap()
-            .starts_with("429 from openai: rate limited (retry after 7s)")
+            .starts_with("429 from openai: rate limited (it asked to retry after 7s)")
     );
 }
 

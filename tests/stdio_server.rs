@@ -302,3 +302,22 @@ fn eof_before_initialize_exits_cleanly() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// Errors repeat what the client sent only in part: a 10 MB id does not come
+/// back as a 10 MB error.
+#[tokio::test]
+async fn errors_clip_what_they_echo() {
+    let p = Project::new();
+    let c = connect(&p).await;
+    let huge = "x".repeat(10 * 1024 * 1024);
+    for (tool, args) in [
+        ("task_status", json!({"task_id": huge})),
+        ("agent_run", json!({"agent": huge, "input": "x"})),
+        ("workflow_status", json!({"run_id": format!("run-{huge}")})),
+        ("kb_read", json!({"path": huge})),
+    ] {
+        let msg = c.err(tool, args).await;
+        assert!(msg.len() < 20_000, "{tool}: {} bytes", msg.len());
+    }
+    c.close().await;
+}

@@ -237,6 +237,17 @@ impl Live {
     }
 }
 
+/// Set a task's call, token and cost totals from its stored attempts. A call
+/// that was never sent (an open breaker, a missing key: failed at once, no
+/// status, no time) is listed but not counted, as while the task runs.
+fn totals_from(task: &mut Task, attempts: &[Attempt]) {
+    let sent = |a: &&Attempt| a.ok || a.http_status.is_some() || a.latency_ms > 0;
+    task.attempts = attempts.iter().filter(sent).count() as u32;
+    task.input_tokens = attempts.iter().map(|a| a.input_tokens).sum();
+    task.output_tokens = attempts.iter().map(|a| a.output_tokens).sum();
+    task.cost_usd = attempts.iter().map(|a| a.cost_usd).sum();
+}
+
 /// What recovery did with one task.
 enum Recovered {
     /// Re-queued (or resumed) and driven here.
@@ -442,6 +453,14 @@ impl Engine {
         if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
             return None;
         }
+        // The counters are summed at the end of a run; a run the crash cut
+        // short left its stored calls out of them.
+        match self.store.attempts(&task.id).await {
+            Ok(stored) => totals_from(&mut task, &stored),
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "cannot read a recovered task's calls")
+            }
+        }
         let gone = task.owner.take();
         task.owner = Some(owner::this_process().to_string());
         let outcome = if task.requeues < self.cfg.max_requeues {
@@ -547,7 +566,7 @@ impl Engine {
         snap.get(name)
             .cloned()
             .ok_or_else(|| EngineError::UnknownAgent {
-                name: name.to_string(),
+                name: echo(name),
                 available: snap.available(),
             })
     }
@@ -797,7 +816,7 @@ impl Engine {
     pub async fn visible_task(&self, id: &str, subject: Option<&str>) -> Result<Task, EngineError> {
         match self.store.get_task(id).await? {
             Some(t) if subject.is_none() || t.subject.as_deref() == subject => Ok(t),
-            _ => Err(EngineError::UnknownTask(id.to_string())),
+            _ => Err(EngineError::UnknownTask(echo(id))),
         }
     }
 
@@ -839,7 +858,7 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(365 * 86_400));
         if let Some(live) = self.live_handle(id) {
             if !live.visible_to(subject) {
-                return Err(EngineError::UnknownTask(id.to_string()));
+                return Err(EngineError::UnknownTask(echo(id)));
             }
             let mut rx = live.state.subscribe();
             loop {
@@ -1022,6 +1041,18 @@ pub fn parse_when(s: &str) -> Result<i64, String> {
     Err(format!(
         "`{s}` is not a time: use a duration ago such as `7d`, `24h`, `30m`, or an RFC 3339 time such as `2026-01-31T12:00:00Z`"
     ))
+}
+
+/// What a client sent, as an error message repeats it: at most 100
+/// characters (a 10 MB id must not come back as a 10 MB error).
+pub fn echo(s: &str) -> String {
+    const MAX: usize = 100;
+    if s.chars().count() <= MAX {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(MAX).collect();
+    out.push_str(&format!("… ({} bytes)", s.len()));
+    out
 }
 
 /// What a caught panic says, for the task's error.

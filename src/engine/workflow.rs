@@ -171,7 +171,7 @@ impl Engine {
     pub async fn visible_run(&self, id: &str, subject: Option<&str>) -> Result<Run, EngineError> {
         match self.store.get_run(id).await? {
             Some(r) if subject.is_none() || r.subject.as_deref() == subject => Ok(r),
-            _ => Err(EngineError::UnknownRun(id.to_string())),
+            _ => Err(EngineError::UnknownRun(super::echo(id))),
         }
     }
 

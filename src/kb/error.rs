@@ -66,7 +66,8 @@ pub enum KbError {
     /// A symbolic link on the path leads outside the knowledge base (or nowhere).
     #[error(
         "path `{path}` goes through a symbolic link that leads outside the knowledge base \
-         (or to nothing); only files inside the knowledge base can be used, so pick another path"
+         (or to nothing, or is absolute); only files inside the knowledge base can be used, \
+         through relative links, so pick another path or make the link relative"
     )]
     OutsideRoot {
         /// The path as given.
@@ -223,6 +224,9 @@ impl KbError {
     /// verb phrase used only for the generic fallback.
     pub(crate) fn from_io(err: &io::Error, action: &'static str, path: &str) -> KbError {
         let path = path.to_owned();
+        if is_escape(err) {
+            return KbError::OutsideRoot { path };
+        }
         match err.kind() {
             io::ErrorKind::NotFound => KbError::NotFound { path },
             io::ErrorKind::IsADirectory => KbError::IsDirectory { path },
@@ -234,6 +238,16 @@ impl KbError {
             },
         }
     }
+}
+
+/// cap-std's refusal of a path that leads outside the root (through `..` or
+/// a symbolic link): `PermissionDenied` with this message, or, from
+/// `openat2(RESOLVE_BENEATH)`, `EXDEV`.
+fn is_escape(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EXDEV)
+        || (err.kind() == io::ErrorKind::PermissionDenied
+            && err.raw_os_error().is_none()
+            && err.to_string().contains("outside"))
 }
 
 /// The text of an I/O error without any file path in it.

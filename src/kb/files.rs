@@ -90,7 +90,7 @@ impl FileSet {
 
     /// Adds the files and folders under the KB-relative folder `rel`.
     fn add_tree(&mut self, kb: &Kb, rel: &str) {
-        let entries = match walk_paths(&join_rel(kb.root(), rel), rel) {
+        let entries = match walk_paths(kb, rel) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the knowledge base at `{rel}`");

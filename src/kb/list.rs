@@ -1,11 +1,11 @@
 //! Folder listings.
 
-use std::fs::{self, Metadata};
-use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::path::{is_hidden_name, join_rel};
-use super::title::{is_markdown, title_of_file};
+use cap_std::fs::{Dir, Metadata};
+
+use super::path::{RelPath, is_hidden_name};
+use super::title::{is_markdown, title_of_reader};
 use super::{
     DEFAULT_LIST_LIMIT, Entry, EntryKind, Kb, KbError, ListOptions, Listing, MAX_LIST_LIMIT,
 };
@@ -30,8 +30,16 @@ enum Titles {
     Skip,
 }
 
-/// Describes the entry at `abs` from its (not link-following) metadata.
-fn make_entry(abs: &Path, rel: String, meta: &Metadata, titles: Titles) -> Entry {
+/// One child of a folder being listed, with its own (not followed) metadata.
+struct Child {
+    name: String,
+    rel: String,
+    meta: Metadata,
+}
+
+/// Describes a child of `dir` from its (not link-following) metadata; a
+/// title is read by opening the file through `dir`.
+fn make_entry(dir: &Dir, name: &str, rel: String, meta: &Metadata, titles: Titles) -> Entry {
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
         EntryKind::Symlink
@@ -42,25 +50,38 @@ fn make_entry(abs: &Path, rel: String, meta: &Metadata, titles: Titles) -> Entry
     };
     // Only regular files are opened: opening a FIFO would block the listing.
     let title = (titles == Titles::Read && ft.is_file() && is_markdown(&rel))
-        .then(|| title_of_file(abs))
+        .then(|| title_in(dir, name))
         .flatten();
     Entry {
         size: if ft.is_file() { meta.len() } else { 0 },
-        modified: meta.modified().ok().and_then(format_time),
+        modified: meta
+            .modified()
+            .ok()
+            .map(|t| t.into_std())
+            .and_then(format_time),
         kind,
         title,
         path: rel,
     }
 }
 
-/// The children of `dir`, sorted by name, as (absolute, KB-relative) pairs.
-fn sorted_children(
-    dir: &Path,
-    rel: &str,
-    include_hidden: bool,
-) -> std::io::Result<Vec<(PathBuf, String)>> {
+/// The title of the markdown file `name` in `dir` (not through a link).
+fn title_in(dir: &Dir, name: &str) -> Option<String> {
+    use cap_std::fs::OpenOptionsExt;
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    let file = dir.open_with(name, &opts).ok()?.into_std();
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    title_of_reader(file)
+}
+
+/// The children of `dir`, sorted by name.
+fn sorted_children(dir: &Dir, rel: &str, include_hidden: bool) -> std::io::Result<Vec<Child>> {
     let mut out = Vec::new();
-    for dent in fs::read_dir(dir)? {
+    for dent in dir.entries()? {
         let dent = match dent {
             Ok(d) => d,
             Err(e) => {
@@ -72,49 +93,55 @@ fn sorted_children(
         if !include_hidden && is_hidden_name(&name) {
             continue;
         }
+        let meta = match dent.metadata() {
+            Ok(m) => m,
+            // Vanished since it was listed, or unreadable: leave it out.
+            Err(e) => {
+                tracing::debug!("kb: skipping {name} while listing: {e}");
+                continue;
+            }
+        };
         let child_rel = if rel.is_empty() {
-            name
+            name.clone()
         } else {
             format!("{rel}/{name}")
         };
-        out.push((dent.path(), child_rel));
+        out.push(Child {
+            name,
+            rel: child_rel,
+            meta,
+        });
     }
     // Names sort by bytes; together with the pre-order walk below this
     // yields paths ordered component by component.
-    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(out)
 }
 
 /// Walks `dir` in sorted pre-order without following links, collecting at
 /// most `limit` entries. Returns the entries and whether more were left.
+/// Sub-folders are opened through their parent's handle, so a folder
+/// swapped for a link meanwhile is not walked.
 fn walk(
-    dir: &Path,
+    dir: Dir,
     rel: &str,
     recursive: bool,
     include_hidden: bool,
     limit: usize,
     titles: Titles,
 ) -> Result<(Vec<Entry>, bool), KbError> {
-    let top =
-        sorted_children(dir, rel, include_hidden).map_err(|e| KbError::from_io(&e, "list", rel))?;
+    let top = sorted_children(&dir, rel, include_hidden)
+        .map_err(|e| KbError::from_io(&e, "list", rel))?;
     // An explicit stack rather than recursion: folder depth is not ours to
     // bound, the call stack is.
-    let mut stack = vec![top.into_iter()];
+    let mut stack = vec![(dir, top.into_iter())];
     let mut entries = Vec::new();
-    while let Some(level) = stack.last_mut() {
-        let Some((abs, child_rel)) = level.next() else {
+    while let Some((dir, level)) = stack.last_mut() {
+        let Some(child) = level.next() else {
             stack.pop();
             continue;
         };
-        let meta = match fs::symlink_metadata(&abs) {
-            Ok(m) => m,
-            // Vanished since read_dir, or unreadable: leave it out.
-            Err(e) => {
-                tracing::debug!("kb: skipping {child_rel} while listing: {e}");
-                continue;
-            }
-        };
-        let ft = meta.file_type();
+        let ft = child.meta.file_type();
         if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
             // FIFOs, sockets and devices are not notes.
             continue;
@@ -122,12 +149,21 @@ fn walk(
         if entries.len() >= limit {
             return Ok((entries, true));
         }
-        let descend = recursive && meta.is_dir();
-        entries.push(make_entry(&abs, child_rel.clone(), &meta, titles));
-        if descend {
-            match sorted_children(&abs, &child_rel, include_hidden) {
-                Ok(children) => stack.push(children.into_iter()),
-                Err(e) => tracing::debug!("kb: not descending into {child_rel}: {e}"),
+        entries.push(make_entry(
+            dir,
+            &child.name,
+            child.rel.clone(),
+            &child.meta,
+            titles,
+        ));
+        if recursive && ft.is_dir() {
+            let sub = dir.open_dir(&child.name);
+            match sub.and_then(|d| {
+                let children = sorted_children(&d, &child.rel, include_hidden)?;
+                Ok((d, children))
+            }) {
+                Ok((d, children)) => stack.push((d, children.into_iter())),
+                Err(e) => tracing::debug!("kb: not descending into {}: {e}", child.rel),
             }
         }
     }
@@ -135,26 +171,47 @@ fn walk(
 }
 
 pub(super) fn list(kb: &Kb, rel: &str, opts: &ListOptions) -> Result<Listing, KbError> {
-    let (parsed, abs) = kb.locate(rel)?;
+    let parsed = RelPath::parse(rel)?;
     let rel = parsed.display();
     let limit = match opts.limit {
         0 => DEFAULT_LIST_LIMIT,
         n => n.min(MAX_LIST_LIMIT),
     };
-    let meta = fs::metadata(&abs).map_err(|e| KbError::from_io(&e, "list", &rel))?;
+    let here = parsed.as_path();
+    let meta = kb
+        .dir()
+        .metadata(&here)
+        .map_err(|e| KbError::from_io(&e, "list", &rel))?;
     if !meta.is_dir() {
-        // A file: describe it alone. Use the path as named (not the resolved
-        // one) so a link shows up as a link.
-        let named = join_rel(kb.root(), &rel);
-        let own = fs::symlink_metadata(&named).unwrap_or(meta);
+        // A file: describe it alone, as named (a link shows up as a link).
+        let own = kb.dir().symlink_metadata(&here).unwrap_or(meta);
+        let (parent, name) = match parsed.parts().split_last() {
+            Some((name, folder)) => {
+                let folder: std::path::PathBuf = folder.iter().collect();
+                let parent = if folder.as_os_str().is_empty() {
+                    kb.dir().try_clone()
+                } else {
+                    kb.dir().open_dir(&folder)
+                };
+                (
+                    parent.map_err(|e| KbError::from_io(&e, "list", &rel))?,
+                    name.clone(),
+                )
+            }
+            None => return Err(KbError::EmptyPath),
+        };
         return Ok(Listing {
-            entries: vec![make_entry(&abs, rel.clone(), &own, Titles::Read)],
+            entries: vec![make_entry(&parent, &name, rel.clone(), &own, Titles::Read)],
             path: rel,
             truncated: false,
         });
     }
+    let dir = kb
+        .dir()
+        .open_dir(&here)
+        .map_err(|e| KbError::from_io(&e, "list", &rel))?;
     let (entries, truncated) = walk(
-        &abs,
+        dir,
         &rel,
         opts.recursive,
         opts.include_hidden,
@@ -168,22 +225,45 @@ pub(super) fn list(kb: &Kb, rel: &str, opts: &ListOptions) -> Result<Listing, Kb
     })
 }
 
-/// Every visible entry under the folder `dir` (KB-relative `rel`), in
-/// sorted pre-order, titles not read.
-pub(super) fn walk_paths(dir: &Path, rel: &str) -> Result<Vec<Entry>, KbError> {
-    Ok(walk(dir, rel, true, false, usize::MAX, Titles::Skip)?.0)
+/// Every visible entry under the KB-relative folder `rel`, in sorted
+/// pre-order, titles not read.
+pub(super) fn walk_paths(kb: &Kb, rel: &str) -> Result<Vec<Entry>, KbError> {
+    let parsed = RelPath::parse(rel)?;
+    let dir = kb
+        .dir()
+        .open_dir(parsed.as_path())
+        .map_err(|e| KbError::from_io(&e, "list", rel))?;
+    Ok(walk(
+        dir,
+        &parsed.display(),
+        true,
+        false,
+        usize::MAX,
+        Titles::Skip,
+    )?
+    .0)
 }
 
 /// Fills in the titles of the markdown files among `entries`.
 pub(super) fn fill_titles(kb: &Kb, entries: &mut [Entry]) {
     for e in entries {
         if e.kind == EntryKind::File && e.title.is_none() && is_markdown(&e.path) {
-            let abs = join_rel(kb.root(), &e.path);
-            // Not a link (the walk left links out), unless it was swapped for
-            // one since; then, like a vanished file, it simply has no title.
-            match fs::symlink_metadata(&abs) {
-                Ok(m) if m.file_type().is_file() => e.title = title_of_file(&abs),
-                _ => {}
+            // Not through a link (the walk left links out): one swapped in
+            // since, like a vanished file, simply has no title.
+            let Ok(parsed) = RelPath::parse(&e.path) else {
+                continue;
+            };
+            let Some((name, folder)) = parsed.parts().split_last() else {
+                continue;
+            };
+            let folder: std::path::PathBuf = folder.iter().collect();
+            let parent = if folder.as_os_str().is_empty() {
+                kb.dir().try_clone()
+            } else {
+                kb.dir().open_dir(&folder)
+            };
+            if let Ok(parent) = parent {
+                e.title = title_in(&parent, name);
             }
         }
     }

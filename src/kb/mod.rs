@@ -62,11 +62,16 @@ pub const SNIPPET_MAX_CHARS: usize = 240;
 pub const TITLE_SCAN_BYTES: u64 = 64 * 1024;
 
 /// An open knowledge base, rooted at a canonical folder.
+///
+/// Every file it reads or writes is opened relative to a handle held on the
+/// root ([`cap_std::fs::Dir`]: `openat2(RESOLVE_BENEATH)` on Linux, a
+/// no-follow walk elsewhere), so a folder swapped for a symbolic link while
+/// dispatch runs cannot carry an operation outside, whatever a path check
+/// saw a moment before; and what is checked is the file opened, not the path.
 #[derive(Debug, Clone)]
 pub struct Kb {
     root: PathBuf,
-    /// Folders writes have verified, shared by every clone of this handle.
-    folders: std::sync::Arc<write::Folders>,
+    dir: std::sync::Arc<cap_std::fs::Dir>,
 }
 
 impl Kb {
@@ -96,9 +101,11 @@ impl Kb {
                     .map_err(|e| KbError::from_io(&e, "create the folder", sub))?;
             }
         }
+        let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+            .map_err(|e| KbError::from_io(&e, "open the knowledge-base folder", &label))?;
         Ok(Kb {
             root,
-            folders: Default::default(),
+            dir: std::sync::Arc::new(dir),
         })
     }
 
@@ -170,7 +177,7 @@ impl Kb {
     /// Titles are not read (`title` is `None`): that would open every file.
     /// Fill in those of the entries you show with [`Kb::fill_titles`].
     pub fn all_files(&self) -> Result<Vec<Entry>, KbError> {
-        let mut entries = list::walk_paths(&self.root, "")?;
+        let mut entries = list::walk_paths(self, "")?;
         entries.retain(|e| e.kind == EntryKind::File);
         Ok(entries)
     }
@@ -180,11 +187,39 @@ impl Kb {
         list::fill_titles(self, entries)
     }
 
-    /// Validates `rel` and resolves it, returning both forms.
-    fn locate(&self, rel: &str) -> Result<(RelPath, PathBuf), KbError> {
-        let parsed = RelPath::parse(rel)?;
-        let abs = path::resolve_in(&self.root, &parsed)?;
-        Ok((parsed, abs))
+    /// The handle on the root that every file operation goes through.
+    fn dir(&self) -> &cap_std::fs::Dir {
+        &self.dir
+    }
+
+    /// Opens the file at `rel` for reading, beneath the root, without
+    /// blocking (a FIFO), and checks the opened file: a regular file, with
+    /// its size.
+    fn open_file(&self, rel: &RelPath) -> Result<(std::fs::File, u64), KbError> {
+        use cap_std::fs::OpenOptionsExt;
+        let shown = rel.display();
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).custom_flags(libc::O_NONBLOCK);
+        let file = self
+            .dir
+            .open_with(rel.as_path(), &opts)
+            .map_err(|e| KbError::from_io(&e, "read", &shown))?
+            .into_std();
+        let meta = file
+            .metadata()
+            .map_err(|e| KbError::from_io(&e, "read", &shown))?;
+        if meta.is_dir() {
+            return Err(KbError::IsDirectory { path: shown });
+        }
+        if !meta.is_file() {
+            // A FIFO or device would block or never end.
+            return Err(KbError::Io {
+                action: "read",
+                path: shown,
+                message: "it is not a regular file".to_owned(),
+            });
+        }
+        Ok((file, meta.len()))
     }
 }
 

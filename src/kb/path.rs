@@ -86,6 +86,14 @@ impl RelPath {
     pub fn parts(&self) -> &[String] {
         &self.parts
     }
+
+    /// The relative path to hand to a handle on the root (`.` for the root).
+    pub fn as_path(&self) -> PathBuf {
+        if self.parts.is_empty() {
+            return PathBuf::from(".");
+        }
+        self.parts.iter().collect()
+    }
 }
 
 /// `C:` or `c:...` at the start: a Windows drive prefix, absolute or

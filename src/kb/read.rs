@@ -1,8 +1,6 @@
 //! Chunked text reads and whole-file byte reads.
 
-use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 
 use super::{DEFAULT_READ_LIMIT, Kb, KbError, MAX_READ_LIMIT, MAX_RESOURCE_BYTES, ReadChunk};
 
@@ -19,39 +17,18 @@ fn is_continuation(b: u8) -> bool {
     b & 0xC0 == 0x80
 }
 
-/// Opens a regular file for reading, mapping the common failures to
-/// actionable errors.
-fn open_file(abs: &Path, rel: &str) -> Result<(File, u64), KbError> {
-    let meta = fs::metadata(abs).map_err(|e| KbError::from_io(&e, "read", rel))?;
-    if meta.is_dir() {
-        return Err(KbError::IsDirectory {
-            path: rel.to_owned(),
-        });
-    }
-    if !meta.is_file() {
-        // A FIFO or device would block or never end.
-        return Err(KbError::Io {
-            action: "read",
-            path: rel.to_owned(),
-            message: "it is not a regular file".to_owned(),
-        });
-    }
-    let file = File::open(abs).map_err(|e| KbError::from_io(&e, "read", rel))?;
-    Ok((file, meta.len()))
-}
-
 pub(super) fn read(
     kb: &Kb,
     rel: &str,
     offset: u64,
     limit: Option<u64>,
 ) -> Result<ReadChunk, KbError> {
-    let (parsed, abs) = kb.locate(rel)?;
+    let parsed = super::path::RelPath::parse(rel)?;
     if parsed.is_root() {
         return Err(KbError::EmptyPath);
     }
+    let (mut file, total) = kb.open_file(&parsed)?;
     let rel = parsed.display();
-    let (mut file, total) = open_file(&abs, &rel)?;
     let binary = || KbError::Binary { path: rel.clone() };
     let io_err = |e: std::io::Error| KbError::from_io(&e, "read", &rel);
 
@@ -141,12 +118,12 @@ pub(super) fn read(
 }
 
 pub(super) fn read_bytes(kb: &Kb, rel: &str) -> Result<Vec<u8>, KbError> {
-    let (parsed, abs) = kb.locate(rel)?;
+    let parsed = super::path::RelPath::parse(rel)?;
     if parsed.is_root() {
         return Err(KbError::EmptyPath);
     }
+    let (file, size) = kb.open_file(&parsed)?;
     let rel = parsed.display();
-    let (file, size) = open_file(&abs, &rel)?;
     let too_large = |size| KbError::TooLarge {
         path: rel.clone(),
         size,

@@ -148,13 +148,14 @@ pub(super) fn search(kb: &Kb, q: &SearchQuery) -> Result<SearchResults, KbError>
         None => kb.root().to_path_buf(),
         Some(rel) => {
             let parsed = RelPath::parse(rel)?;
-            let abs = resolve_in(kb.root(), &parsed)?;
-            if std::fs::symlink_metadata(&abs).is_err() {
-                return Err(KbError::NotFound {
-                    path: parsed.display(),
-                });
-            }
-            abs
+            // Checked through the root's handle first, as reads are (an
+            // absolute link is refused there); the walk then starts at the
+            // resolved path, and every file it finds is opened beneath the
+            // handle again.
+            kb.dir()
+                .metadata(parsed.as_path())
+                .map_err(|e| KbError::from_io(&e, "search", &parsed.display()))?;
+            resolve_in(kb.root(), &parsed)?
         }
     };
     let cap = match q.max_results {
@@ -187,7 +188,6 @@ pub(super) fn search(kb: &Kb, q: &SearchQuery) -> Result<SearchResults, KbError>
     if let Some(ov) = &glob {
         walker.overrides(ov.clone());
     }
-    let root = kb.root();
     walker.build_parallel().run(|| {
         let mut searcher = searcher.clone();
         let matcher = matcher.clone();
@@ -209,7 +209,7 @@ pub(super) fn search(kb: &Kb, q: &SearchQuery) -> Result<SearchResults, KbError>
             if dent.depth() > 0 && is_hidden_name(&dent.file_name().to_string_lossy()) {
                 return WalkState::Skip;
             }
-            search_entry(&mut searcher, &matcher, shared, root, glob, &dent);
+            search_entry(&mut searcher, &matcher, shared, kb, glob, &dent);
             if shared.full() {
                 WalkState::Quit
             } else {
@@ -239,7 +239,7 @@ fn search_entry(
     searcher: &mut Searcher,
     matcher: &RegexMatcher,
     shared: &Shared,
-    root: &Path,
+    kb: &Kb,
     glob: Option<&Override>,
     dent: &DirEntry,
 ) {
@@ -253,14 +253,16 @@ fn search_entry(
     if dent.depth() == 0 && glob.is_some_and(|g| g.matched(path, false).is_ignore()) {
         return;
     }
-    let Some(rel) = relative_display(root, path) else {
+    let Some(rel) = relative_display(kb.root(), path) else {
         return;
     };
     let skip = |why: &dyn std::fmt::Display| {
         tracing::debug!("kb search: skipping {rel}: {why}");
         shared.skipped.fetch_add(1, Ordering::Relaxed);
     };
-    let file = match File::open(path) {
+    // Opened beneath the root's handle, not by the walker's path: a folder
+    // swapped for a link while the walk runs is refused here.
+    let file = match open_beneath(kb, &rel) {
         Ok(f) => f,
         Err(e) => return skip(&e),
     };
@@ -297,6 +299,17 @@ fn search_entry(
         .unwrap_or_else(PoisonError::into_inner)
         .extend(found);
     shared.committed.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The regular file at `rel`, opened through the KB's root handle without
+/// following a final link or blocking on a FIFO.
+fn open_beneath(kb: &Kb, rel: &str) -> io::Result<File> {
+    use cap_std::fs::OpenOptionsExt;
+    let parsed = RelPath::parse(rel).map_err(io::Error::other)?;
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    Ok(kb.dir().open_with(parsed.as_path(), &opts)?.into_std())
 }
 
 #[cfg(test)]

@@ -288,7 +288,15 @@ fn dangling_symlink_is_refused() -> R {
 fn symlinks_inside_the_root_are_allowed() -> R {
     let (_d, kb) = setup()?;
     put(&kb, "context/real.md", "# Real\nbody\n")?;
-    std::os::unix::fs::symlink(kb.root().join("context"), kb.root().join("alias"))?;
+    // Links are followed when they are relative and stay inside: an
+    // absolute one is refused even when it points into the KB (the root's
+    // handle knows no absolute paths).
+    std::os::unix::fs::symlink(kb.root().join("context"), kb.root().join("absolute"))?;
+    assert!(matches!(
+        kb.read("absolute/real.md", 0, None),
+        Err(KbError::OutsideRoot { .. })
+    ));
+    std::os::unix::fs::symlink("context", kb.root().join("alias"))?;
     std::os::unix::fs::symlink("real.md", kb.root().join("context/link.md"))?;
     assert_eq!(kb.read("alias/real.md", 0, None)?.content, "# Real\nbody\n");
     assert_eq!(

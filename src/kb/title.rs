@@ -2,9 +2,7 @@
 //! a model can pick the right note without opening each one.
 
 use std::borrow::Cow;
-use std::fs::File;
 use std::io::Read;
-use std::path::Path;
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
@@ -21,16 +19,12 @@ pub fn is_markdown(name: &str) -> bool {
     ext.eq_ignore_ascii_case("md") || ext.eq_ignore_ascii_case("markdown")
 }
 
-/// Reads the start of the markdown file at `path` and returns its title.
-/// Unreadable or binary files simply have none: a title is a convenience,
-/// not worth failing a listing over.
-pub fn title_of_file(path: &Path) -> Option<String> {
+/// Reads the start of a markdown file and returns its title. Unreadable or
+/// binary files simply have none: a title is a convenience, not worth failing
+/// a listing over.
+pub fn title_of_reader(file: impl Read) -> Option<String> {
     let mut buf = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(TITLE_SCAN_BYTES)
-        .read_to_end(&mut buf)
-        .ok()?;
+    file.take(TITLE_SCAN_BYTES).read_to_end(&mut buf).ok()?;
     if buf.contains(&0) {
         return None;
     }

@@ -2,18 +2,21 @@
 //! flushed to disk, and is then renamed over (or, for `create_new`, linked
 //! into) place. Readers therefore see the old file or the new one, never a
 //! half-written mix, and a crash leaves no partial note behind.
+//!
+//! Every step runs relative to directory handles: the folder is created and
+//! opened beneath the KB root's handle, and the temp file, the rename and
+//! the link happen inside that folder's handle. A folder swapped for a link
+//! to elsewhere is refused when it is opened, and nothing is remembered
+//! between writes that a swap could invalidate.
 
-use std::collections::HashMap;
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use tempfile::NamedTempFile;
+use cap_std::fs::{Dir, OpenOptions};
 
 use super::error::io_message;
-use super::path::{self, RelPath};
+use super::path::RelPath;
 use super::{Kb, KbError, MAX_DERIVED_BYTES, MAX_WRITE_BYTES, WriteMode, WriteOutcome};
 
 /// Serialises writes made by this process. Append is read-modify-write, so
@@ -33,12 +36,33 @@ pub(super) enum Origin {
     Derived,
 }
 
+/// How many links a write follows to reach its file.
+const MAX_LINK_HOPS: usize = 8;
+
 pub(super) fn write(
     kb: &Kb,
     rel: &str,
     content: &str,
     mode: WriteMode,
     origin: Origin,
+) -> Result<WriteOutcome, KbError> {
+    // Only appends read what they replace, so only they need the lock; the
+    // rename of a whole-file write is atomic on its own, and holding the lock
+    // across an fsync would serialise every write in the process. Taken here,
+    // once, because a write through a link recurses. A poisoned lock only
+    // means another write panicked; the guarded data is `()`.
+    let _guard = (mode == WriteMode::Append)
+        .then(|| WRITE_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
+    write_at(kb, rel, content, mode, origin, 0)
+}
+
+fn write_at(
+    kb: &Kb,
+    rel: &str,
+    content: &str,
+    mode: WriteMode,
+    origin: Origin,
+    hops: usize,
 ) -> Result<WriteOutcome, KbError> {
     let durable = origin == Origin::Client;
     let limit = match origin {
@@ -61,54 +85,33 @@ pub(super) fn write(
     }
     let io_err = |action, e: &io::Error| KbError::from_io(e, action, &rel);
 
-    // Only appends read what they replace, so only they need the lock; the
-    // rename of a whole-file write is atomic on its own, and holding the lock
-    // across an fsync would serialise every write in the process. A poisoned
-    // lock only means another write panicked; the guarded data is `()`.
-    let _guard = (mode == WriteMode::Append)
-        .then(|| WRITE_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
-
-    // A folder written to before, still the same folder, and a target that
-    // is not a link: the checks below are settled, and the write costs a
-    // handful of system calls instead of a walk of the whole path.
-    let fast = kb.folders.get(folder).and_then(|parent| {
-        let target = parent.join(name);
-        match fs::symlink_metadata(&target) {
-            Ok(meta) if meta.file_type().is_symlink() => None,
-            Ok(meta) => Some((parent, target, Some(meta))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Some((parent, target, None)),
+    let parent = open_folder(kb.dir(), folder, &rel)?;
+    // A file link inside the KB is written through (the link stays): its
+    // target is named again from the root and opened like any other path.
+    if parent
+        .symlink_metadata(name)
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        let target = parent
+            .read_link(name)
+            .map_err(|e| KbError::from_io(&e, "write", &rel))?;
+        let through = link_target(kb.root(), folder, &target)
+            .filter(|_| hops < MAX_LINK_HOPS)
+            .ok_or_else(|| KbError::OutsideRoot { path: rel.clone() })?;
+        let mut out = write_at(kb, &through, content, mode, origin, hops + 1)?;
+        out.path = rel;
+        return Ok(out);
+    }
+    // The target as it is now; a link is followed only to what lies beneath
+    // the folder (a link leading out is refused here).
+    let existing = match parent.metadata(name) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match parent.symlink_metadata(name) {
+            // A dangling link: writing would create a file where it points.
+            Ok(_) => return Err(KbError::OutsideRoot { path: rel }),
             Err(_) => None,
-        }
-    });
-    let (parent, target, existing) = match fast {
-        Some(found) => found,
-        None => {
-            let abs = path::resolve_in(kb.root(), &parsed)?;
-            let (Some(parent), Some(file_name)) = (abs.parent(), abs.file_name()) else {
-                return Err(KbError::EmptyPath);
-            };
-            // `abs` has had its links resolved, so this is the real target.
-            let existing = match fs::metadata(&abs) {
-                Ok(meta) => Some(meta),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err("write", &e)),
-            };
-            fs::create_dir_all(parent).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
-                    KbError::NotADirectory { path: rel.clone() }
-                }
-                _ => io_err("create the folder for", &e),
-            })?;
-            // The folders were created after the path check; make sure nothing
-            // swapped a link in meanwhile, and write via the canonical folder.
-            let parent = fs::canonicalize(parent).map_err(|e| io_err("write", &e))?;
-            if !parent.starts_with(kb.root()) {
-                return Err(KbError::OutsideRoot { path: rel });
-            }
-            kb.folders.remember(folder, &parent);
-            let target = parent.join(file_name);
-            (parent, target, existing)
-        }
+        },
+        Err(e) => return Err(io_err("write", &e)),
     };
     if existing.as_ref().is_some_and(|m| m.is_dir()) {
         return Err(KbError::IsDirectory { path: rel });
@@ -126,14 +129,13 @@ pub(super) fn write(
             message: "the file is read-only".to_owned(),
         });
     }
-
     let old = match (&existing, mode) {
         (Some(meta), WriteMode::Append) => {
             let total = meta.len().saturating_add(new_len);
             if total > limit {
                 return Err(too_large(total));
             }
-            read_capped(&target, limit).map_err(|e| io_err("read", &e))?
+            read_capped(&parent, name, limit).map_err(|e| io_err("read", &e))?
         }
         _ => Vec::new(),
     };
@@ -143,34 +145,28 @@ pub(super) fn write(
         return Err(too_large(total));
     }
 
-    let mut tmp = temp_file_in(&parent, existing.as_ref()).map_err(|e| io_err("write", &e))?;
-    // On any error below `tmp` is dropped, which deletes the temp file.
-    tmp.write_all(&old)
-        .and_then(|()| tmp.write_all(content.as_bytes()))
-        .and_then(|()| {
-            if durable {
-                tmp.as_file().sync_all()
-            } else {
-                Ok(())
-            }
-        })
+    let mode_bits = existing.as_ref().map_or(0o666, unix_mode);
+    let mut tmp = TempFile::create(&parent, mode_bits).map_err(|e| io_err("write", &e))?;
+    tmp.file
+        .write_all(&old)
+        .and_then(|()| tmp.file.write_all(content.as_bytes()))
+        .and_then(|()| if durable { tmp.file.sync_all() } else { Ok(()) })
         .map_err(|e| io_err("write", &e))?;
-    let persisted = if mode == WriteMode::CreateNew {
+    let placed = if mode == WriteMode::CreateNew {
         // No-clobber: if another writer created the file since the check
         // above, fail instead of replacing their content.
-        tmp.persist_noclobber(&target)
+        tmp.link_as(name)
     } else {
-        tmp.persist(&target)
+        tmp.rename_to(name)
     };
-    if let Err(err) = persisted {
-        // Dropping `err.file` removes the temp file.
-        return Err(if err.error.kind() == io::ErrorKind::AlreadyExists {
+    if let Err(e) = placed {
+        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
             KbError::AlreadyExists { path: rel }
         } else {
             KbError::Io {
                 action: "write",
                 path: rel,
-                message: io_message(&err.error),
+                message: io_message(&e),
             }
         });
     }
@@ -187,106 +183,168 @@ pub(super) fn write(
     })
 }
 
-/// Folders that a write has checked (canonical, inside the root, made if
-/// missing), by their KB-relative components, with their identity on disk.
-///
-/// A later write into the same folder checks only that the canonical path is
-/// still a real folder with the same device and inode: a folder replaced by
-/// a link, or moved and replaced, fails that and is walked and checked again.
-#[derive(Debug, Default)]
-pub(super) struct Folders(Mutex<HashMap<Vec<String>, Folder>>);
-
-#[derive(Debug, Clone)]
-struct Folder {
-    path: PathBuf,
-    id: (u64, u64),
+/// Opens the folder `parts` beneath `root`, creating what is missing; a
+/// component that is a file, or a link leading out, is refused.
+fn open_folder(root: &Dir, parts: &[String], rel: &str) -> Result<Dir, KbError> {
+    if parts.is_empty() {
+        return root
+            .try_clone()
+            .map_err(|e| KbError::from_io(&e, "write", rel));
+    }
+    let folder: std::path::PathBuf = parts.iter().collect();
+    let refused = |e: io::Error| match e.kind() {
+        io::ErrorKind::NotADirectory | io::ErrorKind::AlreadyExists => KbError::NotADirectory {
+            path: rel.to_owned(),
+        },
+        _ => KbError::from_io(&e, "write", rel),
+    };
+    match root.open_dir(&folder) {
+        Ok(d) => return Ok(d),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(refused(e)),
+        Err(_) => {}
+    }
+    if let Err(e) = root.create_dir_all(&folder) {
+        // Why it could not be made is best told by opening it.
+        return Err(match root.open_dir(&folder) {
+            Err(open) if open.kind() != io::ErrorKind::NotFound => refused(open),
+            _ => KbError::from_io(&e, "create the folder for", rel),
+        });
+    }
+    root.open_dir(&folder).map_err(refused)
 }
 
-impl Folders {
-    /// The canonical path of `folder` if it was checked and is unchanged.
-    fn get(&self, folder: &[String]) -> Option<PathBuf> {
-        let known = self.lock().get(folder).cloned()?;
-        let meta = fs::symlink_metadata(&known.path).ok();
-        if meta.as_ref().and_then(identity) == Some(known.id) && meta.is_some_and(|m| m.is_dir()) {
-            return Some(known.path);
+/// The KB-relative path a link in `folder` names, if it stays inside the KB
+/// (`root` is the KB's canonical path, for absolute link targets).
+fn link_target(root: &Path, folder: &[String], target: &Path) -> Option<String> {
+    use std::path::Component;
+    let (mut parts, rest): (Vec<String>, &Path) = if target.is_absolute() {
+        (Vec::new(), target.strip_prefix(root).ok()?)
+    } else {
+        (folder.to_vec(), target)
+    };
+    for c in rest.components() {
+        match c {
+            Component::Normal(n) => parts.push(n.to_str()?.to_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            _ => return None,
         }
-        self.lock().remove(folder);
-        None
     }
-
-    /// Remember a folder just checked (`path` canonical and inside the root).
-    fn remember(&self, folder: &[String], path: &Path) {
-        // A handful of folders are written to; bound it anyway.
-        const MAX: usize = 256;
-        let Some(id) = fs::symlink_metadata(path).ok().as_ref().and_then(identity) else {
-            return;
-        };
-        let mut map = self.lock();
-        if map.len() >= MAX {
-            map.clear();
-        }
-        map.insert(
-            folder.to_vec(),
-            Folder {
-                path: path.to_path_buf(),
-                id,
-            },
-        );
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<String>, Folder>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-/// Device and inode: what tells one folder from another at the same path.
 #[cfg(unix)]
-pub(super) fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    Some((meta.dev(), meta.ino()))
+fn unix_mode(meta: &cap_std::fs::Metadata) -> u32 {
+    use cap_std::fs::PermissionsExt;
+    meta.permissions().mode() & 0o777
 }
 
-/// Elsewhere there is no cheap identity: every write checks the whole path.
 #[cfg(not(unix))]
-pub(super) fn identity(_: &fs::Metadata) -> Option<(u64, u64)> {
-    None
+fn unix_mode(_: &cap_std::fs::Metadata) -> u32 {
+    0o666
+}
+
+/// A hidden temp file in a folder (dot-prefixed so listings, searches and
+/// watchers that skip dot-files ignore it), removed unless it is placed.
+struct TempFile<'d> {
+    dir: &'d Dir,
+    name: String,
+    file: std::fs::File,
+    placed: bool,
+}
+
+impl<'d> TempFile<'d> {
+    /// With the permissions of the file it replaces, or ordinary ones for a
+    /// new file (the process umask applies, as for any create).
+    fn create(dir: &'d Dir, mode: u32) -> io::Result<TempFile<'d>> {
+        for _ in 0..16 {
+            let name = format!(".kb-{:016x}.tmp", rand::random::<u64>());
+            let mut opts = OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use cap_std::fs::OpenOptionsExt;
+                opts.mode(mode);
+            }
+            #[cfg(not(unix))]
+            let _ = mode;
+            match dir.open_with(&name, &opts) {
+                Ok(f) => {
+                    return Ok(TempFile {
+                        dir,
+                        name,
+                        file: f.into_std(),
+                        placed: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temp file name",
+        ))
+    }
+
+    /// Rename over `name` (replacing a file or a link there).
+    fn rename_to(mut self, name: &str) -> io::Result<()> {
+        self.dir.rename(&self.name, self.dir, name)?;
+        self.placed = true;
+        Ok(())
+    }
+
+    /// Link as `name`, failing if it exists; then drop the temp name.
+    fn link_as(mut self, name: &str) -> io::Result<()> {
+        self.dir.hard_link(&self.name, self.dir, name)?;
+        let _ = self.dir.remove_file(&self.name);
+        self.placed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = self.dir.remove_file(&self.name);
+        }
+    }
 }
 
 /// Reads a whole existing file, refusing (rather than loading) one that has
 /// grown past the write cap.
-fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+fn read_capped(dir: &Dir, name: &str, limit: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    File::open(path)?.take(limit + 1).read_to_end(&mut buf)?;
+    dir.open(name)?
+        .into_std()
+        .take(limit + 1)
+        .read_to_end(&mut buf)?;
     Ok(buf)
-}
-
-/// A hidden temp file in `dir` (dot-prefixed so listings, searches and
-/// watchers that skip dot-files ignore it), with the permissions of the file
-/// it replaces, or ordinary ones for a new file: `NamedTempFile` alone would
-/// make every note owner-only (0600).
-fn temp_file_in(dir: &Path, existing: Option<&fs::Metadata>) -> io::Result<NamedTempFile> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".kb-").suffix(".tmp");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = existing.map_or(0o666, |m| m.permissions().mode() & 0o777);
-        // The process umask still applies to the new file, as for any create.
-        builder.permissions(fs::Permissions::from_mode(mode));
-    }
-    #[cfg(not(unix))]
-    let _ = existing;
-    builder.tempfile_in(dir)
 }
 
 /// Flushes the folder entry of a rename to disk, so the new file survives a
 /// crash. Best effort: not every platform or file system supports it, and
 /// the data itself is already synced.
-fn sync_dir(dir: &Path) {
+fn sync_dir(dir: &Dir) {
     #[cfg(unix)]
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+    if let Err(e) = dir.try_clone().and_then(|d| d.into_std_file().sync_all()) {
         tracing::debug!("kb: folder sync after write failed: {e}");
     }
     #[cfg(not(unix))]
     let _ = dir;
+}
+
+/// Device and inode: what tells one folder from another at the same path.
+#[cfg(unix)]
+pub(super) fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Elsewhere there is no cheap identity.
+#[cfg(not(unix))]
+pub(super) fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
 }

@@ -136,6 +136,22 @@ impl DispatchServer {
     }
 }
 
+/// The longest error text a tool result carries: enough for every problem
+/// of a workflow, never a client's megabytes echoed back.
+const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+fn clip_error(mut text: String) -> String {
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut)");
+    }
+    text
+}
+
 fn kb_error_to_mcp(e: KbError) -> McpError {
     if e.is_user_error() {
         McpError::resource_not_found(e.to_string(), None)
@@ -255,8 +271,9 @@ impl ServerHandler for DispatchServer {
                 r
             }
             Err(e) => {
-                tracing::debug!(tool = %name, error = %e, "tool call failed");
-                CallToolResult::error(vec![ContentBlock::text(e.to_string())])
+                let text = clip_error(e.to_string());
+                tracing::debug!(tool = %name, error = %text, "tool call failed");
+                CallToolResult::error(vec![ContentBlock::text(text)])
             }
         };
         Ok(result.into())

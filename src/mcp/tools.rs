@@ -363,7 +363,7 @@ pub async fn call(
     name: &str,
     args: Option<serde_json::Map<String, Value>>,
 ) -> Result<ToolReply, ToolError> {
-    let spec = find(name).ok_or_else(|| ToolError::UnknownTool(name.to_string()))?;
+    let spec = find(name).ok_or_else(|| ToolError::UnknownTool(crate::engine::echo(name)))?;
     let app = ctx.app;
     let (engine, caller) = (ctx.engine, ctx.call);
     match spec.name {

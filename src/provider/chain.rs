@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::breaker::{Breaker, BreakerState, Clock, Outcome, SystemClock};
 use super::http::{Endpoint, build_client};
 use super::retry::retry_delay;
-use super::secret::ApiKey;
+use super::secret::{ApiKey, scrub_keys};
 use super::{
     AnthropicProvider, BUILTIN_PROVIDERS, ChatRequest, ChatResponse, OpenAiFlavor, OpenAiProvider,
     PriceTable, ProgressFn, Provider, ProviderError, ProviderKind, ProviderSettings,
@@ -176,6 +176,9 @@ pub struct Providers {
     /// Providers that need a key the environment does not hold, with the
     /// variable that should hold it.
     missing_keys: BTreeMap<String, String>,
+    /// Every configured key: scrubbed from every answer and error, whichever
+    /// provider gave it.
+    keys: Vec<ApiKey>,
 }
 
 impl fmt::Debug for Providers {
@@ -235,6 +238,7 @@ impl Providers {
             sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
             metrics: Arc::new(Metrics::new()),
             missing_keys: BTreeMap::new(),
+            keys: Vec::new(),
         };
         for name in names {
             let settings = custom.get(name).unwrap_or(&default_settings);
@@ -282,6 +286,7 @@ impl Providers {
             };
             let base_url = validate_base_url(name, &raw_url, &source, kind)?;
             let key = env_value(&key_env).map(ApiKey::new);
+            providers.keys.extend(key.clone());
             if key_required && key.is_none() {
                 providers
                     .missing_keys
@@ -496,8 +501,13 @@ impl Providers {
                 was_sent.then_some(elapsed),
             );
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
                     permit.record(Outcome::Success, self.clock.now());
+                    // A model may echo a key it saw (in its input, or a
+                    // provider's own): no configured key leaves in an answer.
+                    if let Some(clean) = scrub_keys(&response.text, &self.keys) {
+                        response.text = clean;
+                    }
                     let cost = self
                         .prices
                         .cost(model, response.usage, response.reported_cost_usd);
@@ -532,9 +542,9 @@ impl Providers {
                     if !e.is_skip() {
                         sent += 1;
                     }
-                    tracing::warn!(model = %model, latency_ms, attempt = sent, "provider call failed: {e}");
                     on_attempt(self.failed_log(model, started_at, latency_ms, &e));
                     if !e.is_retryable() || sent >= max_attempts {
+                        tracing::warn!(model = %model, latency_ms, attempt = sent, "provider call failed: {e}");
                         return Err(fail(e, sent));
                     }
                     // ThreadRng is not Send: draw before awaiting.
@@ -545,6 +555,15 @@ impl Providers {
                         self.cfg.base_delay,
                         self.cfg.max_delay,
                         unit,
+                    );
+                    // The wait actually taken ([resilience] max_delay_ms caps
+                    // what a provider asks for).
+                    tracing::warn!(
+                        model = %model,
+                        latency_ms,
+                        attempt = sent,
+                        "provider call failed: {e}; retrying in {}",
+                        super::human_duration(delay)
                     );
                     (self.sleep)(delay).await;
                 }
@@ -567,7 +586,10 @@ impl Providers {
             ok: false,
             skipped: e.is_skip(),
             http_status: e.http_status(),
-            error: Some(e.to_string()),
+            error: Some({
+                let text = e.to_string();
+                scrub_keys(&text, &self.keys).unwrap_or(text)
+            }),
             usage: Usage::default(),
             cost_usd: 0.0,
             cost_source: CostSource::Unknown,

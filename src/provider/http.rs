@@ -165,7 +165,10 @@ impl Endpoint {
         if status == 429
             && let Some(d) = retry_after
         {
-            message.push_str(&format!(" (retry after {})", super::human_duration(d)));
+            message.push_str(&format!(
+                " (it asked to retry after {})",
+                super::human_duration(d)
+            ));
         }
         let detail = self.safe_text(&detail);
         if !detail.is_empty() {

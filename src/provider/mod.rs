@@ -42,7 +42,7 @@ pub use limit::{Limited, limit_concurrency};
 pub use openai::{OpenAiFlavor, OpenAiProvider};
 pub use price::{Cost, Price, PriceTable, estimate_request_tokens, estimate_tokens};
 pub use retry::{backoff_delay, parse_retry_after};
-pub use secret::{ApiKey, clip, scrub};
+pub use secret::{ApiKey, clip, scrub, scrub_keys};
 
 /// Providers `dispatch` knows without any configuration (one list, owned by
 /// the agent reader, so the two cannot drift apart).

@@ -35,6 +35,26 @@ impl fmt::Debug for ApiKey {
 
 const REDACTED: &str = "[redacted]";
 
+/// Every configured key value in `text` replaced by `[redacted]`: for what a
+/// provider *answers* (a model echoing a key it saw), where the broader
+/// patterns of [`scrub`] would also cut ordinary text such as a code review
+/// quoting `sk-…` examples. Keys shorter than 8 characters are left alone
+/// (such a value would redact ordinary words and is no real key).
+pub fn scrub_keys(text: &str, keys: &[ApiKey]) -> Option<String> {
+    let present: Vec<&ApiKey> = keys
+        .iter()
+        .filter(|k| k.0.len() >= 8 && text.contains(k.0.as_str()))
+        .collect();
+    if present.is_empty() {
+        return None;
+    }
+    let mut out = text.to_string();
+    for k in present {
+        out = out.replace(k.0.as_str(), REDACTED);
+    }
+    Some(out)
+}
+
 /// Remove secrets from provider text: every occurrence of `key`, anything that
 /// looks like an OpenAI/Anthropic/OpenRouter key (`sk-…`), and the token after
 /// `Bearer`.

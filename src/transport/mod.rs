@@ -7,6 +7,7 @@
 //! authentication, rate limits, body limits and per-tool scopes.
 
 pub mod guard;
+mod serve;
 pub mod sse;
 
 use std::future::Future;
@@ -232,11 +233,19 @@ pub async fn serve_http(
         shutdown.await;
         stop.cancel();
     });
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let limits = serve::ConnLimits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+        max_connections: match config.max_connections {
+            0 => serve::default_max_connections(),
+            n => n,
+        },
+    };
+    tracing::debug!(
+        max_connections = limits.max_connections,
+        header_read_timeout_secs = limits.header_read_timeout.as_secs(),
+        "connection limits"
+    );
+    let server = serve::serve(listener, router, limits, stopping.clone());
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let s = shared.clone();
     let drain = async move {
@@ -257,7 +266,7 @@ pub async fn serve_http(
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     tokio::select! {
-        r = server => r.map_err(HttpError::Serve)?,
+        () = server => {}
         _ = drain => tracing::warn!("closing connections that stayed open after shutdown"),
     }
     tracing::info!("HTTP server stopped");
