@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use crate::agent::{ModelSpec, parse_model};
 use crate::config::{Config, ConfigError, Paths};
 use crate::engine::{Engine, EngineConfig, RouterConfig};
-use crate::kb::{FileSet, Kb, KbError};
+use crate::kb::{FileSet, Kb, KbError, KbView, SharedAccess};
 use crate::provider::{
     Price, PriceTable, ProviderKind, ProviderSettings, Providers, ResilienceConfig,
 };
@@ -164,7 +164,9 @@ impl App {
     }
 
     /// Watch the KB and send on `tx` whenever its set of files changes (a file
-    /// appears, disappears or is renamed; edits in place do not count).
+    /// appears, disappears or is renamed; edits in place do not count), with
+    /// the KB-relative paths that changed (so each session can tell whether
+    /// the change is in its view, [`KbView::sees`]).
     ///
     /// Notices go out at most once per [`KB_NOTICE_EVERY`]: a busy server
     /// writes an outbox file per task, and every notice goes to every
@@ -172,29 +174,53 @@ impl App {
     /// The first change is told at once; changes during the pause are told
     /// together after it. Call it inside a tokio runtime (without one,
     /// every change is told at once).
-    pub fn watch_kb(&self, tx: broadcast::Sender<()>) -> Result<DirWatcher, notify::Error> {
+    pub fn watch_kb(&self, tx: broadcast::Sender<KbChange>) -> Result<DirWatcher, notify::Error> {
         let kb = self.kb.clone();
         let mut files = FileSet::scan(&kb);
         let root = kb.root().to_path_buf();
-        // One pending notice at most: a full channel already says "changed".
-        let (notice, mut pending) = tokio::sync::mpsc::channel::<()>(1);
+        let changed = Pending::default();
+        // One pending wake-up at most: a full channel already says "changed".
+        let (notice, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+        let taken = changed.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(forward_notices(pending, tx, KB_NOTICE_EVERY));
+                rt.spawn(forward_notices(wake, taken, tx, KB_NOTICE_EVERY));
             }
             Err(_) => {
                 std::thread::spawn(move || {
-                    while pending.blocking_recv().is_some() {
-                        let _ = tx.send(());
+                    while wake.blocking_recv().is_some() {
+                        let _ = tx.send(taken.take());
                     }
                 });
             }
         }
         watch_dir(&root, DEFAULT_DEBOUNCE, move |paths| {
             if files.update(&kb, &paths) {
+                changed.add(paths.iter().map(|p| {
+                    // Outside the root (the root itself): everyone's view.
+                    crate::kb::path::relative_display(kb.root(), p).unwrap_or_default()
+                }));
                 let _ = notice.try_send(());
             }
         })
+    }
+
+    /// What `subject` sees of the KB: all of it without a subject, else its
+    /// own space with the shared `context/` (writable if `[auth]
+    /// context_writers` names it).
+    pub fn kb_view(&self, subject: Option<&str>) -> Result<KbView, KbError> {
+        let writer = subject.is_some_and(|s| {
+            self.config
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.context_writers.iter().any(|w| w == s))
+        });
+        let access = if writer {
+            SharedAccess::ReadWrite
+        } else {
+            SharedAccess::ReadOnly
+        };
+        self.kb.view(subject, access)
     }
 }
 
@@ -241,17 +267,45 @@ pub fn providers_of(config: &Config) -> Result<Providers, OpenError> {
     ))
 }
 
-/// Passes each pending notice on to `tx`, then pauses `every`: notices that
-/// arrive meanwhile wait in the one-slot channel and go out as one. Ends
-/// when the senders are dropped.
+/// The KB-relative paths of one notice that the KB's file list changed
+/// (`""`: anything).
+pub type KbChange = Arc<Vec<String>>;
+
+/// Paths changed since the last notice went out.
+#[derive(Clone, Default)]
+struct Pending(Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
+
+impl Pending {
+    fn add(&self, paths: impl Iterator<Item = String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(paths);
+    }
+
+    fn take(&self) -> KbChange {
+        let set = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Arc::new(set.into_iter().collect())
+    }
+}
+
+/// Passes each pending notice on to `tx`, then pauses `every`: changes that
+/// arrive meanwhile wait (their wake-up in the one-slot channel, their paths
+/// in `changed`) and go out as one. Ends when the senders are dropped.
 async fn forward_notices(
-    mut pending: tokio::sync::mpsc::Receiver<()>,
-    tx: broadcast::Sender<()>,
+    mut wake: tokio::sync::mpsc::Receiver<()>,
+    changed: Pending,
+    tx: broadcast::Sender<KbChange>,
     every: Duration,
 ) {
-    while pending.recv().await.is_some() {
+    while wake.recv().await.is_some() {
         // No receivers just means no client is connected yet.
-        let _ = tx.send(());
+        let _ = tx.send(changed.take());
         tokio::time::sleep(every).await;
     }
 }
@@ -267,15 +321,18 @@ mod tests {
         let (notice, pending) = tokio::sync::mpsc::channel(1);
         let (tx, mut rx) = broadcast::channel(16);
         let every = Duration::from_secs(1);
-        let task = tokio::spawn(forward_notices(pending, tx, every));
+        let changed = Pending::default();
+        let task = tokio::spawn(forward_notices(pending, changed.clone(), tx, every));
+        changed.add(["a.md".to_owned()].into_iter());
         let _ = notice.try_send(());
-        assert_eq!(rx.recv().await, Ok(()));
+        assert_eq!(*rx.recv().await.unwrap(), ["a.md"]);
         let sent = tokio::time::Instant::now();
-        for _ in 0..3 {
+        for i in 0..3 {
+            changed.add([format!("b{i}.md")].into_iter());
             let _ = notice.try_send(());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(rx.recv().await, Ok(()));
+        assert_eq!(*rx.recv().await.unwrap(), ["b0.md", "b1.md", "b2.md"]);
         assert!(
             sent.elapsed() >= every,
             "the second notice waited for the pause"

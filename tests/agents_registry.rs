@@ -201,3 +201,135 @@ async fn mirror_problems_are_reported() {
     }
     c.close().await;
 }
+
+fn load_errors(out: &Value) -> String {
+    out["load_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["file"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn models_of(out: &Value, name: &str) -> Value {
+    out["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .map(|a| a["models"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(ok.success());
+}
+
+/// A new file claiming a loaded agent's name (sorting before it) does not
+/// take the agent over: the holder keeps running on its own model, and the
+/// newcomer's diagnostic names the holder.
+#[tokio::test]
+async fn an_intruder_with_a_loaded_name_never_takes_it_over() {
+    let p = Project::new();
+    p.write_agent("g1.agent.md", &agent_file("g1", "openai/gpt-4o-mini"));
+    let c = connect(&p).await;
+    assert_eq!(names(&agents(&c).await), ["g1"]);
+    p.write_agent(
+        "a-intruder.agent.md",
+        &agent_file("g1", "anthropic/claude-opus-4-1"),
+    );
+    let out = eventually("the intruder is reported", DEADLINE, || async {
+        let out = agents(&c).await;
+        load_errors(&out)
+            .contains("a-intruder.agent.md")
+            .then_some(out)
+    })
+    .await;
+    assert_eq!(names(&out), ["g1"]);
+    assert_eq!(
+        models_of(&out, "g1"),
+        json!(["openai/gpt-4o-mini"]),
+        "{out}"
+    );
+    let errors = load_errors(&out);
+    assert!(errors.contains("duplicate agent name `g1`"), "{errors}");
+    assert!(errors.contains("g1.agent.md"), "{errors}");
+    c.close().await;
+}
+
+/// Devices, FIFOs and oversized files are diagnostics: reading them never
+/// blocks or fills memory, at start, on reload, or in `dispatch agents check`.
+#[tokio::test]
+async fn special_and_huge_agent_files_are_reported_and_never_block() {
+    let p = Project::new();
+    p.write_agent("good.agent.md", &agent_file("good", "openai/gpt-4o-mini"));
+    let agents_dir = p.root().join("agents");
+    std::os::unix::fs::symlink("/dev/zero", agents_dir.join("zero.agent.md")).unwrap();
+    mkfifo(&agents_dir.join("pipe.agent.md"));
+    std::fs::write(
+        agents_dir.join("huge.agent.md"),
+        format!("---\nmodel: openai/gpt-4o\n---\n{}", "x".repeat(2 << 20)),
+    )
+    .unwrap();
+
+    // A fresh server answers `initialize` (connect does it) and lists.
+    let c = connect(&p).await;
+    let out = agents(&c).await;
+    assert_eq!(names(&out), ["good"]);
+    let errors = load_errors(&out);
+    for file in ["zero.agent.md", "pipe.agent.md"] {
+        assert!(
+            errors
+                .lines()
+                .any(|l| l.contains(file) && l.contains("not a regular file")),
+            "{errors}"
+        );
+    }
+    assert!(
+        errors
+            .lines()
+            .any(|l| l.contains("huge.agent.md") && l.contains("at most")),
+        "{errors}"
+    );
+    // While serving: a new FIFO does not stop the next file from loading.
+    mkfifo(&agents_dir.join("later.agent.md"));
+    p.write_agent("next.agent.md", &agent_file("next", "openai/gpt-4o-mini"));
+    eventually("the next agent loads", DEADLINE, || async {
+        (names(&agents(&c).await) == ["good", "next"]).then_some(())
+    })
+    .await;
+    c.close().await;
+
+    // The CLI check finishes and names them too.
+    let mut check = tokio::process::Command::new(bin());
+    check
+        .args(["agents", "check", "--root"])
+        .arg(p.root())
+        .kill_on_drop(true);
+    let done = tokio::time::timeout(DEADLINE, check.output())
+        .await
+        .expect("`dispatch agents check` finishes")
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&done.stdout).to_string() + &String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success(), "{text}");
+    for file in [
+        "zero.agent.md",
+        "pipe.agent.md",
+        "later.agent.md",
+        "huge.agent.md",
+    ] {
+        assert!(text.contains(file), "{file}: {text}");
+    }
+}

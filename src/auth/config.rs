@@ -65,6 +65,10 @@ pub struct AuthConfig {
     /// (default: `dispatch:read`, `dispatch:run`, `dispatch:write`).
     #[serde(default = "default_scopes")]
     pub scopes_supported: Vec<String>,
+    /// Subjects (`sub`) that may write to the KB's shared `context/` folder;
+    /// every subject reads it, and has a KB space of its own (default: none).
+    #[serde(default)]
+    pub context_writers: Vec<String>,
 }
 
 /// `[auth.introspection]`: the RFC 7662 endpoint and this server's client
@@ -145,6 +149,7 @@ impl AuthConfig {
             algorithms: default_algorithms(),
             leeway_secs: DEFAULT_LEEWAY_SECS,
             scopes_supported: default_scopes(),
+            context_writers: Vec::new(),
         }
     }
 

@@ -185,13 +185,17 @@ pub async fn write(
     let path = path_for(task);
     let kb = engine.kb.clone();
     let p = path.clone();
+    // In the task's owner's own KB space (the whole KB without a subject).
+    let subject = task.subject.clone();
     // On the blocking pool, not `block_in_place`: under load that hands the
     // worker's other tasks to fresh threads on every file, which measured
     // slower over HTTP and doubled the server's memory (BENCHMARKS.md).
-    let written =
-        tokio::task::spawn_blocking(move || kb.write_derived(&p, &doc, WriteMode::Overwrite))
-            .await
-            .map_err(|e| e.to_string())?;
+    let written = tokio::task::spawn_blocking(move || {
+        kb.for_subject(subject.as_deref())?
+            .write_derived(&p, &doc, WriteMode::Overwrite)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     written.map_err(|e| e.to_string())?;
     Ok(path)
 }

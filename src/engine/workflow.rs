@@ -672,6 +672,8 @@ async fn run_step(
 /// few times a second, so a 10,000-step run does not rewrite them 10,000 times.
 struct SessionWriter {
     dir: String,
+    /// The run's owner, in whose own KB space the files go.
+    subject: Option<String>,
     last: Option<Instant>,
 }
 
@@ -679,6 +681,7 @@ impl SessionWriter {
     fn new(_engine: &Engine, run: &Run) -> SessionWriter {
         SessionWriter {
             dir: format!("sessions/{}", run.id),
+            subject: run.subject.clone(),
             last: None,
         }
     }
@@ -687,8 +690,10 @@ impl SessionWriter {
         let path = format!("{}/{name}", self.dir);
         let kb = engine.kb.clone();
         let p = path.clone();
+        let subject = self.subject.clone();
         match tokio::task::spawn_blocking(move || {
-            kb.write_derived(&p, &content, WriteMode::Overwrite)
+            kb.for_subject(subject.as_deref())?
+                .write_derived(&p, &content, WriteMode::Overwrite)
         })
         .await
         {

@@ -11,6 +11,17 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KbError {
+    /// A subject without `[auth] context_writers` wrote to the shared folder.
+    #[error(
+        "`{path}` is in `context/`, which every user of this server shares and only the \
+         subjects named in `[auth] context_writers` may change; write to a folder of your own \
+         instead (e.g. `notes/…`), or ask the server's operator to add you"
+    )]
+    SharedReadOnly {
+        /// The path as given.
+        path: String,
+    },
+
     /// The path was empty (or `.`) where a file is required.
     #[error(
         "a file path is required here, but the path was empty (the knowledge-base root); \
@@ -193,6 +204,7 @@ impl KbError {
     /// without matching on every variant.
     pub fn code(&self) -> &'static str {
         match self {
+            KbError::SharedReadOnly { .. } => "shared_read_only",
             KbError::EmptyPath => "empty_path",
             KbError::Traversal { .. } => "traversal",
             KbError::Absolute { .. } => "absolute_path",

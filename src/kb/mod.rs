@@ -13,6 +13,7 @@ pub mod path;
 mod read;
 mod search;
 mod title;
+mod view;
 mod write;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use error::KbError;
 pub use files::FileSet;
 pub use path::MAX_PATH_BYTES;
 use path::RelPath;
+pub use view::{KbView, SHARED_DIR, SUBJECTS_DIR, SharedAccess, subject_folder};
 
 /// Sub-folders every knowledge base has: work handed in, work handed out,
 /// standing context, and per-session notes.

@@ -1219,3 +1219,184 @@ fn relative_and_joined_paths_agree() {
         );
     }
 }
+
+// ---------------------------------------------------------------- views
+
+#[test]
+fn a_subjects_view_holds_its_own_files_and_the_shared_folder() -> R {
+    let (_d, kb) = setup()?;
+    put(&kb, "context/team.md", "# Team\n")?;
+    let alice = kb.view(Some("alice"), SharedAccess::ReadOnly)?;
+    let bob = kb.view(Some("bob"), SharedAccess::ReadWrite)?;
+    alice.write("outbox/a.md", "alice's", WriteMode::Overwrite)?;
+    assert!(matches!(
+        bob.read("outbox/a.md", 0, None),
+        Err(KbError::NotFound { .. })
+    ));
+    assert!(matches!(
+        alice.write("context/x.md", "no", WriteMode::Overwrite),
+        Err(KbError::SharedReadOnly { .. })
+    ));
+    bob.write("context/x.md", "yes", WriteMode::Overwrite)?;
+    assert_eq!(alice.read("context/x.md", 0, None)?.content, "yes");
+    let names = |v: &KbView| -> Result<Vec<String>, KbError> {
+        let l = v.list(
+            "",
+            &ListOptions {
+                recursive: true,
+                ..Default::default()
+            },
+        )?;
+        Ok(l.entries.into_iter().map(|e| e.path).collect())
+    };
+    assert_eq!(
+        names(&alice)?,
+        [
+            "context",
+            "context/team.md",
+            "context/x.md",
+            "inbox",
+            "outbox",
+            "outbox/a.md",
+            "sessions"
+        ]
+    );
+    assert!(!names(&bob)?.contains(&"outbox/a.md".to_string()));
+    let files: Vec<_> = alice.all_files()?.into_iter().map(|e| e.path).collect();
+    assert_eq!(files, ["context/team.md", "context/x.md", "outbox/a.md"]);
+    // The whole KB (no subject) holds both spaces on disk.
+    let whole = kb.view(None, SharedAccess::ReadOnly)?;
+    let on_disk = format!("subjects/{}/outbox/a.md", subject_folder("alice"));
+    assert_eq!(whole.read(&on_disk, 0, None)?.content, "alice's");
+    // Change notices: a subject hears of its own space and the shared folder.
+    let own = format!("subjects/{}/outbox/a.md", subject_folder("alice"));
+    assert!(alice.sees(&own));
+    assert!(!bob.sees(&own));
+    assert!(alice.sees("context/x.md") && bob.sees("context/x.md"));
+    assert!(!bob.sees(&format!("subjects/{}", subject_folder("alice"))));
+    assert!(whole.sees(&own));
+    Ok(())
+}
+
+#[test]
+fn subject_folders_are_safe_names_that_never_collide() {
+    let a = subject_folder("../../etc");
+    assert!(!a.contains('/') && !a.contains(".."), "{a}");
+    assert_ne!(subject_folder("a/b"), subject_folder("a_b"));
+    assert!(subject_folder(&"x".repeat(500)).len() < 64);
+}
+
+// ---------------------------------------------------------------- swaps
+
+/// The reproduction from the hardening issue: a folder written once, moved
+/// outside and linked back, takes no more writes or reads.
+#[test]
+fn a_folder_swapped_for_a_link_outside_is_refused() -> R {
+    let (_d, kb) = setup()?;
+    let outside = tempfile::tempdir()?;
+    kb.write("notes/sub/a.md", "a", WriteMode::Overwrite)?;
+    let moved = outside.path().join("notes");
+    fs::rename(kb.root().join("notes"), &moved)?;
+    std::os::unix::fs::symlink(&moved, kb.root().join("notes"))?;
+    let e = err(&kb, kb.write("notes/sub/b.md", "b", WriteMode::Overwrite));
+    assert!(matches!(e, KbError::OutsideRoot { .. }), "{e}");
+    assert!(!moved.join("sub/b.md").exists(), "nothing landed outside");
+    assert!(kb.read("notes/sub/a.md", 0, None).is_err());
+    // The same with a relative link leading out.
+    fs::remove_file(kb.root().join("notes"))?;
+    let up = pathdiff(&moved, kb.root());
+    std::os::unix::fs::symlink(&up, kb.root().join("notes"))?;
+    assert!(kb.write("notes/sub/c.md", "c", WriteMode::Append).is_err());
+    assert!(!moved.join("sub/c.md").exists());
+    Ok(())
+}
+
+/// `target` relative to `from` (both absolute), by `..`s to the root.
+fn pathdiff(target: &Path, from: &Path) -> std::path::PathBuf {
+    let mut up = std::path::PathBuf::new();
+    for _ in from.components().skip(1) {
+        up.push("..");
+    }
+    up.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+/// Another process flips a folder between a real one and a link to outside
+/// while thousands of reads, writes, listings and searches run: none of them
+/// reaches the outside folder.
+#[test]
+fn a_racing_link_flipper_never_gets_an_operation_outside() -> R {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_d, kb) = setup()?;
+    let outside = tempfile::tempdir()?;
+    fs::write(outside.path().join("secret.md"), "OUTSIDE SECRET\n")?;
+    let flip = kb.root().join("flip");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (flip, target, stop) = (flip.clone(), outside.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = fs::remove_dir_all(&flip);
+                let _ = fs::remove_file(&flip);
+                let _ = std::os::unix::fs::symlink(&target, &flip);
+                let _ = fs::remove_file(&flip);
+                let _ = fs::create_dir(&flip);
+                let _ = fs::write(flip.join("secret.md"), "inside\n");
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let mut escapes = 0;
+    let ops = 4000;
+    for i in 0..ops {
+        match i % 4 {
+            0 => {
+                let _ = kb.write("flip/w.md", "written\n", WriteMode::Overwrite);
+            }
+            1 => {
+                if kb
+                    .read("flip/secret.md", 0, None)
+                    .is_ok_and(|c| c.content.contains("OUTSIDE"))
+                {
+                    escapes += 1;
+                }
+            }
+            2 => {
+                // A listing shows names only (never content); it must not
+                // fail in a way that panics, and an append must stay inside.
+                let _ = kb.list("flip", &ListOptions::default());
+                let _ = kb.write("flip/a.md", "x", WriteMode::Append);
+            }
+            _ => {
+                if i % 40 == 3
+                    && kb
+                        .search(&SearchQuery {
+                            pattern: "OUTSIDE".into(),
+                            ..Default::default()
+                        })
+                        .is_ok_and(|r| !r.matches.is_empty())
+                {
+                    escapes += 1;
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().map_err(|_| "the flipper panicked")?;
+    let outside_names: Vec<_> = fs::read_dir(outside.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(outside_names, ["secret.md"], "a write landed outside");
+    assert_eq!(
+        fs::read_to_string(outside.path().join("secret.md"))?,
+        "OUTSIDE SECRET\n"
+    );
+    assert_eq!(
+        escapes, 0,
+        "{escapes} of {ops} operations read outside ({flips} flips)"
+    );
+    assert!(flips > 0);
+    Ok(())
+}

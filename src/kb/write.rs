@@ -328,12 +328,23 @@ fn read_capped(dir: &Dir, name: &str, limit: u64) -> io::Result<Vec<u8>> {
 /// crash. Best effort: not every platform or file system supports it, and
 /// the data itself is already synced.
 fn sync_dir(dir: &Dir) {
-    #[cfg(unix)]
-    if let Err(e) = dir.try_clone().and_then(|d| d.into_std_file().sync_all()) {
+    if let Err(e) = try_sync_dir(dir) {
         tracing::debug!("kb: folder sync after write failed: {e}");
     }
-    #[cfg(not(unix))]
-    let _ = dir;
+}
+
+/// The handle itself may be `O_PATH`, which cannot be synced: the folder is
+/// opened for reading through it.
+#[cfg(unix)]
+fn try_sync_dir(dir: &Dir) -> io::Result<()> {
+    dir.open_with(".", OpenOptions::new().read(true))?
+        .into_std()
+        .sync_all()
+}
+
+#[cfg(not(unix))]
+fn try_sync_dir(_: &Dir) -> io::Result<()> {
+    Ok(())
 }
 
 /// Device and inode: what tells one folder from another at the same path.
@@ -347,4 +358,16 @@ pub(super) fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
 #[cfg(not(unix))]
 pub(super) fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn folders_can_be_synced() {
+        let d = tempfile::tempdir().unwrap();
+        let kb = super::Kb::open(d.path()).unwrap();
+        super::try_sync_dir(kb.dir()).unwrap();
+        let sub = super::open_folder(kb.dir(), &["a".to_owned()], "a/x.md").unwrap();
+        super::try_sync_dir(&sub).unwrap();
+    }
 }

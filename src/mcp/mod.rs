@@ -22,7 +22,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
+use crate::app::{App, KbChange};
 use crate::auth::Principal;
 use crate::engine::Engine;
 use crate::kb::KbError;
@@ -59,7 +59,7 @@ absolute paths are refused. Errors come back as tool results that say what to ch
 pub struct DispatchServer {
     app: Arc<App>,
     engine: Arc<Engine>,
-    kb_changes: broadcast::Sender<()>,
+    kb_changes: broadcast::Sender<KbChange>,
     /// The caller, when the transport fixed it for the whole session (legacy
     /// SSE); Streamable HTTP brings it with each request instead.
     principal: Option<Principal>,
@@ -85,7 +85,11 @@ pub enum Transport {
 impl DispatchServer {
     /// A server over `app` and `engine`; `kb_changes` fires when KB files
     /// appear or disappear.
-    pub fn new(app: Arc<App>, engine: Arc<Engine>, kb_changes: broadcast::Sender<()>) -> Self {
+    pub fn new(
+        app: Arc<App>,
+        engine: Arc<Engine>,
+        kb_changes: broadcast::Sender<KbChange>,
+    ) -> Self {
         DispatchServer {
             app,
             engine,
@@ -284,12 +288,16 @@ impl ServerHandler for DispatchServer {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        self.principal_of(&context.extensions)
+        let principal = self
+            .principal_of(&context.extensions)
             .map_err(|e| McpError::invalid_request(e, None))?;
         let cursor = request.and_then(|r| r.cursor);
-        let app = self.app.clone();
+        let view = self
+            .app
+            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
+            .map_err(kb_error_to_mcp)?;
         let (items, next) =
-            tokio::task::spawn_blocking(move || resources::page(&app.kb, cursor.as_deref()))
+            tokio::task::spawn_blocking(move || resources::page(&view, cursor.as_deref()))
                 .await
                 .map_err(|e| McpError::internal_error(format!("listing failed: {e}"), None))?
                 .map_err(|e| match e {
@@ -318,13 +326,17 @@ impl ServerHandler for DispatchServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        self.principal_of(&context.extensions)
+        let principal = self
+            .principal_of(&context.extensions)
             .map_err(|e| McpError::invalid_request(e, None))?;
         let uri = request.uri;
         let path =
             resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;
-        let app = self.app.clone();
-        let contents = tokio::task::spawn_blocking(move || resources::read(&app.kb, &uri, &path))
+        let view = self
+            .app
+            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
+            .map_err(kb_error_to_mcp)?;
+        let contents = tokio::task::spawn_blocking(move || resources::read(&view, &uri, &path))
             .await
             .map_err(|e| McpError::internal_error(format!("read failed: {e}"), None))?
             .map_err(kb_error_to_mcp)?;
@@ -336,10 +348,21 @@ impl ServerHandler for DispatchServer {
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         let mut rx = self.kb_changes.subscribe();
         let peer = context.peer;
+        // The session's owner was fixed by `initialize`; it only hears of
+        // changes in its own view of the KB.
+        let subject = self.session_subject.get().cloned();
+        let Ok(view) = self.app.kb_view(subject.as_deref()) else {
+            return;
+        };
         tokio::spawn(async move {
-            // `Lagged` only means several changes were merged into one notice.
-            while let Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = rx.recv().await {
-                if peer.notify_resource_list_changed().await.is_err() {
+            loop {
+                let relevant = match rx.recv().await {
+                    Ok(change) => change.iter().any(|p| view.sees(p)),
+                    // Several changes were merged: tell, to be safe.
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if relevant && peer.notify_resource_list_changed().await.is_err() {
                     break; // the client is gone
                 }
             }
@@ -363,17 +386,26 @@ impl ServerHandler for DispatchServer {
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let mut rx = self.kb_changes.subscribe();
         let wants = context.accepted().resources_list_changed == Some(true);
+        let principal = self
+            .principal_of(&context.request_context().extensions)
+            .map_err(|e| McpError::invalid_request(e, None))?;
+        let view = self
+            .app
+            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
+            .map_err(kb_error_to_mcp)?;
         loop {
             tokio::select! {
                 _ = context.cancelled() => return Ok(()),
-                msg = rx.recv() => match msg {
-                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if wants && context.sink().notify_resource_list_changed().await.is_err() {
-                            return Ok(());
-                        }
+                msg = rx.recv() => {
+                    let relevant = match msg {
+                        Ok(change) => change.iter().any(|p| view.sees(p)),
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    if wants && relevant && context.sink().notify_resource_list_changed().await.is_err() {
+                        return Ok(());
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
+                }
             }
         }
     }
@@ -387,7 +419,7 @@ impl ServerHandler for DispatchServer {
 pub async fn serve_stdio(
     app: Arc<App>,
     engine: Arc<Engine>,
-    kb_changes: broadcast::Sender<()>,
+    kb_changes: broadcast::Sender<KbChange>,
 ) -> Result<(), ServeError> {
     let stopping = engine.clone();
     let io = stdio::start(tokio::io::stdin(), tokio::io::stdout(), move || {

@@ -5,7 +5,7 @@ use base64::Engine;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use rmcp::model::{Resource, ResourceContents, ResourceTemplate};
 
-use crate::kb::{Entry, Kb, KbError};
+use crate::kb::{Entry, KbError, KbView};
 
 /// URI scheme of knowledge-base resources.
 pub const SCHEME: &str = "kb://";
@@ -97,7 +97,10 @@ pub fn resource_for(e: &Entry) -> Resource {
 
 /// One page of resources and the cursor of the next. Cursors are the index of
 /// the next file as a decimal string.
-pub fn page(kb: &Kb, cursor: Option<&str>) -> Result<(Vec<Resource>, Option<String>), PageError> {
+pub fn page(
+    kb: &KbView,
+    cursor: Option<&str>,
+) -> Result<(Vec<Resource>, Option<String>), PageError> {
     let start = match cursor {
         None => 0,
         Some(c) => c
@@ -138,7 +141,7 @@ pub fn template() -> ResourceTemplate {
 }
 
 /// Read a resource: text when it is UTF-8 without NUL bytes, a base64 blob otherwise.
-pub fn read(kb: &Kb, uri: &str, path: &str) -> Result<ResourceContents, KbError> {
+pub fn read(kb: &KbView, uri: &str, path: &str) -> Result<ResourceContents, KbError> {
     let bytes = kb.read_bytes(path)?;
     let mime = mime_for(path).to_string();
     let is_text = !bytes.contains(&0);

@@ -20,7 +20,7 @@ use crate::agent::SourceFormat;
 use crate::app::App;
 use crate::diag::Diagnostic;
 use crate::engine::{CancelOutcome, Engine, UsageReport};
-use crate::kb::{KbError, ListOptions, SearchQuery, WriteMode};
+use crate::kb::{KbError, KbView, ListOptions, SearchQuery, WriteMode};
 
 /// A tool call that failed in a way the caller can fix or should know about.
 #[derive(Debug, thiserror::Error)]
@@ -386,14 +386,14 @@ pub async fn call(
         }
         "kb_read" => {
             let a: KbReadArgs = parse(spec.name, args)?;
-            blocking(app, move |app| {
-                app.kb.read(&a.path, a.offset.unwrap_or(0), a.limit)
+            blocking(app, caller, move |kb| {
+                kb.read(&a.path, a.offset.unwrap_or(0), a.limit)
             })
             .await
         }
         "kb_write" => {
             let a: KbWriteArgs = parse(spec.name, args)?;
-            blocking(app, move |app| app.kb.write(&a.path, &a.content, a.mode)).await
+            blocking(app, caller, move |kb| kb.write(&a.path, &a.content, a.mode)).await
         }
         "kb_list" => {
             let a: KbListArgs = parse(spec.name, args)?;
@@ -402,8 +402,8 @@ pub async fn call(
                 limit: a.limit.unwrap_or(crate::kb::DEFAULT_LIST_LIMIT),
                 include_hidden: a.include_hidden,
             };
-            blocking(app, move |app| {
-                app.kb.list(a.path.as_deref().unwrap_or(""), &opts)
+            blocking(app, caller, move |kb| {
+                kb.list(a.path.as_deref().unwrap_or(""), &opts)
             })
             .await
         }
@@ -417,7 +417,7 @@ pub async fn call(
                 glob: a.glob,
                 max_results: a.max_results.unwrap_or(crate::kb::DEFAULT_MAX_RESULTS),
             };
-            blocking(app, move |app| app.kb.search(&q)).await
+            blocking(app, caller, move |kb| kb.search(&q)).await
         }
         other => Err(ToolError::UnknownTool(other.to_string())),
     }
@@ -427,15 +427,16 @@ fn to_value<T: Serialize>(v: T) -> Result<Value, ToolError> {
     serde_json::to_value(v).map_err(|e| ToolError::Internal(e.to_string()))
 }
 
-/// File system work runs on the blocking pool so a slow disk cannot stall the
-/// JSON-RPC loop.
-async fn blocking<T, F>(app: &Arc<App>, f: F) -> Result<ToolReply, ToolError>
+/// KB work on the caller's view of the KB ([`App::kb_view`]), on the
+/// blocking pool so a slow disk cannot stall the JSON-RPC loop.
+async fn blocking<T, F>(app: &Arc<App>, caller: &CallCtx, f: F) -> Result<ToolReply, ToolError>
 where
     T: Serialize + Send + 'static,
-    F: FnOnce(&App) -> Result<T, KbError> + Send + 'static,
+    F: FnOnce(&KbView) -> Result<T, KbError> + Send + 'static,
 {
     let app = app.clone();
-    let out = tokio::task::spawn_blocking(move || f(&app))
+    let subject = caller.subject.clone();
+    let out = tokio::task::spawn_blocking(move || f(&app.kb_view(subject.as_deref())?))
         .await
         .map_err(|e| ToolError::Internal(format!("knowledge-base task failed: {e}")))??;
     Ok(ToolReply::json(to_value(out)?))

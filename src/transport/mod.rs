@@ -74,7 +74,7 @@ pub enum HttpError {
 pub struct Shared {
     app: Arc<App>,
     engine: Arc<Engine>,
-    kb_changes: broadcast::Sender<()>,
+    kb_changes: broadcast::Sender<crate::app::KbChange>,
     auth: Option<Authenticator>,
     allow: guard::AllowList,
     limiter: Option<guard::Limiter>,
@@ -112,7 +112,7 @@ impl Shared {
 pub async fn serve_http(
     app: Arc<App>,
     engine: Arc<Engine>,
-    kb_changes: broadcast::Sender<()>,
+    kb_changes: broadcast::Sender<crate::app::KbChange>,
     opts: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {

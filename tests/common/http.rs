@@ -286,6 +286,15 @@ impl SseClient {
             .expect("answer")
     }
 
+    /// The next notification the server sent on the stream.
+    #[allow(dead_code)]
+    pub async fn next_notification(&mut self) -> Value {
+        tokio::time::timeout(DEADLINE, self.notifications.recv())
+            .await
+            .expect("a notification in time")
+            .expect("the stream is open")
+    }
+
     /// Send a notification.
     pub async fn notify(&self, method: &str) {
         let msg = json!({"jsonrpc": "2.0", "method": method});
