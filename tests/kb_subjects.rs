@@ -166,6 +166,21 @@ async fn each_subject_sees_and_writes_only_its_own_kb() {
     assert!(!r.to_string().contains(SECRET), "{r}");
     let r = sse.call("kb_search", json!({"query": SECRET})).await;
     assert_eq!(r["structuredContent"]["matches"], json!([]), "{r}");
+    let r = sse
+        .call("kb_list", json!({"path": "", "recursive": true}))
+        .await;
+    assert!(!r.to_string().contains("plan.md"), "{r}");
+    let r = sse.request("resources/list", json!({})).await;
+    assert!(!r.to_string().contains("plan.md"), "{r}");
+    let r = sse
+        .call(
+            "kb_write",
+            json!({"path": "notes/plan.md", "content": "TAMPERED OVER SSE"}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let (_, mine) = call(&alice, "kb_read", json!({"path": "notes/plan.md"})).await;
+    assert_eq!(mine["content"], SECRET, "{mine}");
 
     // On disk, each subject's files are in its own folder.
     let kb = fx.p.kb();
