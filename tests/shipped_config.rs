@@ -28,7 +28,7 @@ fn shipped_agent_names() -> BTreeSet<String> {
 }
 
 /// A shipped client config starts the installed binary (`dispatch`, put on
-/// PATH by `cargo install --locked --profile dist --path .`), never a build: a first start
+/// PATH by `cargo install --locked --path .`), never a build: a first start
 /// that compiles for minutes makes clients give up. Its arguments must parse
 /// as our CLI and mean `serve`.
 fn assert_serve_command(argv: &[String]) {
@@ -183,7 +183,7 @@ fn readme_wires_clients_to_the_installed_binary() {
         .collect();
     assert_serve_command(&argv);
     assert!(
-        readme.contains("cargo install --locked --profile dist --path ."),
+        readme.contains("cargo install --locked --path ."),
         "install step"
     );
     // The first two commands of the README are the ones that must work on a

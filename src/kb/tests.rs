@@ -1275,6 +1275,10 @@ fn a_subjects_view_holds_its_own_files_and_the_shared_folder() -> R {
     assert!(alice.sees("context/x.md") && bob.sees("context/x.md"));
     assert!(!bob.sees(&format!("subjects/{}", subject_folder("alice"))));
     assert!(whole.sees(&own));
+    // What a direct notice names for a write through a view.
+    assert_eq!(alice.disk_path("outbox/a.md"), own);
+    assert_eq!(alice.disk_path("context/x.md"), "context/x.md");
+    assert_eq!(whole.disk_path("outbox/a.md"), "outbox/a.md");
     Ok(())
 }
 

@@ -281,19 +281,30 @@ impl KbView {
         }
     }
 
+    /// Where the subject's own space is, relative to the KB root
+    /// (`subjects/<folder>`).
+    fn own_base(&self) -> Option<String> {
+        let own = self.own.as_ref()?;
+        let rel = own.kb.root().strip_prefix(self.shared.root()).ok()?;
+        Some(rel.to_str()?.replace('\\', "/"))
+    }
+
+    /// The KB-root-relative path of the view-relative `rel` (what the
+    /// watcher would name), for change notices.
+    pub fn disk_path(&self, rel: &str) -> String {
+        match self.own_base() {
+            Some(base) if rel.split('/').next() != Some(SHARED_DIR) => format!("{base}/{rel}"),
+            _ => rel.to_owned(),
+        }
+    }
+
     /// Whether a change to the KB-root-relative `path` (from the watcher; `""`
     /// for anything) is one this view can see.
     pub fn sees(&self, path: &str) -> bool {
-        let Some(own) = &self.own else {
+        if self.own.is_none() {
             return true;
-        };
-        let mine = own
-            .kb
-            .root()
-            .strip_prefix(self.shared.root())
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(|p| p.replace('\\', "/"));
+        }
+        let mine = self.own_base();
         let first = path.split('/').next().unwrap_or("");
         path.is_empty()
             || first == SHARED_DIR

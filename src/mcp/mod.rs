@@ -258,6 +258,7 @@ impl ServerHandler for DispatchServer {
             app: &self.app,
             engine: &self.engine,
             call: &caller,
+            kb_changes: &self.kb_changes,
         };
         let call = tools::call(&ctx, &name, request.arguments);
         let outcome = match &self.calls {

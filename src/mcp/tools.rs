@@ -355,6 +355,8 @@ pub struct Ctx<'a> {
     pub engine: &'a Arc<Engine>,
     /// The caller.
     pub call: &'a CallCtx,
+    /// Where KB changes are announced to the sessions.
+    pub kb_changes: &'a tokio::sync::broadcast::Sender<crate::app::KbChange>,
 }
 
 /// Run the tool `name` with `args`.
@@ -386,14 +388,26 @@ pub async fn call(
         }
         "kb_read" => {
             let a: KbReadArgs = parse(spec.name, args)?;
-            blocking(app, caller, move |kb| {
+            blocking_json(app, caller, move |kb| {
                 kb.read(&a.path, a.offset.unwrap_or(0), a.limit)
             })
             .await
         }
         "kb_write" => {
             let a: KbWriteArgs = parse(spec.name, args)?;
-            blocking(app, caller, move |kb| kb.write(&a.path, &a.content, a.mode)).await
+            let reply = blocking(app, caller, move |kb| {
+                kb.write(&a.path, &a.content, a.mode)
+                    .map(|out| (kb.disk_path(&out.path), out))
+            })
+            .await?;
+            // Told at once, not only by the watcher: a file written into a
+            // folder created a moment before can land before the watcher
+            // watches that folder, and its event is then never seen.
+            let (disk, out) = reply;
+            if out.created {
+                let _ = ctx.kb_changes.send(std::sync::Arc::new(vec![disk]));
+            }
+            Ok(ToolReply::json(to_value(out)?))
         }
         "kb_list" => {
             let a: KbListArgs = parse(spec.name, args)?;
@@ -402,7 +416,7 @@ pub async fn call(
                 limit: a.limit.unwrap_or(crate::kb::DEFAULT_LIST_LIMIT),
                 include_hidden: a.include_hidden,
             };
-            blocking(app, caller, move |kb| {
+            blocking_json(app, caller, move |kb| {
                 kb.list(a.path.as_deref().unwrap_or(""), &opts)
             })
             .await
@@ -417,7 +431,7 @@ pub async fn call(
                 glob: a.glob,
                 max_results: a.max_results.unwrap_or(crate::kb::DEFAULT_MAX_RESULTS),
             };
-            blocking(app, caller, move |kb| kb.search(&q)).await
+            blocking_json(app, caller, move |kb| kb.search(&q)).await
         }
         other => Err(ToolError::UnknownTool(other.to_string())),
     }
@@ -429,16 +443,27 @@ fn to_value<T: Serialize>(v: T) -> Result<Value, ToolError> {
 
 /// KB work on the caller's view of the KB ([`App::kb_view`]), on the
 /// blocking pool so a slow disk cannot stall the JSON-RPC loop.
-async fn blocking<T, F>(app: &Arc<App>, caller: &CallCtx, f: F) -> Result<ToolReply, ToolError>
+async fn blocking<T, F>(app: &Arc<App>, caller: &CallCtx, f: F) -> Result<T, ToolError>
 where
-    T: Serialize + Send + 'static,
+    T: Send + 'static,
     F: FnOnce(&KbView) -> Result<T, KbError> + Send + 'static,
 {
     let app = app.clone();
     let subject = caller.subject.clone();
-    let out = tokio::task::spawn_blocking(move || f(&app.kb_view(subject.as_deref())?))
-        .await
-        .map_err(|e| ToolError::Internal(format!("knowledge-base task failed: {e}")))??;
+    Ok(
+        tokio::task::spawn_blocking(move || f(&app.kb_view(subject.as_deref())?))
+            .await
+            .map_err(|e| ToolError::Internal(format!("knowledge-base task failed: {e}")))??,
+    )
+}
+
+/// [`blocking`], answered as JSON.
+async fn blocking_json<T, F>(app: &Arc<App>, caller: &CallCtx, f: F) -> Result<ToolReply, ToolError>
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(&KbView) -> Result<T, KbError> + Send + 'static,
+{
+    let out = blocking(app, caller, f).await?;
     Ok(ToolReply::json(to_value(out)?))
 }
 
