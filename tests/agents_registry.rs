@@ -167,18 +167,7 @@ async fn mirror_problems_are_reported() {
     let out = agents(&c).await;
     // Two files claim `d` at a fresh start: neither wins.
     assert!(names(&out).is_empty(), "{out}");
-    let messages: Vec<String> = out["load_errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e["file"].as_str().unwrap(),
-                e["message"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let messages = load_error_lines(&out);
     let all = messages.join("\n");
     assert!(all.contains("mirror cycle: a -> b -> a"), "{all}");
     assert!(all.contains("mirror cycle: b -> a -> b"), "{all}");
@@ -202,7 +191,8 @@ async fn mirror_problems_are_reported() {
     c.close().await;
 }
 
-fn load_errors(out: &Value) -> String {
+/// Each load error as `file: message`.
+fn load_error_lines(out: &Value) -> Vec<String> {
     out["load_errors"]
         .as_array()
         .unwrap()
@@ -214,8 +204,11 @@ fn load_errors(out: &Value) -> String {
                 e["message"].as_str().unwrap()
             )
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect()
+}
+
+fn load_errors(out: &Value) -> String {
+    load_error_lines(out).join("\n")
 }
 
 fn models_of(out: &Value, name: &str) -> Value {

@@ -179,7 +179,12 @@ impl Kb {
     /// Titles are not read (`title` is `None`): that would open every file.
     /// Fill in those of the entries you show with [`Kb::fill_titles`].
     pub fn all_files(&self) -> Result<Vec<Entry>, KbError> {
-        let mut entries = list::walk_paths(self, "")?;
+        self.files_under("")
+    }
+
+    /// Every file under the folder `rel`, as [`Kb::all_files`] lists them.
+    fn files_under(&self, rel: &str) -> Result<Vec<Entry>, KbError> {
+        let mut entries = list::walk_paths(self, rel)?;
         entries.retain(|e| e.kind == EntryKind::File);
         Ok(entries)
     }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::path::{RelPath, cmp_paths};
 use super::{
-    DEFAULT_LIST_LIMIT, DEFAULT_MAX_RESULTS, Entry, EntryKind, Kb, KbError, ListOptions, Listing,
+    DEFAULT_LIST_LIMIT, DEFAULT_MAX_RESULTS, Entry, Kb, KbError, ListOptions, Listing,
     MAX_LIST_LIMIT, MAX_MAX_RESULTS, ReadChunk, SearchQuery, SearchResults, WriteMode,
     WriteOutcome,
 };
@@ -124,13 +124,6 @@ impl Kb {
             root: self.root().join(&rel),
             dir: std::sync::Arc::new(dir),
         })
-    }
-
-    /// Every file under the folder `rel` (as [`Kb::all_files`]).
-    fn files_under(&self, rel: &str) -> Result<Vec<Entry>, KbError> {
-        let mut entries = super::list::walk_paths(self, rel)?;
-        entries.retain(|e| e.kind == EntryKind::File);
-        Ok(entries)
     }
 }
 

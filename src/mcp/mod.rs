@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, KbChange};
 use crate::auth::Principal;
 use crate::engine::Engine;
-use crate::kb::KbError;
+use crate::kb::{KbError, KbView};
 
 /// Text sent in `initialize` telling a model how to use this server.
 pub const INSTRUCTIONS: &str = "\
@@ -117,6 +117,17 @@ impl DispatchServer {
     pub fn with_call_tracker(mut self, tracker: TaskTracker) -> Self {
         self.calls = Some(tracker);
         self
+    }
+
+    /// The caller's view of the KB ([`App::kb_view`]), for resources and
+    /// notices.
+    fn kb_view_of(&self, ext: &rmcp::model::Extensions) -> Result<KbView, McpError> {
+        let principal = self
+            .principal_of(ext)
+            .map_err(|e| McpError::invalid_request(e, None))?;
+        self.app
+            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
+            .map_err(kb_error_to_mcp)
     }
 
     /// The authenticated caller of a request: the HTTP layer leaves it in the
@@ -289,14 +300,8 @@ impl ServerHandler for DispatchServer {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let principal = self
-            .principal_of(&context.extensions)
-            .map_err(|e| McpError::invalid_request(e, None))?;
+        let view = self.kb_view_of(&context.extensions)?;
         let cursor = request.and_then(|r| r.cursor);
-        let view = self
-            .app
-            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
-            .map_err(kb_error_to_mcp)?;
         let (items, next) =
             tokio::task::spawn_blocking(move || resources::page(&view, cursor.as_deref()))
                 .await
@@ -327,16 +332,10 @@ impl ServerHandler for DispatchServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let principal = self
-            .principal_of(&context.extensions)
-            .map_err(|e| McpError::invalid_request(e, None))?;
+        let view = self.kb_view_of(&context.extensions)?;
         let uri = request.uri;
         let path =
             resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;
-        let view = self
-            .app
-            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
-            .map_err(kb_error_to_mcp)?;
         let contents = tokio::task::spawn_blocking(move || resources::read(&view, &uri, &path))
             .await
             .map_err(|e| McpError::internal_error(format!("read failed: {e}"), None))?
@@ -356,14 +355,8 @@ impl ServerHandler for DispatchServer {
             return;
         };
         tokio::spawn(async move {
-            loop {
-                let relevant = match rx.recv().await {
-                    Ok(change) => change.iter().any(|p| view.sees(p)),
-                    // Several changes were merged: tell, to be safe.
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                if relevant && peer.notify_resource_list_changed().await.is_err() {
+            while next_change_seen(&mut rx, &view).await.is_some() {
+                if peer.notify_resource_list_changed().await.is_err() {
                     break; // the client is gone
                 }
             }
@@ -387,27 +380,32 @@ impl ServerHandler for DispatchServer {
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let mut rx = self.kb_changes.subscribe();
         let wants = context.accepted().resources_list_changed == Some(true);
-        let principal = self
-            .principal_of(&context.request_context().extensions)
-            .map_err(|e| McpError::invalid_request(e, None))?;
-        let view = self
-            .app
-            .kb_view(principal.as_ref().map(|p| p.subject.as_str()))
-            .map_err(kb_error_to_mcp)?;
+        let view = self.kb_view_of(&context.request_context().extensions)?;
         loop {
             tokio::select! {
                 _ = context.cancelled() => return Ok(()),
-                msg = rx.recv() => {
-                    let relevant = match msg {
-                        Ok(change) => change.iter().any(|p| view.sees(p)),
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    };
-                    if wants && relevant && context.sink().notify_resource_list_changed().await.is_err() {
+                seen = next_change_seen(&mut rx, &view) => {
+                    if seen.is_none() {
+                        return Ok(());
+                    }
+                    if wants && context.sink().notify_resource_list_changed().await.is_err() {
                         return Ok(());
                     }
                 }
             }
+        }
+    }
+}
+
+/// Waits for the next KB change `view` sees; `None` once the feed is closed.
+/// A lagged receiver (several changes merged) counts as seen, to be safe.
+async fn next_change_seen(rx: &mut broadcast::Receiver<KbChange>, view: &KbView) -> Option<()> {
+    loop {
+        match rx.recv().await {
+            Ok(change) if change.iter().any(|p| view.sees(p)) => return Some(()),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return Some(()),
+            Err(broadcast::error::RecvError::Closed) => return None,
         }
     }
 }
