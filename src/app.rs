@@ -134,6 +134,24 @@ impl App {
             },
             baseline,
             audit_seed: c.audit.seed,
+            acting: crate::engine::ActingConfig {
+                max_turns: c.limits.max_turns.max(1),
+                tree: crate::task::TreeLimits {
+                    max_depth: c.limits.max_depth,
+                    max_tasks: c.limits.max_tree_tasks.max(1),
+                    max_turns: c.limits.max_tree_turns.max(1),
+                    max_secs: (c.limits.max_tree_secs > 0).then_some(c.limits.max_tree_secs),
+                    budget_micros: c.limits.max_tree_cost_usd.map(crate::engine::usd_to_micros),
+                },
+                max_tool_result_bytes: c.limits.max_tool_result_bytes.max(256),
+                tool_timeout: Duration::from_secs(c.limits.tool_timeout_secs.max(1)),
+                project_root: Some(self.paths.root.clone()),
+                context_writers: c
+                    .auth
+                    .as_ref()
+                    .map(|a| a.context_writers.clone())
+                    .unwrap_or_default(),
+            },
         })
     }
 

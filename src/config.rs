@@ -366,6 +366,21 @@ pub struct LimitsConfig {
     /// Longest answer a tool result carries, in bytes; a longer one is cut
     /// there with a note, and the outbox file keeps the whole answer.
     pub max_answer_bytes: usize,
+    /// Model turns a tool loop may take for one answer (an agent's
+    /// `max_turns` overrides it).
+    pub max_turns: u32,
+    /// Tasks in one delegation tree, the root included.
+    pub max_tree_tasks: u32,
+    /// Model turns over all tasks of one delegation tree.
+    pub max_tree_turns: u32,
+    /// Wall time of one delegation tree, from the root's creation (0 = none).
+    pub max_tree_secs: u64,
+    /// Money one delegation tree may spend, USD (none when absent).
+    pub max_tree_cost_usd: Option<f64>,
+    /// Longest tool result sent to a model, bytes; longer ones are cut with a note.
+    pub max_tool_result_bytes: usize,
+    /// Longest a tool call (a file search, another MCP server's tool) may take, seconds.
+    pub tool_timeout_secs: u64,
     /// Per-agent overrides of `per_agent`.
     pub agents: BTreeMap<String, usize>,
     /// Per-provider overrides of `per_provider`.
@@ -381,6 +396,13 @@ impl Default for LimitsConfig {
             queue: 10_000,
             max_depth: 3,
             max_answer_bytes: 4 * 1024 * 1024,
+            max_turns: 20,
+            max_tree_tasks: 50,
+            max_tree_turns: 200,
+            max_tree_secs: 0,
+            max_tree_cost_usd: None,
+            max_tool_result_bytes: 64 * 1024,
+            tool_timeout_secs: 60,
             agents: BTreeMap::new(),
             providers: BTreeMap::new(),
         }

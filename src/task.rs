@@ -146,6 +146,10 @@ pub enum FailReason {
     Invalid,
     /// A bug: an internal error was caught.
     Internal,
+    /// A tool loop reached its `max_turns` without a final answer.
+    MaxTurns,
+    /// A limit of the task's delegation tree (turns, tasks, time, money) ran out.
+    TreeLimit,
 }
 
 impl FailReason {
@@ -162,6 +166,8 @@ impl FailReason {
             FailReason::Cancelled => "cancelled",
             FailReason::Invalid => "invalid",
             FailReason::Internal => "internal",
+            FailReason::MaxTurns => "max_turns",
+            FailReason::TreeLimit => "tree_limit",
         }
     }
 }
@@ -187,6 +193,8 @@ impl FromStr for FailReason {
             Cancelled,
             Invalid,
             Internal,
+            MaxTurns,
+            TreeLimit,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -207,6 +215,10 @@ pub struct Task {
     pub input: serde_json::Value,
     /// The task that delegated this one, if any.
     pub parent_id: Option<TaskId>,
+    /// The first task of its delegation tree (itself for a root task, whose
+    /// `root_id` is stored empty and read back as its own id).
+    #[serde(default)]
+    pub root_id: Option<TaskId>,
     /// Delegation depth (0 for a task a client started).
     pub depth: u32,
     /// The authenticated subject that owns the task (HTTP with OAuth2); `None` on stdio.
@@ -247,6 +259,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// The root of its delegation tree: `root_id`, or itself.
+    pub fn root(&self) -> &str {
+        self.root_id.as_deref().unwrap_or(&self.id)
+    }
+
     /// A new queued task.
     pub fn new(agent: &str, input: serde_json::Value) -> Task {
         Task {
@@ -255,6 +272,7 @@ impl Task {
             state: TaskState::Queued,
             input,
             parent_id: None,
+            root_id: None,
             depth: 0,
             subject: None,
             created_at: now_millis(),
@@ -291,6 +309,8 @@ pub enum AttemptKind {
     Escalation,
     /// The router's classifier.
     Routing,
+    /// A turn of a tool loop that asked for tools (not an answer yet).
+    Turn,
 }
 
 impl AttemptKind {
@@ -302,6 +322,7 @@ impl AttemptKind {
             AttemptKind::AuditRepair => "audit_repair",
             AttemptKind::Escalation => "escalation",
             AttemptKind::Routing => "routing",
+            AttemptKind::Turn => "turn",
         }
     }
 }
@@ -310,7 +331,7 @@ impl FromStr for AttemptKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use AttemptKind::*;
-        [Primary, Audit, AuditRepair, Escalation, Routing]
+        [Primary, Audit, AuditRepair, Escalation, Routing, Turn]
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| format!("unknown attempt kind `{s}`"))
@@ -526,4 +547,136 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 26);
     }
+}
+
+/// One step of a tool loop, stored before the loop acts on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Turn {
+    /// The task.
+    pub task_id: TaskId,
+    /// Order within the task, from 1.
+    pub seq: u32,
+    /// Which answer of the audit loop it belongs to (1 for the first answer,
+    /// 2 for the first revision, ...).
+    pub answer: u32,
+    /// When it was stored.
+    pub at: Millis,
+    /// What happened.
+    pub event: TurnEvent,
+}
+
+/// What one stored turn says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TurnEvent {
+    /// The model answered and asked for tools.
+    Model {
+        /// `provider/model` that answered.
+        model: String,
+        /// Its text beside the calls (often empty).
+        text: String,
+        /// The calls, in order.
+        calls: Vec<ToolCallRecord>,
+    },
+    /// A child task was created for a call (stored before it is submitted,
+    /// so a resumed parent re-attaches to it rather than creating another).
+    ChildStarted {
+        /// The call.
+        call_id: String,
+        /// The child task.
+        child_task_id: TaskId,
+        /// Its agent.
+        agent: String,
+    },
+    /// A call's result, as sent back to the model.
+    ToolResult {
+        /// The call.
+        call_id: String,
+        /// The tool, as the model named it.
+        name: String,
+        /// What was sent back (cut to the limit).
+        content: String,
+        /// True when it is an error the model sees.
+        is_error: bool,
+        /// Size of the whole result before any cut.
+        bytes: u64,
+        /// Wall time of the call.
+        latency_ms: u64,
+        /// The child task, for `agent_run`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        child_task_id: Option<TaskId>,
+    },
+}
+
+/// A tool call as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolCallRecord {
+    /// The provider's id for the call.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments as the model wrote them.
+    pub arguments: String,
+}
+
+impl TurnEvent {
+    /// The stable code of the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TurnEvent::Model { .. } => "model",
+            TurnEvent::ChildStarted { .. } => "child_started",
+            TurnEvent::ToolResult { .. } => "tool_result",
+        }
+    }
+}
+
+/// The limits and use of one delegation tree, as stored. Money is counted in
+/// micro-dollars so that reservations add up exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Tree {
+    /// The root task.
+    pub root_id: TaskId,
+    /// Tasks in the tree so far, the root included.
+    pub tasks: u32,
+    /// Model turns so far.
+    pub turns: u32,
+    /// Money spent, micro-USD.
+    pub spent_micros: i64,
+    /// Money reserved by calls in flight, micro-USD.
+    pub reserved_micros: i64,
+    /// Limits.
+    pub limits: TreeLimits,
+    /// When the root was created.
+    pub created_at: Millis,
+}
+
+/// The limits of one delegation tree.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TreeLimits {
+    /// Deepest delegation (the root is at depth 0).
+    pub max_depth: u32,
+    /// Most tasks, the root included.
+    pub max_tasks: u32,
+    /// Most model turns over all its tasks.
+    pub max_turns: u32,
+    /// Wall time from the root's creation, seconds.
+    pub max_secs: Option<u64>,
+    /// Money, micro-USD.
+    pub budget_micros: Option<i64>,
+}
+
+/// One charge against a tree, taken in one step by the store: all of it fits
+/// the limits, or none of it is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeCharge {
+    /// Tasks to add.
+    pub tasks: u32,
+    /// Turns to add.
+    pub turns: u32,
+    /// Money to reserve, micro-USD.
+    pub reserve_micros: i64,
+    /// An earlier reservation to release, micro-USD.
+    pub release_micros: i64,
+    /// Money spent, micro-USD.
+    pub spend_micros: i64,
 }

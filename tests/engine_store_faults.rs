@@ -21,7 +21,8 @@ use dispatch::store::{
     SqliteStore, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
 };
 use dispatch::task::{
-    Attempt, AttemptKind, CostSource, Run, RunState, StepRecord, Task, TaskState, now_millis,
+    Attempt, AttemptKind, CostSource, Run, RunState, StepRecord, Task, TaskState, Tree, TreeCharge,
+    Turn, now_millis,
 };
 use fake_provider::{Behavior, FakeProvider};
 use serde_json::json;
@@ -129,6 +130,21 @@ impl Store for Faulty {
     }
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
         self.inner.steps(run_id)
+    }
+    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()> {
+        self.inner.add_turn(turn)
+    }
+    fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>> {
+        self.inner.turns(task_id)
+    }
+    fn open_tree<'a>(&'a self, tree: &'a Tree) -> StoreFuture<'a, ()> {
+        self.inner.open_tree(tree)
+    }
+    fn get_tree<'a>(&'a self, root_id: &'a str) -> StoreFuture<'a, Option<Tree>> {
+        self.inner.get_tree(root_id)
+    }
+    fn charge_tree<'a>(&'a self, root_id: &'a str, charge: TreeCharge) -> StoreFuture<'a, ()> {
+        self.inner.charge_tree(root_id, charge)
     }
     fn close(&self) -> StoreFuture<'_, ()> {
         self.inner.close()

@@ -22,6 +22,8 @@ pub mod limits {
     pub const MAX_TOKENS: u64 = 1_000_000;
     /// Upper bound for `max_retries` (revision rounds cost a full call each).
     pub const MAX_RETRIES: u64 = 10;
+    /// Upper bound for `max_turns` of a tool loop.
+    pub const MAX_TURNS: u64 = 1000;
     /// Default revision rounds when an agent has a mirror and says nothing.
     pub const DEFAULT_MAX_RETRIES: u32 = 2;
     /// Shortest accepted `timeout`.
@@ -92,6 +94,8 @@ pub struct Agent {
     pub mirror: Option<String>,
     /// Revision rounds after a `needs-revision` verdict.
     pub max_retries: u32,
+    /// Model turns a tool loop may take for one answer; `None` uses `[limits] max_turns`.
+    pub max_turns: Option<u32>,
     /// Model for one last attempt after the revision rounds run out.
     pub escalate: Option<ModelRef>,
     /// Total time allowed for one attempt.

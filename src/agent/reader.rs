@@ -64,6 +64,7 @@ const OUR_KEYS: &[&str] = &[
     "max_tokens",
     "mirror",
     "max_retries",
+    "max_turns",
     "escalate",
     "timeout",
     "tools",
@@ -95,6 +96,9 @@ const CLAUDE_KEYS: &[&str] = &[
 
 /// Tool names agents may be given (slash forms are accepted too).
 const DISPATCH_TOOLS: &[&str] = &[
+    "file_read",
+    "file_list",
+    "file_search",
     "kb_read",
     "kb_write",
     "kb_list",
@@ -110,6 +114,20 @@ const DISPATCH_TOOLS: &[&str] = &[
     "workflow_status",
     "usage_report",
 ];
+
+/// `NAME/*` or `NAME/tool` where NAME is not one of dispatch's own tool
+/// families (`kb/read` is the prototype's name for `kb_read`).
+fn is_server_tool(t: &str) -> bool {
+    let Some((server, tool)) = t.split_once('/') else {
+        return false;
+    };
+    !server.is_empty()
+        && !tool.is_empty()
+        && !DISPATCH_TOOLS.contains(&t.replace('/', "_").as_str())
+        && server
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
 
 /// The largest agent file read; a larger one is a diagnostic.
 pub const MAX_AGENT_FILE_BYTES: u64 = 1024 * 1024;
@@ -402,6 +420,7 @@ impl FileParser<'_> {
             max_tokens: None,
             mirror: None,
             max_retries: limits::DEFAULT_MAX_RETRIES,
+            max_turns: None,
             escalate: None,
             timeout: None,
             tools: Vec::new(),
@@ -468,6 +487,11 @@ impl FileParser<'_> {
                     if let Some(n) = self.bounded_int(&key, &v, 0, limits::MAX_RETRIES) {
                         agent.max_retries = n as u32;
                     }
+                }
+                "max_turns" | "maxTurns" => {
+                    agent.max_turns = self
+                        .bounded_int(&key, &v, 1, limits::MAX_TURNS)
+                        .map(|n| n as u32)
                 }
                 "escalate" => {
                     if let Some(s) = self.string(&key, &v) {
@@ -849,7 +873,11 @@ impl FileParser<'_> {
         let mut foreign = Vec::new();
         for t in raw {
             let canonical = t.replace('/', "_");
-            if DISPATCH_TOOLS.contains(&canonical.as_str()) {
+            if is_server_tool(&t) {
+                // `NAME/*` or `NAME/tool`: a tool of an `[mcp_servers.NAME]`,
+                // checked against the config when the agent runs.
+                out.push(t);
+            } else if DISPATCH_TOOLS.contains(&canonical.as_str()) {
                 if !out.contains(&canonical) {
                     out.push(canonical);
                 }

@@ -16,6 +16,7 @@ mod owner;
 mod report;
 mod router;
 mod run;
+pub mod tools;
 mod views;
 mod workflow;
 
@@ -44,7 +45,7 @@ use crate::metrics::{BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Metrics};
 use crate::provider::{BreakerState, Providers};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError, TaskFilter, TaskPage};
-use crate::task::{Attempt, FailReason, Task, TaskId, TaskState, now_millis};
+use crate::task::{Attempt, FailReason, Task, TaskId, TaskState, TreeLimits, now_millis};
 
 /// Limits and policies of the engine (from `dispatch.toml`).
 #[derive(Debug, Clone)]
@@ -71,6 +72,44 @@ pub struct EngineConfig {
     pub baseline: Option<ModelRef>,
     /// Seed for audit sampling (reproducible runs); random when `None`.
     pub audit_seed: Option<u64>,
+    /// What agents that act may do, and the limits on their trees.
+    pub acting: ActingConfig,
+}
+
+/// The tool loop's settings and the limits of every delegation tree.
+#[derive(Debug, Clone)]
+pub struct ActingConfig {
+    /// Model turns per answer for agents that name no `max_turns`.
+    pub max_turns: u32,
+    /// The limits every tree gets (a call may lower them, never raise them).
+    pub tree: TreeLimits,
+    /// Longest tool result sent to a model, bytes.
+    pub max_tool_result_bytes: usize,
+    /// Longest one tool call may take.
+    pub tool_timeout: Duration,
+    /// The project root, for the read-only file tools.
+    pub project_root: Option<std::path::PathBuf>,
+    /// Subjects that may write the KB's shared `context/` (`[auth] context_writers`).
+    pub context_writers: Vec<String>,
+}
+
+impl Default for ActingConfig {
+    fn default() -> Self {
+        ActingConfig {
+            max_turns: 20,
+            tree: TreeLimits {
+                max_depth: 3,
+                max_tasks: 50,
+                max_turns: 200,
+                max_secs: None,
+                budget_micros: None,
+            },
+            max_tool_result_bytes: 64 * 1024,
+            tool_timeout: Duration::from_secs(60),
+            project_root: None,
+            context_writers: Vec::new(),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -87,7 +126,18 @@ impl Default for EngineConfig {
             router: RouterConfig::default(),
             baseline: None,
             audit_seed: None,
+            acting: ActingConfig::default(),
         }
+    }
+}
+
+/// USD as micro-dollars (what trees count money in), rounded up so that a
+/// budget is never overspent by rounding.
+pub fn usd_to_micros(usd: f64) -> i64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1e6).ceil().min(i64::MAX as f64) as i64
+    } else {
+        0
     }
 }
 
@@ -173,6 +223,16 @@ pub enum TaskEvent {
         /// Characters received in the current call.
         chars: u64,
     },
+    /// The tool loop is doing something ("calling kb_search", "waiting on child ...").
+    Acting {
+        /// What.
+        what: String,
+    },
+    /// A turn of the tool loop was stored.
+    Turn {
+        /// The turn.
+        turn: Box<crate::task::Turn>,
+    },
 }
 
 impl TaskEvent {
@@ -196,6 +256,32 @@ impl TaskEvent {
                 }
             }
             TaskEvent::Streaming { chars } => format!("{agent}: streaming ({chars} chars)"),
+            TaskEvent::Acting { what } => format!("{agent}: {what}"),
+            TaskEvent::Turn { turn } => match &turn.event {
+                crate::task::TurnEvent::Model { calls, .. } => {
+                    let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+                    format!("{agent}: the model asked for {}", names.join(", "))
+                }
+                crate::task::TurnEvent::ChildStarted {
+                    agent: child,
+                    child_task_id,
+                    ..
+                } => {
+                    format!("{agent}: started child {child} ({child_task_id})")
+                }
+                crate::task::TurnEvent::ToolResult {
+                    name,
+                    bytes,
+                    is_error,
+                    ..
+                } => {
+                    if *is_error {
+                        format!("{agent}: {name} returned an error")
+                    } else {
+                        format!("{agent}: {name} returned {bytes} bytes")
+                    }
+                }
+            },
         }
     }
 }
@@ -293,6 +379,8 @@ pub struct Engine {
     sampler: audit::Sampler,
     runs: Mutex<HashMap<String, Arc<workflow::LiveRun>>>,
     metrics: Arc<Metrics>,
+    /// The project root for the file tools, opened on first use.
+    files: OnceLock<Option<Arc<tools::ProjectFiles>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -319,6 +407,25 @@ pub struct Submit {
     /// Use this id (a workflow step records it before submitting, so a crash
     /// in between cannot start the step twice).
     pub id: Option<TaskId>,
+    /// Limits the caller sets on the task's delegation tree (a root task
+    /// only; never above the configured ones).
+    pub limits: CallLimits,
+}
+
+/// Limits a caller may set on one tree (`budget_usd`, `max_depth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CallLimits {
+    /// Money the tree may spend, USD.
+    pub budget_usd: Option<f64>,
+    /// Deepest delegation.
+    pub max_depth: Option<u32>,
+}
+
+impl CallLimits {
+    /// True when the caller set nothing.
+    pub fn is_none(&self) -> bool {
+        self.budget_usd.is_none() && self.max_depth.is_none()
+    }
 }
 
 impl Engine {
@@ -351,7 +458,61 @@ impl Engine {
             sampler: audit::Sampler::new(cfg_seed),
             runs: Mutex::new(HashMap::new()),
             metrics,
+            files: OnceLock::new(),
         })
+    }
+
+    /// The project's files for the file tools (`None` without a project
+    /// root, or when it cannot be opened).
+    fn project_files(&self) -> Option<Arc<tools::ProjectFiles>> {
+        self.files
+            .get_or_init(|| {
+                let root = self.cfg.acting.project_root.as_ref()?;
+                match tools::ProjectFiles::open(root) {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the file tools are not available: cannot open the project root");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// The limits of a new tree: the configured ones, lowered by the caller's.
+    fn tree_limits(&self, call: CallLimits) -> crate::task::TreeLimits {
+        let mut l = self.cfg.acting.tree;
+        l.max_depth = l.max_depth.min(self.cfg.max_depth);
+        if let Some(d) = call.max_depth {
+            l.max_depth = l.max_depth.min(d);
+        }
+        if let Some(b) = call.budget_usd {
+            let b = usd_to_micros(b);
+            l.budget_micros = Some(l.budget_micros.map_or(b, |c| c.min(b)));
+        }
+        l
+    }
+
+    /// Whether a new root task of `agent` needs a tree: it may act, or
+    /// limits apply to it.
+    fn needs_tree(&self, agent: &crate::agent::Agent, call: CallLimits) -> bool {
+        !tools::Policy::of(agent).is_empty()
+            || !call.is_none()
+            || self.cfg.acting.tree.budget_micros.is_some()
+            || self.cfg.acting.tree.max_secs.is_some()
+    }
+
+    /// A task's delegation tree, if it is in one.
+    pub async fn tree(&self, task: &Task) -> Result<Option<crate::task::Tree>, EngineError> {
+        if task.root_id.is_none() {
+            return Ok(None);
+        }
+        Ok(self.store.get_tree(task.root()).await?)
+    }
+
+    /// A task's stored tool-loop turns.
+    pub async fn turns(&self, id: &str) -> Result<Vec<crate::task::Turn>, EngineError> {
+        Ok(self.store.turns(id).await?)
     }
 
     /// The engine's metrics (shared with its providers).
@@ -601,8 +762,8 @@ impl Engine {
             return Err(EngineError::MissingKey(why));
         }
         input::validate(&req.input)?;
-        let depth = match &req.parent_id {
-            None => 0,
+        let (depth, mut root) = match &req.parent_id {
+            None => (0, None),
             Some(parent) => {
                 let p = self.visible_task(parent, req.subject.as_deref()).await?;
                 if p.depth + 1 > self.cfg.max_depth {
@@ -612,7 +773,7 @@ impl Engine {
                         limit: self.cfg.max_depth,
                     });
                 }
-                p.depth + 1
+                (p.depth + 1, p.root_id.clone())
             }
         };
         let waiting = self.waiting.load(Ordering::Relaxed);
@@ -627,6 +788,22 @@ impl Engine {
             task.id = id;
         }
         task.owner = Some(owner::this_process().to_string());
+        let tree = match &req.parent_id {
+            None if self.needs_tree(&agent, req.limits) => {
+                root = Some(task.id.clone());
+                Some(crate::task::Tree {
+                    root_id: task.id.clone(),
+                    tasks: 1,
+                    turns: 0,
+                    spent_micros: 0,
+                    reserved_micros: 0,
+                    limits: self.tree_limits(req.limits),
+                    created_at: task.created_at,
+                })
+            }
+            _ => None,
+        };
+        task.root_id = root;
         task.parent_id = req.parent_id;
         task.depth = depth;
         task.subject = req.subject;
@@ -649,6 +826,10 @@ impl Engine {
         if admitted.is_some() {
             task.state = TaskState::Running;
             task.started_at = Some(now_millis());
+        }
+        if let Some(tree) = &tree {
+            // Before the task: a driver that starts finds its tree.
+            self.store.open_tree(tree).await?;
         }
         self.store.create_task(&task).await?;
         // From here on the task exists: whatever fails, its driver must

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Engine;
 use super::audit::AuditTrail;
 use crate::kb::WriteMode;
-use crate::task::{Attempt, Millis, Task, TaskState};
+use crate::task::{Attempt, Millis, Task, TaskState, Turn, TurnEvent};
 
 #[derive(Serialize)]
 struct Header<'a> {
@@ -32,6 +32,8 @@ struct Header<'a> {
     duration_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_task: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root_task: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     audited: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -66,7 +68,12 @@ pub fn path_for(task: &Task) -> String {
 
 /// Render the outbox document; `full_output` replaces the task's (cut)
 /// output when given.
-pub fn render(task: &Task, full_output: Option<&str>, attempts: &[Attempt]) -> String {
+pub fn render(
+    task: &Task,
+    full_output: Option<&str>,
+    attempts: &[Attempt],
+    turns: &[Turn],
+) -> String {
     let trail: Option<AuditTrail> = task
         .audit
         .clone()
@@ -93,6 +100,7 @@ pub fn render(task: &Task, full_output: Option<&str>, attempts: &[Attempt]) -> S
             _ => None,
         },
         parent_task: task.parent_id.as_deref(),
+        root_task: task.root_id.as_deref().filter(|r| *r != task.id),
         audited: trail.as_ref().map(|t| t.decision.audited),
         verdicts: trail
             .as_ref()
@@ -133,6 +141,7 @@ pub fn render(task: &Task, full_output: Option<&str>, attempts: &[Attempt]) -> S
     }
     doc.push_str(full_output.or(task.output.as_deref()).unwrap_or("(none)"));
     doc.push('\n');
+    render_turns(&mut doc, turns);
     if let Some(t) = &trail {
         doc.push_str(&format!(
             "\n## Audit trail\n\nAuditor: `{}`. {}.\n",
@@ -171,6 +180,58 @@ pub fn render(task: &Task, full_output: Option<&str>, attempts: &[Attempt]) -> S
     doc
 }
 
+/// The tool loop: one row per model turn and per tool result.
+fn render_turns(doc: &mut String, turns: &[Turn]) {
+    if turns.is_empty() {
+        return;
+    }
+    doc.push_str("\n## Tool calls\n\n| # | answer | what | detail |\n|---|---|---|---|\n");
+    let cell = |s: &str| {
+        crate::provider::clip(s, 160)
+            .replace('|', "\\|")
+            .replace('\n', " ")
+    };
+    for t in turns {
+        let (what, detail) = match &t.event {
+            TurnEvent::Model { model, calls, .. } => (
+                format!("{model} asked"),
+                calls
+                    .iter()
+                    .map(|c| format!("{}({})", c.name, c.arguments))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            TurnEvent::ChildStarted {
+                agent,
+                child_task_id,
+                ..
+            } => (format!("child {agent}"), format!("task {child_task_id}")),
+            TurnEvent::ToolResult {
+                name,
+                content,
+                is_error,
+                bytes,
+                latency_ms,
+                ..
+            } => (
+                format!("{name} {}", if *is_error { "error" } else { "result" }),
+                if *is_error {
+                    content.clone()
+                } else {
+                    format!("{bytes} bytes, {latency_ms} ms")
+                },
+            ),
+        };
+        doc.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            t.seq,
+            t.answer,
+            cell(&what),
+            cell(&detail)
+        ));
+    }
+}
+
 /// Write the outbox file (atomically) and return its KB-relative path.
 /// `full_output` is the whole answer when the task's output was cut.
 /// `attempts` are the task's attempts, in order (the driver keeps them, so
@@ -180,8 +241,9 @@ pub async fn write(
     task: &Task,
     full_output: Option<&str>,
     attempts: &[Attempt],
+    turns: &[Turn],
 ) -> Result<String, String> {
-    let doc = render(task, full_output, attempts);
+    let doc = render(task, full_output, attempts, turns);
     let path = path_for(task);
     let kb = engine.kb.clone();
     let p = path.clone();

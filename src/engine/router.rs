@@ -153,6 +153,7 @@ pub(super) async fn route(
             text
         );
         let req = ChatRequest {
+            tools: Vec::new(),
             system: classifier.system_prompt.clone(),
             messages: vec![Message::user(user)],
             temperature: Some(0.0),

@@ -6,6 +6,7 @@
 //! [`Kb::resolve`] before use, and every result type serialises to JSON (and
 //! describes itself with a JSON schema) so MCP tools can return it as-is.
 
+pub mod args;
 mod error;
 mod files;
 mod list;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::tools::{ToolError, ToolReply};
 use super::workflows::{RunView, is_run_id};
 use crate::agent::parse_model;
-use crate::engine::{Engine, RouteDecision, Submit, UsageReport};
+use crate::engine::{CallLimits, Engine, RouteDecision, Submit, UsageReport};
 use crate::store::TaskFilter;
 use crate::task::{Attempt, FailReason, RunState, Task, TaskState};
 
@@ -71,6 +71,11 @@ pub struct AgentRunArgs {
     /// An inline workflow to run instead of a single agent (the prototype's form):
     /// `{"steps": [{"id", "agent", "input", "depends_on"}]}`; `agent` names the run.
     pub dag: Option<Value>,
+    /// Most USD the whole delegation tree (this task and every task it starts)
+    /// may spend; never above `[limits] max_tree_cost_usd`.
+    pub budget_usd: Option<f64>,
+    /// Deepest delegation below this task; never above `[limits] max_depth`.
+    pub max_depth: Option<u32>,
 }
 
 /// Arguments of `agent_delegate`.
@@ -83,6 +88,26 @@ pub struct AgentDelegateArgs {
     pub input: Value,
     /// The task on whose behalf this one is delegated (limits nesting depth).
     pub parent_task_id: Option<String>,
+    /// Most USD the whole delegation tree may spend (a new tree only).
+    pub budget_usd: Option<f64>,
+    /// Deepest delegation below this task (a new tree only).
+    pub max_depth: Option<u32>,
+}
+
+/// The caller's tree limits, checked.
+fn call_limits(budget_usd: Option<f64>, max_depth: Option<u32>) -> Result<CallLimits, ToolError> {
+    if let Some(b) = budget_usd
+        && !(b.is_finite() && b > 0.0)
+    {
+        return Err(ToolError::BadArguments {
+            tool: "agent_run",
+            message: format!("budget_usd must be a positive number of dollars, not {b}"),
+        });
+    }
+    Ok(CallLimits {
+        budget_usd,
+        max_depth,
+    })
 }
 
 /// Arguments of `task_status` and `task_cancel`.
@@ -114,6 +139,8 @@ pub struct TaskListArgs {
     pub agent: Option<String>,
     /// Only tasks delegated by this task.
     pub parent_task_id: Option<String>,
+    /// Only the tasks of the delegation tree with this root (the root included).
+    pub root_task_id: Option<String>,
     /// Only tasks created in this window: `7d`, `24h`, `30m`, or an RFC 3339 time.
     pub since: Option<String>,
     /// The `next_cursor` of the previous page.
@@ -136,6 +163,116 @@ pub struct UsageReportArgs {
 
 // ---------------------------------------------------------------------------
 // Outputs
+
+/// One turn of a tool loop, as tools show it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TurnView {
+    /// Order within the task.
+    pub seq: u32,
+    /// Which answer of the audit loop (1 = the first).
+    pub answer: u32,
+    /// `model` (the model asked for tools), `child_started`, `tool_result`.
+    pub kind: String,
+    /// The model, for a model turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The calls a model turn asked for: `name(arguments)`, clipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
+    /// The tool, for a result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// The result's size before any cut, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Wall time of the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// The error the model was shown, clipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The child task (`agent_run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_task_id: Option<String>,
+}
+
+impl From<&crate::task::Turn> for TurnView {
+    fn from(t: &crate::task::Turn) -> TurnView {
+        use crate::task::TurnEvent;
+        let mut v = TurnView {
+            seq: t.seq,
+            answer: t.answer,
+            kind: t.event.kind().to_string(),
+            model: None,
+            calls: Vec::new(),
+            tool: None,
+            bytes: None,
+            latency_ms: None,
+            error: None,
+            child_task_id: None,
+        };
+        match &t.event {
+            TurnEvent::Model { model, calls, .. } => {
+                v.model = Some(model.clone());
+                v.calls = calls
+                    .iter()
+                    .map(|c| crate::provider::clip(&format!("{}({})", c.name, c.arguments), 200))
+                    .collect();
+            }
+            TurnEvent::ChildStarted {
+                child_task_id,
+                agent,
+                ..
+            } => {
+                v.tool = Some(format!("agent_run {agent}"));
+                v.child_task_id = Some(child_task_id.clone());
+            }
+            TurnEvent::ToolResult {
+                name,
+                content,
+                is_error,
+                bytes,
+                latency_ms,
+                child_task_id,
+                ..
+            } => {
+                v.tool = Some(name.clone());
+                v.bytes = Some(*bytes);
+                v.latency_ms = Some(*latency_ms);
+                v.error = is_error.then(|| crate::provider::clip(content, 300));
+                v.child_task_id = child_task_id.clone();
+            }
+        }
+        v
+    }
+}
+
+/// A delegation tree, as tools show it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TreeView {
+    /// Tasks in the tree, the root included.
+    pub tasks: u32,
+    /// Model turns over the whole tree.
+    pub turns: u32,
+    /// What the whole tree has spent, USD.
+    pub cost_usd: f64,
+    /// Held by calls in flight, USD.
+    pub reserved_usd: f64,
+    /// Its limits.
+    pub limits: crate::task::TreeLimits,
+}
+
+impl From<&crate::task::Tree> for TreeView {
+    fn from(t: &crate::task::Tree) -> TreeView {
+        TreeView {
+            tasks: t.tasks,
+            turns: t.turns,
+            cost_usd: t.spent_micros as f64 / 1e6,
+            reserved_usd: t.reserved_micros as f64 / 1e6,
+            limits: t.limits,
+        }
+    }
+}
 
 /// One provider call, as tools show it.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -240,6 +377,17 @@ pub struct TaskView {
     /// The delegating task.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_task_id: Option<String>,
+    /// The first task of its delegation tree (itself for a root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_task_id: Option<String>,
+    /// For the root of a delegation tree: its tasks, turns, cost and limits
+    /// (task_status only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeView>,
+    /// Every turn of its tool loops: model turns with their calls, tool
+    /// results (size, time, error) and child tasks (task_status only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turns: Option<Vec<TurnView>>,
     /// How the router chose the agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<Value>,
@@ -287,6 +435,9 @@ impl TaskView {
             finished_at: t.finished_at.map(rfc3339),
             kb_path: t.kb_path.clone(),
             parent_task_id: t.parent_id.clone(),
+            root_task_id: t.root_id.clone(),
+            tree: None,
+            turns: None,
             routing: t.routing.clone(),
             audit: t.audit.clone(),
             calls: None,
@@ -450,6 +601,9 @@ fn run_as_task(v: RunView) -> Result<TaskView, ToolError> {
         finished_at: None,
         kb_path: Some(v.session.clone()),
         parent_task_id: None,
+        root_task_id: None,
+        tree: None,
+        turns: None,
         routing: None,
         audit: None,
         calls: None,
@@ -516,6 +670,7 @@ pub async fn agent_run(
             agent: args.agent,
             input: args.input,
             subject: ctx.subject.clone(),
+            limits: call_limits(args.budget_usd, args.max_depth)?,
             ..Submit::default()
         })
         .await
@@ -621,6 +776,7 @@ pub async fn agent_delegate(
             subject: ctx.subject.clone(),
             routing: routing.clone(),
             id: None,
+            limits: call_limits(args.budget_usd, args.max_depth)?,
         })
         .await
         .map_err(engine_error)?;
@@ -656,6 +812,17 @@ pub async fn task_status(
         .map_err(engine_error)?;
     let mut view = TaskView::of(&task, false);
     view.calls = Some(attempts.iter().map(CallView::from).collect());
+    let turns = engine.turns(&task.id).await.map_err(engine_error)?;
+    if !turns.is_empty() {
+        view.turns = Some(turns.iter().map(TurnView::from).collect());
+    }
+    if task.root_id.as_deref() == Some(task.id.as_str()) {
+        view.tree = engine
+            .tree(&task)
+            .await
+            .map_err(engine_error)?
+            .map(|t| TreeView::from(&t));
+    }
     let text = serde_json::to_string_pretty(&view).unwrap_or_default();
     Ok(ToolReply::with_text(to_value(&view)?, text))
 }
@@ -687,6 +854,7 @@ pub async fn task_list(
         states: args.state,
         agent: args.agent,
         parent_id: args.parent_task_id,
+        root_id: args.root_task_id,
         subject: ctx.subject.clone(),
         since: args.since.as_deref().map(parse_when).transpose()?,
         until: None,

@@ -5,11 +5,11 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::http::{Endpoint, drain, is_event_stream, read_success_body, with_timeout};
-use super::sse::SseParser;
+use super::http::{Endpoint, with_timeout};
+use super::wire::{self, Assembly, Step, Wire};
 use super::{
-    ANTHROPIC_DEFAULT_MAX_TOKENS, ChatRequest, ChatResponse, ProgressFn, Provider, ProviderError,
-    Usage,
+    ANTHROPIC_DEFAULT_MAX_TOKENS, ChatRequest, ChatResponse, Message, ProgressFn, Provider,
+    ProviderError, ToolCall, Usage,
 };
 
 /// The API version we speak; Anthropic requires the header.
@@ -29,11 +29,7 @@ impl AnthropicProvider {
     /// The request body: the system prompt goes in `system`, not in the
     /// messages, and `max_tokens` is required.
     fn body(&self, model: &str, req: &ChatRequest) -> Value {
-        let messages: Vec<Value> = req
-            .messages
-            .iter()
-            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-            .collect();
+        let messages: Vec<Value> = req.messages.iter().map(message).collect();
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert(
@@ -48,6 +44,14 @@ impl AnthropicProvider {
             body.insert("temperature".into(), json!(t));
         }
         body.insert("stream".into(), json!(req.stream));
+        if !req.tools.is_empty() {
+            let tools: Vec<Value> = req
+                .tools
+                .iter()
+                .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+                .collect();
+            body.insert("tools".into(), Value::Array(tools));
+        }
         Value::Object(body)
     }
 
@@ -70,65 +74,44 @@ impl AnthropicProvider {
         );
         Ok(h)
     }
+}
 
-    async fn run(
-        &self,
-        model: &str,
-        req: &ChatRequest,
-        progress: Option<&ProgressFn>,
-    ) -> Result<ChatResponse, ProviderError> {
-        let headers = self.headers()?;
-        let url = format!("{}/v1/messages", self.ep.base_url);
-        let mut resp = self
-            .ep
-            .post(&url, headers, &self.body(model, req), model)
-            .await?;
-        if req.stream && is_event_stream(&resp) {
-            self.read_stream(&mut resp, model, progress).await
-        } else {
-            let body = read_success_body(&mut resp, &self.ep).await?;
-            parse_message(&self.ep, &body, model)
-        }
+impl Wire for AnthropicProvider {
+    fn endpoint(&self) -> &Endpoint {
+        &self.ep
     }
 
-    async fn read_stream(
+    fn url(&self) -> String {
+        format!("{}/v1/messages", self.ep.base_url)
+    }
+
+    fn headers(&self) -> Result<HeaderMap, ProviderError> {
+        AnthropicProvider::headers(self)
+    }
+
+    fn body(&self, model: &str, req: &ChatRequest) -> Value {
+        AnthropicProvider::body(self, model, req)
+    }
+
+    fn parse_whole(&self, body: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
+        parse_message(&self.ep, body, model)
+    }
+
+    fn apply_event(
         &self,
-        resp: &mut reqwest::Response,
-        model: &str,
+        data: &str,
+        out: &mut Assembly,
         progress: Option<&ProgressFn>,
-    ) -> Result<ChatResponse, ProviderError> {
-        let ep = &self.ep;
-        let mut parser = SseParser::new();
-        let mut events = Vec::new();
-        let mut out = ChatResponse {
-            model: model.to_string(),
-            ..ChatResponse::default()
-        };
-        loop {
-            let eof = match ep.next_chunk(resp).await? {
-                Some(c) => {
-                    parser
-                        .push(c.as_ref(), &mut events)
-                        .map_err(|e| ep.malformed(e))?;
-                    false
-                }
-                None => {
-                    parser.finish(&mut events).map_err(|e| ep.malformed(e))?;
-                    true
-                }
-            };
-            for ev in events.drain(..) {
-                let v: Value = serde_json::from_str(&ev.data)
-                    .map_err(|e| ep.malformed(format!("invalid JSON in a stream event ({e})")))?;
-                if apply_event(ep, &v, &mut out, progress)? {
-                    drain(resp).await;
-                    return Ok(out);
-                }
-            }
-            if eof {
-                return Err(ep.malformed("the stream ended before `message_stop`"));
-            }
-        }
+    ) -> Result<Step, ProviderError> {
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            self.ep
+                .malformed(format!("invalid JSON in a stream event ({e})"))
+        })?;
+        apply_event(&self.ep, &v, out, progress)
+    }
+
+    fn complete_at_eof(&self, _out: &Assembly) -> Result<(), ProviderError> {
+        Err(self.ep.malformed("the stream ended before `message_stop`"))
     }
 }
 
@@ -149,8 +132,34 @@ impl Provider for AnthropicProvider {
         timeout: Duration,
         progress: Option<&ProgressFn>,
     ) -> Result<ChatResponse, ProviderError> {
-        with_timeout(&self.ep.name, timeout, self.run(model, req, progress)).await
+        with_timeout(
+            &self.ep.name,
+            timeout,
+            wire::run(self, model, req, progress),
+        )
+        .await
     }
+}
+
+/// One message in the Anthropic shape: plain text as a string; an assistant
+/// turn with calls, or a user turn with results, as content blocks.
+fn message(m: &Message) -> Value {
+    if m.tool_calls.is_empty() && m.tool_results.is_empty() {
+        return json!({"role": m.role.as_str(), "content": m.content});
+    }
+    let mut blocks = Vec::new();
+    for r in &m.tool_results {
+        blocks.push(json!({"type": "tool_result", "tool_use_id": r.call_id,
+                           "content": r.content, "is_error": r.is_error}));
+    }
+    if !m.content.is_empty() {
+        blocks.push(json!({"type": "text", "text": m.content}));
+    }
+    for c in &m.tool_calls {
+        blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name,
+                           "input": wire::arguments_object(&c.arguments)}));
+    }
+    json!({"role": m.role.as_str(), "content": blocks})
 }
 
 /// Input tokens including prompt-cache reads and writes (billed too, at other
@@ -167,13 +176,15 @@ fn input_tokens(u: &Value) -> u64 {
     .sum()
 }
 
-/// Fold one stream event into the answer; true at `message_stop`.
+/// Fold one stream event into the answer; done at `message_stop`.
 fn apply_event(
     ep: &Endpoint,
     v: &Value,
-    out: &mut ChatResponse,
+    asm: &mut Assembly,
     progress: Option<&ProgressFn>,
-) -> Result<bool, ProviderError> {
+) -> Result<Step, ProviderError> {
+    let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+    let out = &mut asm.response;
     match v.get("type").and_then(Value::as_str).unwrap_or("") {
         "message_start" => {
             let msg = v.get("message");
@@ -186,17 +197,44 @@ fn apply_event(
                     u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0);
             }
         }
+        "content_block_start" => {
+            let block = v.get("content_block");
+            if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
+                let text = |k: &str| {
+                    block
+                        .and_then(|b| b.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let call = asm.call(index);
+                call.id = text("id");
+                call.name = text("name");
+            }
+        }
         "content_block_delta" => {
             let delta = v.get("delta");
-            // Only text: thinking and tool-input deltas are not the answer.
-            if delta.and_then(|d| d.get("type")).and_then(Value::as_str) == Some("text_delta")
-                && let Some(t) = delta.and_then(|d| d.get("text")).and_then(Value::as_str)
-                && !t.is_empty()
-            {
-                ep.append_text(&mut out.text, t)?;
-                if let Some(p) = progress {
-                    p(t);
+            // Thinking deltas are not the answer; tool input is a call's.
+            match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
+                Some("text_delta") => {
+                    if let Some(t) = delta.and_then(|d| d.get("text")).and_then(Value::as_str)
+                        && !t.is_empty()
+                    {
+                        ep.append_text(&mut out.text, t)?;
+                        if let Some(p) = progress {
+                            p(t);
+                        }
+                    }
                 }
+                Some("input_json_delta") => {
+                    if let Some(j) = delta
+                        .and_then(|d| d.get("partial_json"))
+                        .and_then(Value::as_str)
+                    {
+                        asm.push_arguments(ep, index, j)?;
+                    }
+                }
+                _ => {}
             }
         }
         "message_delta" => {
@@ -215,12 +253,12 @@ fn apply_event(
                 out.usage.input_tokens = out.usage.input_tokens.max(input_tokens(u));
             }
         }
-        "message_stop" => return Ok(true),
+        "message_stop" => return Ok(Step::Done),
         "error" => return Err(error_event(ep, v)),
-        // ping, content_block_start/stop, and event types added later.
+        // ping, content_block_stop, and event types added later.
         _ => {}
     }
-    Ok(false)
+    Ok(Step::More)
 }
 
 /// An `error` event or error body (`{type: error, error: {type, message}}`).
@@ -278,13 +316,30 @@ pub(crate) fn parse_message(
             .get("stop_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
+        tool_calls: content
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+            .enumerate()
+            .map(|(i, b)| ToolCall {
+                id: b
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(|| format!("call_{i}"), str::to_string),
+                name: b
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                arguments: b.get("input").map_or_else(|| "{}".into(), Value::to_string),
+            })
+            .collect(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::Message;
 
     fn ep() -> Endpoint {
         Endpoint {

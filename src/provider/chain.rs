@@ -349,6 +349,12 @@ impl Providers {
         self
     }
 
+    /// `text` with every configured key replaced, when it held one (for tool
+    /// results, which may echo a file or a server that saw a key).
+    pub fn scrub(&self, text: &str) -> Option<String> {
+        scrub_keys(text, &self.keys)
+    }
+
     /// Where every call is counted and timed (`dispatch_provider_*`).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -26,6 +26,7 @@ mod price;
 mod retry;
 mod secret;
 mod sse;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,12 +77,23 @@ impl Role {
 }
 
 /// One turn of the conversation sent to a model.
+///
+/// An assistant turn may carry the tool calls the model asked for; the user
+/// turn after it carries their results (the OpenAI format sends each result
+/// as a `tool` message of its own, the Anthropic one as `tool_result` blocks
+/// of one user message: `provider` makes either from this one shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Who wrote it.
     pub role: Role,
     /// The text.
     pub content: String,
+    /// Tools the model asked to call (assistant turns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Results of the previous turn's calls (user turns), in call order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_results: Vec<ToolResult>,
 }
 
 impl Message {
@@ -90,6 +102,8 @@ impl Message {
         Message {
             role: Role::User,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
         }
     }
 
@@ -98,8 +112,64 @@ impl Message {
         Message {
             role: Role::Assistant,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
         }
     }
+
+    /// An assistant turn that asked for tools.
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Message {
+        Message {
+            tool_calls: calls,
+            ..Message::assistant(content)
+        }
+    }
+
+    /// The results of the previous turn's calls.
+    pub fn results(results: Vec<ToolResult>) -> Message {
+        Message {
+            tool_results: results,
+            ..Message::user("")
+        }
+    }
+}
+
+/// A tool offered to the model: its name (`^[a-zA-Z0-9_-]{1,64}$`), what it
+/// does, and its arguments' JSON Schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of its arguments (an object schema).
+    pub parameters: serde_json::Value,
+}
+
+/// One call a model asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id for the call; results name it.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments as the model wrote them: JSON text, not checked here (a
+    /// model's bad JSON is an error the model sees, not a failed call).
+    pub arguments: String,
+}
+
+/// The result of one call, sent back to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The call's id.
+    pub call_id: String,
+    /// The tool's name (the Anthropic format does not need it; logs do).
+    pub name: String,
+    /// What the tool returned, or the error, as text.
+    pub content: String,
+    /// True when `content` is an error.
+    #[serde(default)]
+    pub is_error: bool,
 }
 
 /// What to ask a model, independent of the wire format.
@@ -115,6 +185,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Stream the answer (deltas go to the progress callback) or wait for it whole.
     pub stream: bool,
+    /// Tools the model may call; empty sends none.
+    pub tools: Vec<ToolSpec>,
 }
 
 impl ChatRequest {
@@ -126,6 +198,7 @@ impl ChatRequest {
             temperature: None,
             max_tokens: None,
             stream: true,
+            tools: Vec::new(),
         }
     }
 }
@@ -153,6 +226,8 @@ pub struct ChatResponse {
     pub reported_cost_usd: Option<f64>,
     /// Why generation stopped (`stop`, `length`, `end_turn`, `max_tokens`, ...).
     pub finish_reason: Option<String>,
+    /// Tools the model asked to call, in order; empty for a final answer.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Receives each streamed text delta as it arrives.

@@ -6,9 +6,11 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::http::{Endpoint, drain, is_event_stream, read_success_body, with_timeout};
-use super::sse::SseParser;
-use super::{ChatRequest, ChatResponse, ProgressFn, Provider, ProviderError, Usage};
+use super::http::{Endpoint, with_timeout};
+use super::wire::{self, Assembly, Step, Wire};
+use super::{
+    ChatRequest, ChatResponse, Message, ProgressFn, Provider, ProviderError, ToolCall, Usage,
+};
 
 /// Which OpenAI-compatible service an endpoint is, for its few quirks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,7 @@ impl OpenAiProvider {
             messages.push(json!({"role": "system", "content": req.system}));
         }
         for m in &req.messages {
-            messages.push(json!({"role": m.role.as_str(), "content": m.content}));
+            push_message(&mut messages, m);
         }
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
@@ -56,6 +58,17 @@ impl OpenAiProvider {
                 _ => "max_tokens",
             };
             body.insert(field.into(), json!(n));
+        }
+        if !req.tools.is_empty() {
+            let tools: Vec<Value> = req
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({"type": "function", "function": {
+                        "name": t.name, "description": t.description, "parameters": t.parameters}})
+                })
+                .collect();
+            body.insert("tools".into(), Value::Array(tools));
         }
         if req.stream {
             // Without this the stream carries no token counts at all.
@@ -89,71 +102,55 @@ impl OpenAiProvider {
         }
         Ok(h)
     }
+}
 
-    async fn run(
-        &self,
-        model: &str,
-        req: &ChatRequest,
-        progress: Option<&ProgressFn>,
-    ) -> Result<ChatResponse, ProviderError> {
-        let headers = self.headers()?;
-        let url = format!("{}/chat/completions", self.ep.base_url);
-        let mut resp = self
-            .ep
-            .post(&url, headers, &self.body(model, req), model)
-            .await?;
-        if req.stream && is_event_stream(&resp) {
-            self.read_stream(&mut resp, model, progress).await
-        } else {
-            let body = read_success_body(&mut resp, &self.ep).await?;
-            parse_completion(&self.ep, &body, model)
-        }
+impl Wire for OpenAiProvider {
+    fn endpoint(&self) -> &Endpoint {
+        &self.ep
     }
 
-    async fn read_stream(
+    fn url(&self) -> String {
+        format!("{}/chat/completions", self.ep.base_url)
+    }
+
+    fn headers(&self) -> Result<HeaderMap, ProviderError> {
+        OpenAiProvider::headers(self)
+    }
+
+    fn body(&self, model: &str, req: &ChatRequest) -> Value {
+        OpenAiProvider::body(self, model, req)
+    }
+
+    fn parse_whole(&self, body: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
+        parse_completion(&self.ep, body, model)
+    }
+
+    fn apply_event(
         &self,
-        resp: &mut reqwest::Response,
-        model: &str,
+        data: &str,
+        out: &mut Assembly,
         progress: Option<&ProgressFn>,
-    ) -> Result<ChatResponse, ProviderError> {
-        let ep = &self.ep;
-        let mut parser = SseParser::new();
-        let mut events = Vec::new();
-        let mut out = ChatResponse {
-            model: model.to_string(),
-            ..ChatResponse::default()
-        };
-        loop {
-            let eof = match ep.next_chunk(resp).await? {
-                Some(c) => {
-                    parser
-                        .push(c.as_ref(), &mut events)
-                        .map_err(|e| ep.malformed(e))?;
-                    false
-                }
-                None => {
-                    parser.finish(&mut events).map_err(|e| ep.malformed(e))?;
-                    true
-                }
-            };
-            for ev in events.drain(..) {
-                if ev.data.trim() == "[DONE]" {
-                    drain(resp).await;
-                    return Ok(out);
-                }
-                let v: Value = serde_json::from_str(&ev.data)
-                    .map_err(|e| ep.malformed(format!("invalid JSON in a stream chunk ({e})")))?;
-                apply_chunk(ep, &v, &mut out, progress)?;
-            }
-            if eof {
-                // Some compatible servers close without `[DONE]`; a finish
-                // reason says the answer is complete all the same.
-                return if out.finish_reason.is_some() {
-                    Ok(out)
-                } else {
-                    Err(ep.malformed("the stream ended before the answer was complete"))
-                };
-            }
+    ) -> Result<Step, ProviderError> {
+        if data.trim() == "[DONE]" {
+            return Ok(Step::Done);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            self.ep
+                .malformed(format!("invalid JSON in a stream chunk ({e})"))
+        })?;
+        apply_chunk(&self.ep, &v, out, progress)?;
+        Ok(Step::More)
+    }
+
+    fn complete_at_eof(&self, out: &Assembly) -> Result<(), ProviderError> {
+        // Some compatible servers close without `[DONE]`; a finish reason
+        // says the answer is complete all the same.
+        if out.response.finish_reason.is_some() {
+            Ok(())
+        } else {
+            Err(self
+                .ep
+                .malformed("the stream ended before the answer was complete"))
         }
     }
 }
@@ -171,17 +168,51 @@ impl Provider for OpenAiProvider {
         timeout: Duration,
         progress: Option<&ProgressFn>,
     ) -> Result<ChatResponse, ProviderError> {
-        with_timeout(&self.ep.name, timeout, self.run(model, req, progress)).await
+        with_timeout(
+            &self.ep.name,
+            timeout,
+            wire::run(self, model, req, progress),
+        )
+        .await
     }
+}
+
+/// One message in the OpenAI shape: an assistant turn with its
+/// `tool_calls`, each tool result as a `tool` message, then any text.
+fn push_message(messages: &mut Vec<Value>, m: &Message) {
+    for r in &m.tool_results {
+        messages.push(json!({"role": "tool", "tool_call_id": r.call_id, "content": r.content}));
+    }
+    if m.tool_calls.is_empty() {
+        if m.tool_results.is_empty() || !m.content.is_empty() {
+            messages.push(json!({"role": m.role.as_str(), "content": m.content}));
+        }
+        return;
+    }
+    let calls: Vec<Value> = m
+        .tool_calls
+        .iter()
+        .map(|c| {
+            json!({"id": c.id, "type": "function",
+                   "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect();
+    let content = if m.content.is_empty() {
+        Value::Null
+    } else {
+        json!(m.content)
+    };
+    messages.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
 }
 
 /// Fold one stream chunk into the answer so far.
 fn apply_chunk(
     ep: &Endpoint,
     v: &Value,
-    out: &mut ChatResponse,
+    asm: &mut Assembly,
     progress: Option<&ProgressFn>,
 ) -> Result<(), ProviderError> {
+    let out = &mut asm.response;
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
         return Err(in_band_error(ep, err));
     }
@@ -206,12 +237,73 @@ fn apply_chunk(
                     p(&t);
                 }
             }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for c in calls {
+                    apply_call_delta(ep, c, asm)?;
+                }
+            }
         }
         if let Some(fr) = choice.get("finish_reason").and_then(Value::as_str) {
-            out.finish_reason = Some(fr.to_string());
+            asm.response.finish_reason = Some(fr.to_string());
         }
     }
     Ok(())
+}
+
+/// One `tool_calls` delta: the first names the call (`id`, `function.name`),
+/// later ones under the same `index` add to its arguments.
+fn apply_call_delta(ep: &Endpoint, c: &Value, asm: &mut Assembly) -> Result<(), ProviderError> {
+    let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+    let f = c.get("function");
+    let call = asm.call(index);
+    if let Some(id) = c
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        call.id = id.to_string();
+    }
+    if let Some(name) = f.and_then(|f| f.get("name")).and_then(Value::as_str) {
+        call.name.push_str(name);
+    }
+    if let Some(args) = f.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
+        asm.push_arguments(ep, index, args)?;
+    }
+    Ok(())
+}
+
+/// The `tool_calls` of a whole message.
+fn whole_calls(message: &Value) -> Vec<ToolCall> {
+    let Some(calls) = message.get("tool_calls").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let f = c.get("function");
+            let text = |v: Option<&Value>| match v {
+                Some(Value::String(s)) => s.clone(),
+                // Some servers send the arguments as an object.
+                Some(v @ Value::Object(_)) => v.to_string(),
+                _ => String::new(),
+            };
+            let arguments = text(f.and_then(|f| f.get("arguments")));
+            ToolCall {
+                id: c
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(|| format!("call_{i}"), str::to_string),
+                name: text(f.and_then(|f| f.get("name"))),
+                arguments: if arguments.trim().is_empty() {
+                    "{}".into()
+                } else {
+                    arguments
+                },
+            }
+        })
+        .collect()
 }
 
 /// Parse a whole (non-streamed) completion.
@@ -248,6 +340,7 @@ pub(crate) fn parse_completion(
             .get("finish_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
+        tool_calls: whole_calls(message),
     })
 }
 
@@ -300,7 +393,6 @@ fn in_band_error(ep: &Endpoint, err: &Value) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::Message;
     use crate::provider::secret::ApiKey;
 
     fn ep() -> Endpoint {
@@ -324,6 +416,7 @@ mod tests {
             temperature: Some(0.3),
             max_tokens: Some(100),
             stream: true,
+            tools: Vec::new(),
         };
         let b = OpenAiProvider::new(ep(), OpenAiFlavor::OpenRouter)
             .body("anthropic/claude-sonnet-4", &req);

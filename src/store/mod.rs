@@ -21,7 +21,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::task::{
-    Attempt, AttemptKind, Millis, Run, RunState, StepRecord, Task, TaskId, TaskState,
+    Attempt, AttemptKind, Millis, Run, RunState, StepRecord, Task, TaskId, TaskState, Tree,
+    TreeCharge, Turn,
 };
 
 mod sqlite;
@@ -132,8 +133,49 @@ pub trait Store: Send + Sync + 'static {
     /// A run's steps in definition order.
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>>;
 
+    /// Records one turn of a tool loop. [`StoreError::NotFound`] if the task
+    /// does not exist, [`StoreError::Duplicate`] if its `seq` is taken.
+    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()>;
+
+    /// A task's turns in `seq` order (empty for an unknown task).
+    fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>>;
+
+    /// Stores a new delegation tree; one already stored under its root is
+    /// kept as it is (a resumed root opens its tree again).
+    fn open_tree<'a>(&'a self, tree: &'a Tree) -> StoreFuture<'a, ()>;
+
+    /// The tree whose root is `root_id`, if one was opened.
+    fn get_tree<'a>(&'a self, root_id: &'a str) -> StoreFuture<'a, Option<Tree>>;
+
+    /// Takes `charge` from the tree in one step: all of it when it fits every
+    /// limit, else none of it and [`StoreError::TreeLimit`] naming the limit.
+    /// Releases and spending always fit. [`StoreError::NotFound`] if no tree
+    /// has that root.
+    fn charge_tree<'a>(&'a self, root_id: &'a str, charge: TreeCharge) -> StoreFuture<'a, ()>;
+
     /// Finishes pending work and closes the database. Calls made afterwards fail.
     fn close(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Which limit of a tree a charge did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeLimitKind {
+    /// Tasks in the tree.
+    Tasks,
+    /// Model turns in the tree.
+    Turns,
+    /// Money, in micro-USD.
+    Money,
+}
+
+impl std::fmt::Display for TreeLimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TreeLimitKind::Tasks => "task",
+            TreeLimitKind::Turns => "turn",
+            TreeLimitKind::Money => "budget",
+        })
+    }
 }
 
 /// Which tasks [`Store::list_tasks`] returns. The default matches every task.
@@ -146,6 +188,9 @@ pub struct TaskFilter {
     pub agent: Option<String>,
     /// Only tasks delegated by this task.
     pub parent_id: Option<TaskId>,
+    /// Only the tasks of the delegation tree with this root (the root included).
+    #[serde(default)]
+    pub root_id: Option<TaskId>,
     /// Only this subject's tasks (an authenticated client sees only its own).
     pub subject: Option<String>,
     /// Only tasks created at or after this time.
@@ -237,6 +282,16 @@ pub enum StoreError {
     NotFound {
         /// The id looked for.
         id: TaskId,
+    },
+    /// A charge did not fit a tree's limit.
+    #[error("{limit} limit of {max} reached ({used} used)")]
+    TreeLimit {
+        /// Which limit: `tasks`, `turns` or `money` (money in micro-USD).
+        limit: TreeLimitKind,
+        /// The limit.
+        max: i64,
+        /// What was used (for money: spent + reserved) before the charge.
+        used: i64,
     },
     /// A row with the same key already exists.
     #[error("{what} already exists")]

@@ -22,13 +22,16 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tempfile::TempDir;
 
 use super::sqlite_write::{
-    AttemptRow, RunRow, StepRow, TaskRow, Write, Writer, WriterOptions, WriterWatch,
+    AttemptRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow, Write, Writer, WriterOptions,
+    WriterWatch,
 };
 use super::{
     MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
     database_error,
 };
-use crate::task::{Attempt, Millis, Run, RunState, StepRecord, Task, TaskState};
+use crate::task::{
+    Attempt, Millis, Run, RunState, StepRecord, Task, TaskState, Tree, TreeCharge, TreeLimits, Turn,
+};
 
 /// How long a statement waits for a lock held by another process before
 /// failing with "database is locked".
@@ -49,7 +52,7 @@ macro_rules! task_columns {
     () => {
         "id, agent, state, input, parent_id, depth, subject, created_at, started_at, \
          finished_at, model, attempts, input_tokens, output_tokens, cost_usd, output, reason, \
-         error, kb_path, routing, requeues, owner, audit"
+         error, kb_path, routing, requeues, owner, audit, root_id"
     };
 }
 
@@ -281,6 +284,10 @@ impl SqliteStore {
         if let Some(parent) = &filter.parent_id {
             and(&mut q);
             q.push("parent_id = ").push_bind(parent.as_str());
+        }
+        if let Some(root) = &filter.root_id {
+            and(&mut q);
+            q.push("root_id = ").push_bind(root.as_str());
         }
         if let Some(subject) = &filter.subject {
             and(&mut q);
@@ -548,6 +555,50 @@ impl Store for SqliteStore {
         })
     }
 
+    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.writer.write(Write::AddTurn(TurnRow::new(turn)?)).await })
+    }
+
+    fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT task_id, seq, answer, at, data FROM turns WHERE task_id = ?1 ORDER BY seq",
+            )
+            .bind(task_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read the turns of task {task_id}"), e))?;
+            rows.iter().map(turn_from_row).collect()
+        })
+    }
+
+    fn open_tree<'a>(&'a self, tree: &'a Tree) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.writer.write(Write::OpenTree(TreeRow::new(tree))).await })
+    }
+
+    fn get_tree<'a>(&'a self, root_id: &'a str) -> StoreFuture<'a, Option<Tree>> {
+        Box::pin(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                tree_columns!(),
+                " FROM trees WHERE root_id = ?1"
+            ))
+            .bind(root_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read the tree of task {root_id}"), e))?;
+            row.as_ref().map(tree_from_row).transpose()
+        })
+    }
+
+    fn charge_tree<'a>(&'a self, root_id: &'a str, charge: TreeCharge) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.writer
+                .write(Write::ChargeTree(root_id.to_string(), charge))
+                .await
+        })
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.close_impl().await;
@@ -642,6 +693,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "drop owner index",
         include_str!("../../migrations/0005_drop_owner_index.sql"),
+    ),
+    (
+        6,
+        "tool loop",
+        include_str!("../../migrations/0006_tool_loop.sql"),
     ),
 ];
 
@@ -829,6 +885,54 @@ fn step_from_row(row: &SqliteRow) -> Result<StepRecord, StoreError> {
     })
 }
 
+/// Every column of `trees` ([`tree_from_row`] reads them by name).
+macro_rules! tree_columns {
+    () => {
+        "root_id, tasks, turns, spent_micros, reserved_micros, max_depth, max_tasks, max_turns, \
+         max_secs, budget_micros, created_at"
+    };
+}
+pub(super) use tree_columns;
+
+pub(super) fn tree_from_row(row: &SqliteRow) -> Result<Tree, StoreError> {
+    let root_id: String = get(row, "root_id", &|| "tree".to_string())?;
+    let what = || format!("tree of task {root_id}");
+    let w: &dyn Fn() -> String = &what;
+    let max_secs: Option<i64> = get(row, "max_secs", w)?;
+    Ok(Tree {
+        tasks: unsigned(get(row, "tasks", w)?, "tasks", w)?,
+        turns: unsigned(get(row, "turns", w)?, "turns", w)?,
+        spent_micros: get(row, "spent_micros", w)?,
+        reserved_micros: get(row, "reserved_micros", w)?,
+        limits: TreeLimits {
+            max_depth: unsigned(get(row, "max_depth", w)?, "max_depth", w)?,
+            max_tasks: unsigned(get(row, "max_tasks", w)?, "max_tasks", w)?,
+            max_turns: unsigned(get(row, "max_turns", w)?, "max_turns", w)?,
+            max_secs: max_secs.map(|s| s.max(0) as u64),
+            budget_micros: get(row, "budget_micros", w)?,
+        },
+        created_at: get(row, "created_at", w)?,
+        root_id,
+    })
+}
+
+fn turn_from_row(row: &SqliteRow) -> Result<Turn, StoreError> {
+    let task_id: String = get(row, "task_id", &|| "turn".to_string())?;
+    let seq: i64 = get(row, "seq", &|| format!("turn of task {task_id}"))?;
+    let what = || format!("turn {seq} of task {task_id}");
+    let w: &dyn Fn() -> String = &what;
+    let data: String = get(row, "data", w)?;
+    let event = serde_json::from_str(&data)
+        .map_err(|e| corrupt(format!("{}, column data: {e}", what())))?;
+    Ok(Turn {
+        seq: unsigned(seq, "seq", w)?,
+        answer: unsigned(get(row, "answer", w)?, "answer", w)?,
+        at: get(row, "at", w)?,
+        event,
+        task_id,
+    })
+}
+
 fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
     let id: String = get(row, "id", &|| "task".to_string())?;
     let what = || format!("task {id}");
@@ -843,6 +947,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
         state: parse_column(&state, || format!("{}, column state", what()))?,
         input: json(&input, "input", w)?,
         parent_id: get(row, "parent_id", w)?,
+        root_id: get(row, "root_id", w)?,
         depth: unsigned(get(row, "depth", w)?, "depth", w)?,
         subject: get(row, "subject", w)?,
         created_at: get::<Millis>(row, "created_at", w)?,

@@ -34,8 +34,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ff
 use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::{BUSY_TIMEOUT, parse_column};
-use super::{StoreError, database_error};
-use crate::task::{Attempt, Run, StepRecord, Task, TaskId, TaskState};
+use super::{StoreError, TreeLimitKind, database_error};
+use crate::task::{Attempt, Run, StepRecord, Task, TaskId, TaskState, Tree, TreeCharge, Turn};
 
 /// The most writes committed together. Bounds how long one transaction runs.
 const MAX_GROUP: usize = 256;
@@ -45,9 +45,25 @@ const QUEUE: usize = 4096;
 
 const INSERT_TASK: &str = "INSERT INTO tasks (id, agent, state, input, parent_id, depth, subject, \
      created_at, started_at, finished_at, model, attempts, input_tokens, output_tokens, cost_usd, \
-     output, reason, error, kb_path, routing, requeues, owner, audit) \
+     output, reason, error, kb_path, routing, requeues, owner, audit, root_id) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-     ?20, ?21, ?22, ?23)";
+     ?20, ?21, ?22, ?23, ?24)";
+
+const INSERT_TURN: &str =
+    "INSERT INTO turns (task_id, seq, answer, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const OPEN_TREE: &str = "INSERT INTO trees (root_id, tasks, turns, spent_micros, reserved_micros, \
+     max_depth, max_tasks, max_turns, max_secs, budget_micros, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (root_id) DO NOTHING";
+
+/// A charge against a tree: the WHERE clause is the limit, so it is taken
+/// whole or not at all, in the statement that takes it.
+const CHARGE_TREE: &str = "UPDATE trees SET tasks = tasks + ?2, turns = turns + ?3, \
+     reserved_micros = MAX(reserved_micros + ?4 - ?5, 0), spent_micros = spent_micros + ?6 \
+     WHERE root_id = ?1 \
+     AND (?2 = 0 OR tasks + ?2 <= max_tasks) \
+     AND (?3 = 0 OR turns + ?3 <= max_turns) \
+     AND (?4 = 0 OR budget_micros IS NULL OR spent_micros + reserved_micros + ?4 <= budget_micros)";
 
 /// Sets every column that can change after a task is created. What a task
 /// is (agent, input, parent, depth, subject, creation time: ?2, ?4 to ?8)
@@ -131,6 +147,71 @@ pub(super) enum Write {
     FinishTask(Vec<AttemptRow>, TaskRow, TaskState),
     PutRun(RunRow),
     PutStep(StepRow),
+    AddTurn(TurnRow),
+    OpenTree(TreeRow),
+    ChargeTree(String, TreeCharge),
+}
+
+/// A turn as the columns of `turns` hold it.
+pub(super) struct TurnRow {
+    task_id: String,
+    seq: i64,
+    answer: i64,
+    kind: &'static str,
+    at: i64,
+    data: String,
+}
+
+impl TurnRow {
+    pub(super) fn new(t: &Turn) -> Result<TurnRow, StoreError> {
+        let data = serde_json::to_string(&t.event).map_err(|e| StoreError::Invalid {
+            what: format!("turn {} of task {}: {e}", t.seq, t.task_id),
+        })?;
+        Ok(TurnRow {
+            task_id: t.task_id.clone(),
+            seq: i64::from(t.seq),
+            answer: i64::from(t.answer),
+            kind: t.event.kind(),
+            at: t.at,
+            data,
+        })
+    }
+}
+
+/// A tree as the columns of `trees` hold it.
+pub(super) struct TreeRow {
+    root_id: String,
+    tasks: i64,
+    turns: i64,
+    spent_micros: i64,
+    reserved_micros: i64,
+    max_depth: i64,
+    max_tasks: i64,
+    max_turns: i64,
+    max_secs: Option<i64>,
+    budget_micros: Option<i64>,
+    created_at: i64,
+}
+
+impl TreeRow {
+    pub(super) fn new(t: &Tree) -> TreeRow {
+        TreeRow {
+            root_id: t.root_id.clone(),
+            tasks: i64::from(t.tasks),
+            turns: i64::from(t.turns),
+            spent_micros: t.spent_micros,
+            reserved_micros: t.reserved_micros,
+            max_depth: i64::from(t.limits.max_depth),
+            max_tasks: i64::from(t.limits.max_tasks),
+            max_turns: i64::from(t.limits.max_turns),
+            max_secs: t
+                .limits
+                .max_secs
+                .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            budget_micros: t.limits.budget_micros,
+            created_at: t.created_at,
+        }
+    }
 }
 
 const PUT_RUN: &str = "INSERT INTO runs (id, name, agent, state, input, definition, subject, owner, \
@@ -218,6 +299,9 @@ impl Write {
             Write::AddAttempt(a) => format!("record attempt {} of task {}", a.seq, a.task_id),
             Write::PutRun(r) => format!("record run {}", r.id),
             Write::PutStep(s) => format!("record step {} of run {}", s.step_id, s.run_id),
+            Write::AddTurn(t) => format!("record turn {} of task {}", t.seq, t.task_id),
+            Write::OpenTree(t) => format!("open the tree of task {}", t.root_id),
+            Write::ChargeTree(root, _) => format!("charge the tree of task {root}"),
         }
     }
 }
@@ -481,8 +565,46 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             })?;
             Ok(())
         }
+        Write::AddTurn(t) => {
+            let values: [&dyn ToSql; 6] = [&t.task_id, &t.seq, &t.answer, &t.kind, &t.at, &t.data];
+            execute(conn, INSERT_TURN, &values).map_err(|e| {
+                if is_unique_violation(&e) {
+                    Failure::Own(StoreError::Duplicate {
+                        what: format!("turn {} of task {}", t.seq, t.task_id),
+                    })
+                } else if is_foreign_key_violation(&e) {
+                    Failure::Own(StoreError::NotFound {
+                        id: t.task_id.clone(),
+                    })
+                } else {
+                    Failure::Database(reason(&e))
+                }
+            })?;
+            Ok(())
+        }
+        Write::OpenTree(t) => {
+            let values: [&dyn ToSql; 11] = [
+                &t.root_id,
+                &t.tasks,
+                &t.turns,
+                &t.spent_micros,
+                &t.reserved_micros,
+                &t.max_depth,
+                &t.max_tasks,
+                &t.max_turns,
+                &t.max_secs,
+                &t.budget_micros,
+                &t.created_at,
+            ];
+            execute(conn, OPEN_TREE, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            Ok(())
+        }
+        Write::ChargeTree(root, c) => charge_tree(conn, root, c),
         Write::CreateTask(t) => {
-            execute(conn, INSERT_TASK, &task_values(t)).map_err(|e| {
+            let mut values = Vec::with_capacity(24);
+            values.extend_from_slice(&task_values(t));
+            values.push(&t.root_id as &dyn ToSql);
+            execute(conn, INSERT_TASK, &values).map_err(|e| {
                 if is_unique_violation(&e) {
                     Failure::Own(StoreError::Duplicate {
                         what: format!("task {}", t.id),
@@ -513,6 +635,65 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
 /// it changed.
 fn execute(conn: &Connection, sql: &str, values: &[&dyn ToSql]) -> Result<usize, rusqlite::Error> {
     conn.prepare_cached(sql)?.execute(values)
+}
+
+/// What a tree has used, read to say which limit a charge did not fit.
+struct TreeUse {
+    tasks: i64,
+    max_tasks: i64,
+    turns: i64,
+    max_turns: i64,
+    /// Spent plus reserved, micro-USD.
+    held: i64,
+    budget: Option<i64>,
+}
+
+/// A charge against a tree, or which limit it did not fit.
+fn charge_tree(conn: &Connection, root: &str, c: &TreeCharge) -> Result<(), Failure> {
+    let (tasks, turns) = (i64::from(c.tasks), i64::from(c.turns));
+    let values: [&dyn ToSql; 6] = [
+        &root,
+        &tasks,
+        &turns,
+        &c.reserve_micros,
+        &c.release_micros,
+        &c.spend_micros,
+    ];
+    let changed = execute(conn, CHARGE_TREE, &values).map_err(|e| Failure::Database(reason(&e)))?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let found: Option<TreeUse> = conn
+        .query_row(
+            "SELECT tasks, max_tasks, turns, max_turns, spent_micros, reserved_micros, \
+             budget_micros FROM trees WHERE root_id = ?1",
+            [root],
+            |r| {
+                Ok(TreeUse {
+                    tasks: r.get(0)?,
+                    max_tasks: r.get(1)?,
+                    turns: r.get(2)?,
+                    max_turns: r.get(3)?,
+                    held: r.get::<_, i64>(4)? + r.get::<_, i64>(5)?,
+                    budget: r.get(6)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| Failure::Database(reason(&e)))?;
+    let Some(u) = found else {
+        return Err(Failure::Own(StoreError::NotFound {
+            id: root.to_string(),
+        }));
+    };
+    let (limit, max, used) = if tasks > 0 && u.tasks + tasks > u.max_tasks {
+        (TreeLimitKind::Tasks, u.max_tasks, u.tasks)
+    } else if turns > 0 && u.turns + turns > u.max_turns {
+        (TreeLimitKind::Turns, u.max_turns, u.turns)
+    } else {
+        (TreeLimitKind::Money, u.budget.unwrap_or(0), u.held)
+    };
+    Err(Failure::Own(StoreError::TreeLimit { limit, max, used }))
 }
 
 /// The compare-and-set update of a task.
@@ -684,6 +865,7 @@ pub(super) struct TaskRow {
     requeues: i64,
     owner: Option<String>,
     audit: Option<String>,
+    root_id: Option<String>,
 }
 
 impl TaskRow {
@@ -721,6 +903,7 @@ impl TaskRow {
                 .as_ref()
                 .map(|a| to_json(a, "audit", &what))
                 .transpose()?,
+            root_id: t.root_id.clone(),
         })
     }
 }

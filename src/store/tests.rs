@@ -20,6 +20,7 @@ fn full_task() -> Task {
         state: TaskState::Failed,
         input: json!({"prompt": "日本語 \u{0000} \"quotes\" \\", "n": [1, 2.5, null, true]}),
         parent_id: Some(new_task_id()),
+        root_id: Some(new_task_id()),
         depth: u32::MAX,
         subject: Some("user@example.com|ß".to_string()),
         created_at: 1_700_000_000_123,

@@ -81,6 +81,15 @@ pub enum Behavior {
     Malformed,
     /// Reply with the last user message.
     Echo,
+    /// Answer with tool calls (and optional text): streamed as the formats
+    /// stream them (OpenAI `tool_calls` deltas by index, Anthropic
+    /// `tool_use` blocks with `input_json_delta`s), or whole.
+    Calls {
+        /// Text beside the calls.
+        text: String,
+        /// The calls.
+        calls: Vec<FakeCall>,
+    },
     /// Wait until `release` is notified, then behave as `then`. Release all
     /// waiting requests with `release.notify_waiters()` (after
     /// [`FakeProvider::wait_in_flight`]), or one with `notify_one()`.
@@ -145,6 +154,52 @@ impl Behavior {
         Behavior::Gate {
             release: release.clone(),
             then: Box::new(Behavior::reply(text)),
+        }
+    }
+}
+
+/// One scripted tool call.
+#[derive(Debug, Clone)]
+pub struct FakeCall {
+    /// The call id.
+    pub id: String,
+    /// The tool.
+    pub name: String,
+    /// The arguments as JSON text (may be invalid on purpose).
+    pub arguments: String,
+}
+
+impl Behavior {
+    /// One tool call with JSON arguments.
+    pub fn call(name: &str, args: Value) -> Behavior {
+        Behavior::calls(&[(name, args)])
+    }
+
+    /// Several tool calls in one turn.
+    pub fn calls(calls: &[(&str, Value)]) -> Behavior {
+        Behavior::Calls {
+            text: String::new(),
+            calls: calls
+                .iter()
+                .enumerate()
+                .map(|(i, (n, a))| FakeCall {
+                    id: format!("call_{i}_{n}"),
+                    name: n.to_string(),
+                    arguments: a.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// One tool call whose arguments are this raw text.
+    pub fn raw_call(name: &str, arguments: &str) -> Behavior {
+        Behavior::Calls {
+            text: String::new(),
+            calls: vec![FakeCall {
+                id: format!("call_raw_{name}"),
+                name: name.to_string(),
+                arguments: arguments.to_string(),
+            }],
         }
     }
 }
@@ -214,6 +269,8 @@ struct Script {
     queue: VecDeque<Behavior>,
     default: Behavior,
     rules: HashMap<String, Behavior>,
+    /// Per-model FIFO queues (before the model rule and the shared queue).
+    model_queues: HashMap<String, VecDeque<Behavior>>,
 }
 
 #[derive(Debug)]
@@ -291,6 +348,7 @@ impl FakeProvider {
                 queue: VecDeque::new(),
                 default: Behavior::reply("fake answer"),
                 rules: HashMap::new(),
+                model_queues: HashMap::new(),
             }),
             requests: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
@@ -371,6 +429,15 @@ impl FakeProvider {
     /// Use `b` for every request whose `model` is `model` (wins over the queue).
     pub fn on_model(&self, model: &str, b: Behavior) {
         lock(&self.shared.script).rules.insert(model.to_string(), b);
+    }
+
+    /// Queue `bs` for requests to `model`, in order (before its rule).
+    pub fn queue_model(&self, model: &str, bs: impl IntoIterator<Item = Behavior>) {
+        lock(&self.shared.script)
+            .model_queues
+            .entry(model.to_string())
+            .or_default()
+            .extend(bs);
     }
 
     /// Remove a model rule.
@@ -467,6 +534,9 @@ impl FakeProvider {
 
 fn pick(shared: &Shared, model: &str) -> Behavior {
     let mut s = lock(&shared.script);
+    if let Some(b) = s.model_queues.get_mut(model).and_then(VecDeque::pop_front) {
+        return b;
+    }
     if let Some(b) = s.rules.get(model) {
         return b.clone();
     }
@@ -565,6 +635,7 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
                 output_tokens,
                 cost,
                 chunk_count,
+                calls: &[],
             };
             if stream {
                 let events = match format {
@@ -613,6 +684,7 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
                 output_tokens: 1,
                 cost: None,
                 chunk_count: chunks.max(1),
+                calls: &[],
             };
             if stream {
                 let mut events = match format {
@@ -635,6 +707,31 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
                     flight,
                     true,
                 )
+            }
+        }
+        Behavior::Calls { text, calls } => {
+            let r = Reply {
+                model: &model,
+                text: &text,
+                input_tokens: 10,
+                output_tokens: 5,
+                cost: None,
+                chunk_count: 2,
+                calls: &calls,
+            };
+            if stream {
+                let events = match format {
+                    Format::OpenAi => r.openai_events(include_usage),
+                    Format::Anthropic => r.anthropic_events(),
+                };
+                sse_response(events, flight, false)
+            } else {
+                flight.done = true;
+                let body = match format {
+                    Format::OpenAi => r.openai_json(),
+                    Format::Anthropic => r.anthropic_json(),
+                };
+                json_response(StatusCode::OK, &body.to_string())
             }
         }
         Behavior::Hang => std::future::pending::<Response>().await,
@@ -713,9 +810,54 @@ struct Reply<'a> {
     output_tokens: u64,
     cost: Option<f64>,
     chunk_count: usize,
+    calls: &'a [FakeCall],
+}
+
+/// Arguments in two pieces (a stream splits them anywhere).
+fn halves(s: &str) -> (String, String) {
+    let chars: Vec<char> = s.chars().collect();
+    let mid = chars.len() / 2;
+    (chars[..mid].iter().collect(), chars[mid..].iter().collect())
 }
 
 impl Reply<'_> {
+    fn finish_openai(&self) -> &'static str {
+        if self.calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }
+    }
+
+    fn finish_anthropic(&self) -> &'static str {
+        if self.calls.is_empty() {
+            "end_turn"
+        } else {
+            "tool_use"
+        }
+    }
+
+    fn openai_calls(&self) -> Value {
+        Value::Array(
+            self.calls
+                .iter()
+                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                .collect(),
+        )
+    }
+
+    fn anthropic_blocks(&self) -> Vec<Value> {
+        let mut blocks = Vec::new();
+        if !self.text.is_empty() || self.calls.is_empty() {
+            blocks.push(json!({"type": "text", "text": self.text}));
+        }
+        for c in self.calls {
+            let input: Value = serde_json::from_str(&c.arguments).unwrap_or(json!({}));
+            blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+        }
+        blocks
+    }
+
     fn pieces(&self) -> Vec<String> {
         let chars: Vec<char> = self.text.chars().collect();
         if chars.is_empty() {
@@ -743,7 +885,11 @@ impl Reply<'_> {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": if self.calls.is_empty() {
+                json!({"role": "assistant", "content": self.text})
+            } else {
+                json!({"role": "assistant", "content": if self.text.is_empty() { Value::Null } else { json!(self.text) }, "tool_calls": self.openai_calls()})
+            }, "finish_reason": self.finish_openai()}],
             "usage": self.usage_openai(),
         })
     }
@@ -759,9 +905,22 @@ impl Reply<'_> {
                 "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}],
             })));
         }
+        for (i, c) in self.calls.iter().enumerate() {
+            let chunk = |delta: Value| {
+                data(json!({
+                    "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": self.model,
+                    "choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": null}],
+                }))
+            };
+            out.push(chunk(json!({"index": i, "id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": ""}})));
+            let (a, b) = halves(&c.arguments);
+            out.push(chunk(json!({"index": i, "function": {"arguments": a}})));
+            out.push(chunk(json!({"index": i, "function": {"arguments": b}})));
+        }
         out.push(data(json!({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": self.model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_openai()}],
         })));
         if include_usage {
             out.push(data(json!({
@@ -776,8 +935,8 @@ impl Reply<'_> {
     fn anthropic_json(&self) -> Value {
         json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
-            "content": [{"type": "text", "text": self.text}],
-            "stop_reason": "end_turn", "stop_sequence": null,
+            "content": self.anthropic_blocks(),
+            "stop_reason": self.finish_anthropic(), "stop_sequence": null,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
         })
     }
@@ -809,9 +968,29 @@ impl Reply<'_> {
             "content_block_stop",
             json!({"type": "content_block_stop", "index": 0}),
         ));
+        for (i, c) in self.calls.iter().enumerate() {
+            let index = i + 1;
+            out.push(ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index,
+                       "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}}),
+            ));
+            let (a, b) = halves(&c.arguments);
+            for piece in [a, b] {
+                out.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+            out.push(ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
         out.push(ev(
             "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            json!({"type": "message_delta", "delta": {"stop_reason": self.finish_anthropic(), "stop_sequence": null},
                    "usage": {"output_tokens": self.output_tokens}}),
         ));
         out.push(ev("message_stop", json!({"type": "message_stop"})));

@@ -1,0 +1,458 @@
+//! Agents that act, against the real binary and the fake provider: tool
+//! calls on both wire formats (streamed), the built-in tools, bad calls the
+//! model sees as errors, `max_turns`, child tasks on the other wire format,
+//! the limits of a delegation tree, and a crash between a tool result and
+//! the next turn.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod common;
+
+use common::fake_provider::Behavior;
+use common::fixture::*;
+use serde_json::{Value, json};
+
+fn actor(model: &str, tools: &str, extra: &str) -> String {
+    format!(
+        "---\ndescription: acts\nmodel: {model}\ntools: [{tools}]\n{extra}---\nYou use tools.\n"
+    )
+}
+
+/// The messages of the `n`th request (0-based) to `model`.
+fn messages(fx: &Fx, model: &str, n: usize) -> Vec<Value> {
+    let reqs: Vec<_> = fx
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.model == model)
+        .collect();
+    reqs[n].body["messages"].as_array().unwrap().clone()
+}
+
+/// The tool results the model was sent (OpenAI `tool` messages).
+fn tool_contents(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn turn_kinds(s: &Value) -> Vec<String> {
+    s["turns"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| t["kind"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn openai_calls_run_in_one_turn_and_the_loop_answers() {
+    let fx = Fx::new(
+        &[("scribe", &actor("openai/scribe", "kb_read, kb_write", ""))],
+        "",
+    )
+    .await;
+    fx.p.write("_kb/context/team.md", "# Team\nAda and Lin.\n");
+    fx.fake.queue_model(
+        "scribe",
+        [
+            Behavior::calls(&[
+                (
+                    "kb_write",
+                    json!({"path": "inbox/note.md", "content": "noted", "mode": "append"}),
+                ),
+                ("kb_read", json!({"path": "context/team.md"})),
+            ]),
+            Behavior::reply("All done."),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "scribe", json!("take a note")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "All done.");
+    assert_eq!(
+        std::fs::read_to_string(fx.p.kb().join("inbox/note.md")).unwrap(),
+        "noted"
+    );
+    // The first request offered the tools; the second carried the model's
+    // calls and both results, in call order.
+    let first = &fx.fake.requests()[0].body;
+    let names: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kb_read", "kb_write"]);
+    let msgs = messages(&fx, "scribe", 1);
+    let asked = msgs.iter().find(|m| m["role"] == "assistant").unwrap();
+    assert_eq!(
+        asked["tool_calls"].as_array().unwrap().len(),
+        2,
+        "{asked:#}"
+    );
+    let results = tool_contents(&msgs);
+    assert_eq!(results.len(), 2, "{msgs:#?}");
+    assert!(results[0].contains("\"created\":true"), "{}", results[0]);
+    assert!(results[1].contains("Ada and Lin"), "{}", results[1]);
+    // Everything is visible in task_status.
+    let s = status(&c, &id(&v)).await;
+    assert_eq!(
+        turn_kinds(&s),
+        ["model", "tool_result", "tool_result"],
+        "{s:#}"
+    );
+    assert_eq!(s["turns"][0]["calls"].as_array().unwrap().len(), 2);
+    let kinds: Vec<&str> = s["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["turn", "primary"]);
+    assert_eq!(s["root_task_id"], s["task_id"]);
+    assert_eq!(s["tree"]["turns"], 2, "{s:#}");
+    // The outbox file shows the calls too.
+    let outbox = std::fs::read_to_string(fx.p.kb().join(s["kb_path"].as_str().unwrap())).unwrap();
+    assert!(outbox.contains("kb_write"), "{outbox}");
+}
+
+#[tokio::test]
+async fn anthropic_tool_use_streams_and_results_go_back_as_blocks() {
+    let fx = Fx::new(
+        &[("reader", &actor("anthropic/claude-x", "kb_list", ""))],
+        "",
+    )
+    .await;
+    fx.p.write("_kb/context/a.md", "# A\n");
+    fx.fake.queue_model(
+        "claude-x",
+        [
+            Behavior::call("kb_list", json!({"path": "context"})),
+            Behavior::reply("Listed."),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "reader", json!("list context")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "Listed.");
+    let reqs = fx.fake.requests();
+    assert_eq!(reqs[0].body["tools"][0]["name"], "kb_list");
+    assert!(reqs[0].body["tools"][0]["input_schema"].is_object());
+    let msgs = reqs[1].body["messages"].as_array().unwrap();
+    let assistant = &msgs[1];
+    assert_eq!(assistant["content"][0]["type"], "tool_use", "{msgs:#?}");
+    assert_eq!(assistant["content"][0]["input"], json!({"path": "context"}));
+    let result = &msgs[2]["content"][0];
+    assert_eq!(result["type"], "tool_result");
+    assert_eq!(result["tool_use_id"], assistant["content"][0]["id"]);
+    assert!(
+        result["content"].as_str().unwrap().contains("a.md"),
+        "{result}"
+    );
+}
+
+#[tokio::test]
+async fn bad_calls_are_errors_the_model_reads_and_the_loop_goes_on() {
+    let fx = Fx::new(&[("nowrite", &actor("openai/nw", "kb_read", ""))], "").await;
+    fx.fake.queue_model(
+        "nw",
+        [
+            Behavior::call("kb_write", json!({"path": "x.md", "content": "x"})),
+            Behavior::call("rm_rf", json!({})),
+            Behavior::raw_call("kb_read", "{not json"),
+            Behavior::call("kb_read", json!({"path": 42})),
+            Behavior::call("kb_read", json!({"path": "../../etc/passwd"})),
+            Behavior::reply("I could not do it."),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "nowrite", json!("try things")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let last = messages(&fx, "nw", 5);
+    let errors = tool_contents(&last);
+    assert_eq!(errors.len(), 5, "{last:#?}");
+    assert!(
+        errors[0].contains("kb_write is not allowed for agent `nowrite`"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("there is no tool `rm_rf`"),
+        "{}",
+        errors[1]
+    );
+    assert!(errors[2].contains("not valid JSON"), "{}", errors[2]);
+    assert!(
+        errors[3].contains("do not match its schema"),
+        "{}",
+        errors[3]
+    );
+    assert!(errors[4].contains("kb_read"), "{}", errors[4]);
+    assert!(!fx.p.kb().join("x.md").exists());
+    let s = status(&c, &id(&v)).await;
+    let errs = s["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["error"].is_string())
+        .count();
+    assert_eq!(errs, 5, "{s:#}");
+}
+
+#[tokio::test]
+async fn a_loop_that_never_answers_fails_with_max_turns_and_keeps_its_text() {
+    let fx = Fx::new(
+        &[("looper", &actor("openai/loop", "kb_list", "max_turns: 3\n"))],
+        "",
+    )
+    .await;
+    fx.fake.set_default(Behavior::Calls {
+        text: "still looking".into(),
+        calls: vec![common::fake_provider::FakeCall {
+            id: "c1".into(),
+            name: "kb_list".into(),
+            arguments: "{}".into(),
+        }],
+    });
+    let c = fx.connect().await;
+    let v = run(&c, "looper", json!("loop")).await;
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert_eq!(v["reason"], "max_turns");
+    assert_eq!(v["output"], "still looking");
+    assert_eq!(fx.fake.request_count(), 3);
+}
+
+#[tokio::test]
+async fn a_child_runs_on_the_other_wire_format_and_the_tree_is_visible() {
+    let fx = Fx::new(
+        &[
+            ("boss", &actor("openai/boss", "agent_run", "")),
+            ("helper", &agent("anthropic/helper-model")),
+        ],
+        "[prices.\"openai/boss\"]\ninput = 1.0\noutput = 1.0\n[prices.\"anthropic/helper-model\"]\ninput = 2.0\noutput = 2.0\n",
+    )
+    .await;
+    fx.fake.queue_model(
+        "boss",
+        [
+            Behavior::call(
+                "agent_run",
+                json!({"agent": "helper", "input": "what is 2+2?"}),
+            ),
+            Behavior::reply("The helper says 4."),
+        ],
+    );
+    fx.fake.on_model("helper-model", Behavior::reply("4"));
+    let c = fx.connect().await;
+    let v = run(&c, "boss", json!("ask the helper")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "The helper says 4.");
+    let results = tool_contents(&messages(&fx, "boss", 1));
+    assert_eq!(results, ["4"]);
+    let s = status(&c, &id(&v)).await;
+    assert_eq!(
+        turn_kinds(&s),
+        ["model", "child_started", "tool_result"],
+        "{s:#}"
+    );
+    let child = s["turns"][1]["child_task_id"].as_str().unwrap().to_string();
+    assert_eq!(s["turns"][2]["child_task_id"], child);
+    let cs = status(&c, &child).await;
+    assert_eq!(cs["agent"], "helper");
+    assert_eq!(cs["parent_task_id"], s["task_id"]);
+    assert_eq!(cs["root_task_id"], s["task_id"]);
+    // The root shows the cost of the whole tree: its own calls and the child's.
+    assert_eq!(s["tree"]["tasks"], 2, "{s:#}");
+    let tree_cost = s["tree"]["cost_usd"].as_f64().unwrap();
+    let own = s["cost_usd"].as_f64().unwrap();
+    let childs = cs["cost_usd"].as_f64().unwrap();
+    assert!(childs > 0.0 && own > 0.0, "{s:#} {cs:#}");
+    assert!(
+        (tree_cost - own - childs).abs() < 1e-5,
+        "{tree_cost} {own} {childs}"
+    );
+    let listed = c
+        .ok("task_list", json!({"root_task_id": s["task_id"]}))
+        .await;
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 2, "{listed:#}");
+}
+
+#[tokio::test]
+async fn depth_and_cycles_are_refused_to_the_calling_model() {
+    let fx = Fx::new(
+        &[
+            ("a", &actor("openai/a", "agent_run", "")),
+            ("b", &actor("openai/b", "agent_run", "")),
+            ("c", &actor("openai/c", "agent_run", "")),
+        ],
+        "",
+    )
+    .await;
+    // a -> b; b tries a (cycle) then c; c tries b... but max_depth 2 stops
+    // c's own child first.
+    fx.fake.queue_model(
+        "a",
+        [
+            Behavior::call("agent_run", json!({"agent": "b", "input": "go"})),
+            Behavior::reply("a done"),
+        ],
+    );
+    fx.fake.queue_model(
+        "b",
+        [
+            Behavior::call("agent_run", json!({"agent": "a", "input": "back"})),
+            Behavior::call("agent_run", json!({"agent": "c", "input": "on"})),
+            Behavior::reply("b done"),
+        ],
+    );
+    fx.fake.queue_model(
+        "c",
+        [
+            Behavior::call("agent_run", json!({"agent": "b", "input": "deeper"})),
+            Behavior::reply("c done"),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = c
+        .ok(
+            "agent_run",
+            json!({"agent": "a", "input": "start", "max_depth": 2, "wait_seconds": 60}),
+        )
+        .await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let b_results = tool_contents(&messages(&fx, "b", 2));
+    assert!(
+        b_results[0].contains("agent `a` is already on the delegation path (a → b → a)"),
+        "{b_results:?}"
+    );
+    assert_eq!(b_results[1], "c done");
+    let c_results = tool_contents(&messages(&fx, "c", 1));
+    assert!(
+        c_results[0].contains("depth limit 2 reached: answer from what you have"),
+        "{c_results:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_tree_task_limit_refuses_the_extra_child() {
+    let fx = Fx::new(
+        &[
+            ("fan", &actor("openai/fan", "agent_run", "")),
+            ("leaf", &agent("openai/leaf")),
+        ],
+        "[limits]\nmax_tree_tasks = 3\n",
+    )
+    .await;
+    fx.fake.queue_model(
+        "fan",
+        [
+            Behavior::calls(&[
+                ("agent_run", json!({"agent": "leaf", "input": "1"})),
+                ("agent_run", json!({"agent": "leaf", "input": "2"})),
+                ("agent_run", json!({"agent": "leaf", "input": "3"})),
+            ]),
+            Behavior::reply("fanned"),
+        ],
+    );
+    fx.fake.on_model("leaf", Behavior::reply("leaf"));
+    let c = fx.connect().await;
+    let v = run(&c, "fan", json!("fan out")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let results = tool_contents(&messages(&fx, "fan", 1));
+    let refused: Vec<&String> = results
+        .iter()
+        .filter(|r| r.contains("task limit of 3"))
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert_eq!(refused.len(), 1, "{results:?}");
+    let leaves = fx
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.model == "leaf")
+        .count();
+    assert_eq!(leaves, 2);
+}
+
+#[tokio::test]
+async fn concurrent_children_cannot_overspend_the_tree_budget() {
+    // Each leaf call reserves 1000 input tokens' worth plus max_tokens 1000 at
+    // $1 per 1M tokens... priced so that a budget fits exactly two calls.
+    let fx = Fx::new(
+        &[
+            ("fan", &actor("openai/fan", "agent_run", "max_tokens: 100\n")),
+            ("leaf", "---\ndescription: leaf\nmodel: openai/leaf\nmax_tokens: 1000\n---\nLeaf.\n"),
+        ],
+        "[prices.\"openai/leaf\"]\ninput = 10.0\noutput = 10.0\n[prices.\"openai/fan\"]\ninput = 0.0\noutput = 0.0\n",
+    )
+    .await;
+    fx.fake.queue_model(
+        "fan",
+        [
+            Behavior::calls(&[
+                ("agent_run", json!({"agent": "leaf", "input": "one"})),
+                ("agent_run", json!({"agent": "leaf", "input": "two"})),
+                ("agent_run", json!({"agent": "leaf", "input": "three"})),
+                ("agent_run", json!({"agent": "leaf", "input": "four"})),
+            ]),
+            Behavior::reply("spent"),
+        ],
+    );
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    fx.fake
+        .on_model("leaf", Behavior::gate(&release, "leaf answer"));
+    let c = fx.connect().await;
+    // A leaf call reserves about (input ~20 tokens + 1000 out) * $10/M ≈ $0.0102:
+    // $0.025 fits two reservations at once, not three.
+    let started = c
+        .ok(
+            "agent_run",
+            json!({"agent": "fan", "input": "spend", "budget_usd": 0.025, "wait_seconds": 0}),
+        )
+        .await;
+    fx.fake.wait_in_flight(2).await;
+    // The other two children are refused before any call is sent (their
+    // reservations do not fit beside the two in flight): then release.
+    let root = id(&started);
+    common::eventually(
+        "two children refused",
+        std::time::Duration::from_secs(30),
+        || {
+            let c = &c;
+            let root = root.clone();
+            async move {
+                let l = c
+                    .ok(
+                        "task_list",
+                        json!({"root_task_id": root, "state": ["failed"]}),
+                    )
+                    .await;
+                (l["tasks"].as_array().unwrap().len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    release.notify_waiters();
+    let v = wait_done(&c, &id(&started)).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let leaves = fx
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.model == "leaf")
+        .count();
+    assert_eq!(leaves, 2, "only two reservations fit at once");
+    let results = tool_contents(&messages(&fx, "fan", 1));
+    let refused = results
+        .iter()
+        .filter(|r| r.contains("the tree budget of $0.0250 would be exceeded"))
+        .count();
+    assert_eq!(refused, 2, "{results:?}");
+    let s = status(&c, &id(&v)).await;
+    assert!(s["tree"]["cost_usd"].as_f64().unwrap() <= 0.025, "{s:#}");
+    assert_eq!(s["tree"]["reserved_usd"], 0.0, "{s:#}");
+}
