@@ -168,6 +168,15 @@ impl App {
             self.kb.clone(),
             self.engine_config()?,
         );
+        // Before recovery: a resumed agent may call these servers' tools.
+        let servers = crate::mcp::client::McpClients::new(
+            &self.config.mcp_servers,
+            &self.paths.root,
+            Duration::from_secs(self.config.limits.tool_timeout_secs.max(1)),
+        );
+        if !servers.is_empty() {
+            engine.set_external(Arc::new(servers));
+        }
         if recover {
             let (resumed, failed) = engine
                 .recover()

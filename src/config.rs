@@ -252,6 +252,63 @@ pub struct Config {
     /// override [`DEFAULT_MODEL_ALIASES`].
     #[serde(default)]
     pub model_aliases: BTreeMap<String, toml::Spanned<String>>,
+    /// Other MCP servers whose tools agents may call (`NAME/*`, `NAME/tool`).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<toml::Spanned<String>, McpServerConfig>,
+}
+
+/// `[mcp_servers.NAME]`: another MCP server, started by a command (stdio)
+/// or reached at a Streamable HTTP `url`. `${VAR}` in `env` and `headers`
+/// values is taken from dispatch's environment (keep tokens there, not in
+/// the file).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpServerConfig {
+    /// The command and its arguments (`["npx", "-y", "@modelcontextprotocol/server-github"]`).
+    pub command: Option<Vec<String>>,
+    /// Environment for the command. The server gets only these and a few
+    /// harmless variables (`PATH`, `HOME`, `LANG`, `TMPDIR`, ...), never
+    /// dispatch's provider keys.
+    pub env: BTreeMap<String, String>,
+    /// The command's working folder, relative to the project root (default: the root).
+    pub cwd: Option<PathBuf>,
+    /// A Streamable HTTP endpoint instead of a command.
+    pub url: Option<String>,
+    /// HTTP headers sent to `url` (`Authorization = "Bearer ${GITHUB_TOKEN}"`).
+    pub headers: BTreeMap<String, String>,
+    /// Longest one tool call may take, seconds (default `[limits] tool_timeout_secs`).
+    pub timeout_secs: Option<u64>,
+}
+
+impl McpServerConfig {
+    /// What is wrong with it, if anything.
+    fn check(&self, name: &str) -> Result<(), String> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "[mcp_servers.{name}]: a server name may hold only letters, digits, `_` and `-` (agents allow its tools as `{name}/*`)"
+            ));
+        }
+        match (&self.command, &self.url) {
+            (Some(c), None) if c.first().is_some_and(|p| !p.trim().is_empty()) => Ok(()),
+            (Some(_), None) => Err(format!(
+                "[mcp_servers.{name}]: `command` must name a program: command = [\"npx\", \"-y\", \"server\"]"
+            )),
+            (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
+            (None, Some(u)) => Err(format!(
+                "[mcp_servers.{name}]: `url` must be an http:// or https:// URL, not `{u}`"
+            )),
+            (Some(_), Some(_)) => Err(format!(
+                "[mcp_servers.{name}]: give either `command` or `url`, not both"
+            )),
+            (None, None) => Err(format!(
+                "[mcp_servers.{name}]: give `command = [...]` (a stdio server) or `url = \"https://...\"` (Streamable HTTP)"
+            )),
+        }
+    }
 }
 
 /// `[agents]`: which other tools' agent folders of the project are loaded.
@@ -548,6 +605,11 @@ impl Config {
         for (alias, target) in &config.model_aliases {
             if let Err(message) = check_alias(alias, target.get_ref(), &known) {
                 return Err(at(Some(target.span()), message));
+            }
+        }
+        for (name, server) in &config.mcp_servers {
+            if let Err(message) = server.check(name.get_ref()) {
+                return Err(at(Some(name.span()), message));
             }
         }
         Ok(config)

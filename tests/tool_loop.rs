@@ -456,3 +456,212 @@ async fn concurrent_children_cannot_overspend_the_tree_budget() {
     assert!(s["tree"]["cost_usd"].as_f64().unwrap() <= 0.025, "{s:#}");
     assert_eq!(s["tree"]["reserved_usd"], 0.0, "{s:#}");
 }
+
+#[tokio::test]
+async fn a_crash_after_a_tool_result_resumes_without_running_the_tool_again() {
+    let fx = Fx::new(&[("logger", &actor("openai/log", "kb_write", ""))], "").await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    fx.fake.queue_model(
+        "log",
+        [
+            Behavior::call(
+                "kb_write",
+                json!({"path": "inbox/log.md", "content": "one line\n", "mode": "append"}),
+            ),
+            Behavior::gate(&gate, "never delivered"),
+        ],
+    );
+    let c = fx.connect().await;
+    let d = c
+        .ok("agent_delegate", json!({"agent": "logger", "input": "log it"}))
+        .await;
+    // The second turn is in flight: the append and its result are stored.
+    fx.fake
+        .wait_for("the second turn", |f| f.request_count() == 2 && f.in_flight() == 1)
+        .await;
+    c.kill().await;
+
+    fx.fake.queue_model("log", [Behavior::reply("Logged.")]);
+    let c = fx.connect().await;
+    let v = wait_done(&c, &id(&d)).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "Logged.");
+    assert_eq!(
+        std::fs::read_to_string(fx.p.kb().join("inbox/log.md")).unwrap(),
+        "one line\n",
+        "the append happened once"
+    );
+    // The resumed turn carried the stored call and its result.
+    let msgs = messages(&fx, "log", 2);
+    let results = tool_contents(&msgs);
+    assert_eq!(results.len(), 1, "{msgs:#?}");
+    assert!(results[0].contains("\"created\":true"), "{}", results[0]);
+    let s = status(&c, &id(&d)).await;
+    assert_eq!(turn_kinds(&s), ["model", "tool_result"], "{s:#}");
+    c.close().await;
+}
+
+#[tokio::test]
+async fn a_crash_while_a_child_runs_re_attaches_to_it() {
+    let fx = Fx::new(
+        &[
+            ("boss", &actor("openai/boss", "agent_run", "")),
+            ("helper", &agent("anthropic/helper-model")),
+        ],
+        "",
+    )
+    .await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    fx.fake.queue_model(
+        "boss",
+        [Behavior::call(
+            "agent_run",
+            json!({"agent": "helper", "input": "slow work"}),
+        )],
+    );
+    fx.fake
+        .queue_model("helper-model", [Behavior::gate(&gate, "never delivered")]);
+    let c = fx.connect().await;
+    let d = c
+        .ok("agent_delegate", json!({"agent": "boss", "input": "delegate"}))
+        .await;
+    fx.fake
+        .wait_for("the child's call", |f| {
+            f.requests().iter().any(|r| r.model == "helper-model") && f.in_flight() == 1
+        })
+        .await;
+    c.kill().await;
+
+    fx.fake.queue_model("helper-model", [Behavior::reply("child result")]);
+    fx.fake.queue_model("boss", [Behavior::reply("boss result")]);
+    let c = fx.connect().await;
+    let v = wait_done(&c, &id(&d)).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "boss result");
+    let helpers = c
+        .ok("task_list", json!({"agent": "helper"}))
+        .await;
+    assert_eq!(
+        helpers["tasks"].as_array().unwrap().len(),
+        1,
+        "the child was re-attached, not created again: {helpers:#}"
+    );
+    assert_eq!(tool_contents(&messages(&fx, "boss", 1)), ["child result"]);
+    c.close().await;
+}
+
+#[tokio::test]
+async fn the_tree_turn_limit_stops_a_long_loop() {
+    let fx = Fx::new(
+        &[("looper", &actor("openai/loop", "kb_list", ""))],
+        "[limits]\nmax_tree_turns = 2\n",
+    )
+    .await;
+    fx.fake.set_default(Behavior::call("kb_list", json!({})));
+    let c = fx.connect().await;
+    let v = run(&c, "looper", json!("loop")).await;
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert_eq!(v["reason"], "tree_limit");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("turn limit of 2 ([limits] max_tree_turns)"),
+        "{v:#}"
+    );
+    assert_eq!(fx.fake.request_count(), 2);
+}
+
+#[tokio::test]
+async fn the_tree_time_limit_refuses_the_next_turn() {
+    let fx = Fx::new(
+        &[("slow", &actor("openai/slow", "kb_list", ""))],
+        "[limits]\nmax_tree_secs = 1\n",
+    )
+    .await;
+    // The first turn takes longer than the tree may live: the next model
+    // call is refused, never sent.
+    fx.fake.queue_model(
+        "slow",
+        [Behavior::Delay {
+            by: std::time::Duration::from_millis(1200),
+            then: Box::new(Behavior::Calls {
+                text: "looking".into(),
+                calls: vec![common::fake_provider::FakeCall {
+                    id: "c".into(),
+                    name: "kb_list".into(),
+                    arguments: "{}".into(),
+                }],
+            }),
+        }],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "slow", json!("go")).await;
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert_eq!(v["reason"], "tree_limit", "{v:#}");
+    assert!(v["error"].as_str().unwrap().contains("time limit of 1s"), "{v:#}");
+    assert_eq!(v["output"], "looking");
+    assert_eq!(fx.fake.request_count(), 1);
+}
+
+#[tokio::test]
+async fn file_tools_read_the_project_but_not_its_secrets() {
+    let fx = Fx::new(
+        &[(
+            "dev",
+            &actor("openai/dev", "file_read, file_list, file_search", ""),
+        )],
+        "",
+    )
+    .await;
+    fx.p.write("src/lib.rs", "pub fn answer() -> u32 {\n    42\n}\n");
+    fx.p.write(".env", "OPENAI_API_KEY=hidden\n");
+    fx.p.write(".gitignore", "target/\n*.secret\n");
+    fx.p.write("target/out.txt", "build output\n");
+    fx.p.write("notes.secret", "ignored\n");
+    fx.p.write("keys.txt", format!("the key is {OPENAI_KEY}\n"));
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("passwd"), "root:x:0:0\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), fx.p.root().join("link")).unwrap();
+    fx.fake.queue_model(
+        "dev",
+        [
+            Behavior::calls(&[
+                ("file_list", json!({})),
+                ("file_read", json!({"path": "src/lib.rs"})),
+                ("file_read", json!({"path": ".env"})),
+                ("file_read", json!({"path": "target/out.txt"})),
+                ("file_read", json!({"path": "notes.secret"})),
+                ("file_read", json!({"path": "link/passwd"})),
+                ("file_read", json!({"path": "../outside"})),
+                ("file_search", json!({"pattern": "fn answer"})),
+                ("file_read", json!({"path": "keys.txt"})),
+            ]),
+            Behavior::reply("Read."),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "dev", json!("look around")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let r = tool_contents(&messages(&fx, "dev", 1));
+    assert_eq!(r.len(), 9, "{r:#?}");
+    let listing: Value = serde_json::from_str(&r[0]).unwrap();
+    let paths: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"src") && paths.contains(&"keys.txt"), "{paths:?}");
+    for hidden in [".env", "target", "notes.secret", ".dispatch", "_kb/.x"] {
+        assert!(!paths.contains(&hidden), "{hidden} listed: {paths:?}");
+    }
+    assert!(r[1].contains("42"), "{}", r[1]);
+    assert!(r[2].contains("hidden files"), "{}", r[2]);
+    assert!(r[3].contains("ignored by .gitignore"), "{}", r[3]);
+    assert!(r[4].contains("ignored by .gitignore"), "{}", r[4]);
+    assert!(!r[5].contains("root:x"), "a link out of the project was followed: {}", r[5]);
+    assert!(r[6].contains("without `..`"), "{}", r[6]);
+    assert!(r[7].contains("src/lib.rs") && r[7].contains("\"line\":1"), "{}", r[7]);
+    assert!(!r[8].contains(OPENAI_KEY), "a key reached the model: {}", r[8]);
+}

@@ -381,6 +381,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// The project root for the file tools, opened on first use.
     files: OnceLock<Option<Arc<tools::ProjectFiles>>>,
+    /// Other MCP servers' tools (`[mcp_servers]`), when any are declared.
+    external: OnceLock<Arc<dyn tools::ExternalTools>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -459,6 +461,7 @@ impl Engine {
             runs: Mutex::new(HashMap::new()),
             metrics,
             files: OnceLock::new(),
+            external: OnceLock::new(),
         })
     }
 
@@ -477,6 +480,11 @@ impl Engine {
                 }
             })
             .clone()
+    }
+
+    /// Give agents the tools of other MCP servers (once; later calls are ignored).
+    pub fn set_external(&self, external: Arc<dyn tools::ExternalTools>) {
+        let _ = self.external.set(external);
     }
 
     /// The limits of a new tree: the configured ones, lowered by the caller's.
@@ -1175,6 +1183,9 @@ impl Engine {
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.drivers() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(external) = self.external.get() {
+            external.shutdown().await;
         }
         left
     }

@@ -2,6 +2,7 @@
 //! MCP and JSON-RPC. It maps tool calls and resource reads onto the library
 //! ([`crate::app::App`]) and turns every failure into something a model can read.
 
+pub mod client;
 pub mod resources;
 pub mod schema;
 pub mod stdio;

@@ -90,6 +90,13 @@ pub enum Behavior {
         /// The calls.
         calls: Vec<FakeCall>,
     },
+    /// Wait `by`, then behave as `then`.
+    Delay {
+        /// How long.
+        by: Duration,
+        /// What to do after.
+        then: Box<Behavior>,
+    },
     /// Wait until `release` is notified, then behave as `then`. Release all
     /// waiting requests with `release.notify_waiters()` (after
     /// [`FakeProvider::wait_in_flight`]), or one with `notify_one()`.
@@ -605,6 +612,10 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
         behavior = *then;
     }
     let mut flight = flight.unwrap_or_else(|| Flight::new(&shared));
+    while let Behavior::Delay { by, then } = behavior {
+        tokio::time::sleep(by).await;
+        behavior = *then;
+    }
     if let Behavior::Echo = behavior {
         behavior = Behavior::Reply {
             text: last_user,
@@ -749,7 +760,9 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
                 json_response(StatusCode::OK, "{\"choices\": [oops")
             }
         }
-        Behavior::Echo | Behavior::Gate { .. } => unreachable!("resolved above"),
+        Behavior::Echo | Behavior::Gate { .. } | Behavior::Delay { .. } => {
+            unreachable!("resolved above")
+        }
     }
 }
 

@@ -134,7 +134,7 @@ pub(super) async fn run_agent(ctx: &RunCtx<'_>) -> Outcome {
     let (drafts, rounds) = resume(&ctx.prior);
     let mut lp = AuditLoop {
         ctx,
-        tools: ctx.toolbox(&agent),
+        tools: ctx.toolbox(&agent).await,
         agent,
         auditor,
         trail,

@@ -353,7 +353,7 @@ impl RunCtx<'_> {
     }
 
     /// The tools this run offers `agent`'s model, if it may call any.
-    pub(super) fn toolbox(&self, agent: &Agent) -> Option<Toolbox> {
+    pub(super) async fn toolbox(&self, agent: &Agent) -> Option<Toolbox> {
         let policy = Policy::of(agent);
         if policy.is_empty() {
             return None;
@@ -373,12 +373,11 @@ impl RunCtx<'_> {
                 None
             }
         };
-        Some(Toolbox::new(
-            agent,
-            kb,
-            self.engine.project_files(),
-            acting.tool_timeout,
-        ))
+        let mut tools = Toolbox::new(agent, kb, self.engine.project_files(), acting.tool_timeout);
+        if let Some(external) = self.engine.external.get() {
+            tools.attach_servers(external.clone()).await;
+        }
+        Some(tools)
     }
 
     /// Store a turn and wait until it is durable: the loop acts on it next.

@@ -263,6 +263,9 @@ async fn run_call(
     let (out, child_id) = match tools.resolve(&call.name, &call.arguments) {
         Resolved::Refused(out) => (out, None),
         Resolved::Local(b, args) => (tools.run_local(b, args).await, None),
+        Resolved::Remote { server, tool, args } => {
+            (tools.run_remote(&server, &tool, args).await, None)
+        }
         Resolved::Child(args) => {
             let (out, id) = child::run(ctx, number, &call.id, args, child).await;
             (out, id)

@@ -9,6 +9,7 @@
 //! failed task. `agent_run` (a child task) is run by the driver, which owns
 //! the tree's limits (`run::turns`).
 
+mod external;
 mod files;
 
 use std::collections::BTreeSet;
@@ -25,6 +26,7 @@ use crate::kb::args::{KbListArgs, KbReadArgs, KbSearchArgs, KbWriteArgs};
 use crate::kb::{KbView, ListOptions, SearchQuery};
 use crate::provider::ToolSpec;
 
+pub use external::{ExternalTool, ExternalTools, model_name};
 pub use files::ProjectFiles;
 
 /// A tool dispatch itself gives agents.
@@ -169,6 +171,21 @@ fn schema<T: JsonSchema>() -> Value {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     builtins: BTreeSet<Builtin>,
+    /// `(server, tool)` grants of other MCP servers' tools; `None` is `NAME/*`.
+    servers: BTreeSet<(String, Option<String>)>,
+}
+
+/// `NAME/*` or `NAME/tool`, when it is not one of dispatch's own names.
+fn server_grant(t: &str) -> Option<(String, Option<String>)> {
+    if Builtin::named(t).is_some() {
+        return None;
+    }
+    let (server, tool) = t.split_once('/')?;
+    if server.is_empty() || tool.is_empty() {
+        return None;
+    }
+    let tool = (tool != "*").then(|| tool.to_string());
+    Some((server.to_string(), tool))
 }
 
 impl Policy {
@@ -182,17 +199,36 @@ impl Policy {
             .iter()
             .filter_map(|t| Builtin::named(t))
             .collect();
+        let mut servers: BTreeSet<_> = agent.tools.iter().filter_map(|t| server_grant(t)).collect();
         if let Some(Value::Object(perms)) = agent.extra.get("permissions") {
             for (key, v) in perms {
-                builtins.extend(granted(key, v.as_str().unwrap_or("")));
+                let value = v.as_str().unwrap_or("");
+                builtins.extend(granted(key, value));
+                if value == "allow"
+                    && let Some(g) = server_grant(key)
+                {
+                    servers.insert(g);
+                }
             }
         }
-        Policy { builtins }
+        Policy { builtins, servers }
     }
 
     /// True when the agent may call no tool: it answers in one call.
     pub fn is_empty(&self) -> bool {
-        self.builtins.is_empty()
+        self.builtins.is_empty() && self.servers.is_empty()
+    }
+
+    /// Whether `tool` of `server` is allowed.
+    fn allows_server_tool(&self, server: &str, tool: &str) -> bool {
+        self.servers
+            .iter()
+            .any(|(s, t)| s == server && t.as_deref().is_none_or(|t| t == tool))
+    }
+
+    /// The servers the agent uses, each once.
+    fn server_names(&self) -> BTreeSet<&str> {
+        self.servers.iter().map(|(s, _)| s.as_str()).collect()
     }
 
     /// Whether `b` is allowed.
@@ -251,6 +287,20 @@ pub struct Toolbox {
     kb: Option<KbView>,
     files: Option<Arc<ProjectFiles>>,
     timeout: Duration,
+    external: Option<Arc<dyn ExternalTools>>,
+    /// Other servers' tools offered, under the names the model sees.
+    remote: Vec<Remote>,
+    /// Servers whose tools could not be listed, and why (told to the model
+    /// when it calls one of their names).
+    unavailable: Vec<(String, String)>,
+}
+
+/// One other server's tool as offered.
+#[derive(Clone)]
+struct Remote {
+    spec: ToolSpec,
+    server: String,
+    tool: String,
 }
 
 /// What the model's call resolved to.
@@ -259,6 +309,15 @@ pub enum Resolved {
     Local(Builtin, Value),
     /// `agent_run`: the driver creates the child.
     Child(AgentRunArgs),
+    /// Another MCP server's tool.
+    Remote {
+        /// The server.
+        server: String,
+        /// The tool's name there.
+        tool: String,
+        /// The arguments.
+        args: Value,
+    },
     /// Refused before anything ran.
     Refused(ToolOutput),
 }
@@ -278,12 +337,69 @@ impl Toolbox {
             kb,
             files,
             timeout,
+            external: None,
+            remote: Vec::new(),
+            unavailable: Vec::new(),
         }
+    }
+
+    /// Add the allowed tools of the other MCP servers the agent names
+    /// (each server started on first use). A server that cannot be reached
+    /// is left out and logged; its tools are then unknown to the model.
+    pub async fn attach_servers(&mut self, external: Arc<dyn ExternalTools>) {
+        let mut taken: BTreeSet<String> = self.offered().map(|b| b.name().to_string()).collect();
+        let declared = external.servers();
+        let servers: Vec<String> = self
+            .policy
+            .server_names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        for server in servers {
+            if !declared.contains(&server) {
+                self.unavailable.push((
+                    server.clone(),
+                    format!("no [mcp_servers.{server}] is declared in dispatch.toml"),
+                ));
+                tracing::warn!(agent = %self.agent, server = %server, "the agent allows tools of an MCP server dispatch.toml does not declare");
+                continue;
+            }
+            let tools = match external.tools(&server).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(agent = %self.agent, server = %server, error = %e, "cannot list the tools of an MCP server");
+                    self.unavailable.push((server.clone(), e));
+                    continue;
+                }
+            };
+            for t in tools {
+                if !self.policy.allows_server_tool(&server, &t.name) {
+                    continue;
+                }
+                let name = model_name(&server, &t.name, &taken);
+                let mut description = t.description.clone();
+                if name != format!("{server}_{}", t.name) {
+                    tracing::info!(server = %server, tool = %t.name, as_name = %name, "an MCP tool was renamed for the model");
+                    description = format!("({server}/{}) {description}", t.name);
+                }
+                taken.insert(name.clone());
+                self.remote.push(Remote {
+                    spec: ToolSpec {
+                        name,
+                        description,
+                        parameters: t.input_schema,
+                    },
+                    server: server.clone(),
+                    tool: t.name,
+                });
+            }
+        }
+        self.external = Some(external);
     }
 
     /// True when nothing is offered.
     pub fn is_empty(&self) -> bool {
-        self.offered().next().is_none()
+        self.offered().next().is_none() && self.remote.is_empty()
     }
 
     fn offered(&self) -> impl Iterator<Item = Builtin> + '_ {
@@ -301,15 +417,20 @@ impl Toolbox {
 
     /// What the model is told it can call.
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.offered().map(Builtin::spec).collect()
+        self.offered()
+            .map(Builtin::spec)
+            .chain(self.remote.iter().map(|r| r.spec.clone()))
+            .collect()
     }
 
     /// Check a call: a tool this box offers, with arguments that are a JSON
     /// object its schema accepts.
     pub fn resolve(&self, name: &str, arguments: &str) -> Resolved {
-        let Some(b) = Builtin::named(name).filter(|b| self.offered().any(|o| o == *b)) else {
+        let remote = self.remote.iter().find(|r| r.spec.name == name);
+        let builtin = Builtin::named(name).filter(|b| self.offered().any(|o| o == *b));
+        if remote.is_none() && builtin.is_none() {
             return Resolved::Refused(ToolOutput::error(self.unknown(name)));
-        };
+        }
         let args: Value = match serde_json::from_str(arguments) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
@@ -323,17 +444,44 @@ impl Toolbox {
                 )));
             }
         };
-        if b == Builtin::AgentRun {
-            return match parse::<AgentRunArgs>(name, args) {
+        match (remote, builtin) {
+            (Some(r), _) => Resolved::Remote {
+                server: r.server.clone(),
+                tool: r.tool.clone(),
+                args,
+            },
+            (None, Some(Builtin::AgentRun)) => match parse::<AgentRunArgs>(name, args) {
                 Ok(a) => Resolved::Child(a),
                 Err(e) => Resolved::Refused(e),
-            };
+            },
+            (None, Some(b)) => Resolved::Local(b, args),
+            (None, None) => Resolved::Refused(ToolOutput::error(self.unknown(name))),
         }
-        Resolved::Local(b, args)
+    }
+
+    /// Call another server's tool (the client applies the server's timeout).
+    pub async fn run_remote(&self, server: &str, tool: &str, args: Value) -> ToolOutput {
+        match &self.external {
+            Some(e) => e.call(server, tool, args).await,
+            None => ToolOutput::error(format!("the MCP server `{server}` is not available")),
+        }
     }
 
     fn unknown(&self, name: &str) -> String {
-        let offered: Vec<&str> = self.offered().map(Builtin::name).collect();
+        if let Some((server, why)) = self
+            .unavailable
+            .iter()
+            .find(|(s, _)| name.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('_')))
+        {
+            return format!(
+                "the tools of the MCP server `{server}` are not available ({why}); answer without them"
+            );
+        }
+        let offered: Vec<&str> = self
+            .offered()
+            .map(|b| b.name())
+            .chain(self.remote.iter().map(|r| r.spec.name.as_str()))
+            .collect();
         let list = if offered.is_empty() {
             "none".to_string()
         } else {
