@@ -463,6 +463,7 @@ pub async fn workflow_run(
             input,
             agent,
             subject: None,
+            limits: crate::engine::CallLimits::default(),
         })
         .await?;
     eprintln!("run {} started", run.id);

@@ -185,7 +185,10 @@ async fn a_server_that_dies_is_started_again() {
     let v = run(&c, "actor", json!("crash it")).await;
     assert_eq!(v["state"], "succeeded", "{v:#}");
     let crashed = tool_contents(&fx, 1);
-    assert!(crashed[0].contains("the MCP server `tools` failed"), "{crashed:?}");
+    assert!(
+        crashed[0].contains("the MCP server `tools` failed"),
+        "{crashed:?}"
+    );
     // It died moments after it started, so it is retried after a backoff;
     // until then a call says when. Poll until a call gets through.
     let echoed = eventually("the server to be started again", DEADLINE, || {
@@ -247,7 +250,9 @@ async fn a_streamable_http_server_with_a_token_from_the_environment() {
         auth.issuer()
     );
     let remote = Fx::new(&[("helper", &agent("openai/m"))], &remote_toml).await;
-    remote.p.write("_kb/context/remote.md", "# Remote\nfrom the other server\n");
+    remote
+        .p
+        .write("_kb/context/remote.md", "# Remote\nfrom the other server\n");
     let rs = HttpServer::start(&remote.p, remote.spawn(), 0).await;
 
     let toml = format!(

@@ -473,11 +473,16 @@ async fn a_crash_after_a_tool_result_resumes_without_running_the_tool_again() {
     );
     let c = fx.connect().await;
     let d = c
-        .ok("agent_delegate", json!({"agent": "logger", "input": "log it"}))
+        .ok(
+            "agent_delegate",
+            json!({"agent": "logger", "input": "log it"}),
+        )
         .await;
     // The second turn is in flight: the append and its result are stored.
     fx.fake
-        .wait_for("the second turn", |f| f.request_count() == 2 && f.in_flight() == 1)
+        .wait_for("the second turn", |f| {
+            f.request_count() == 2 && f.in_flight() == 1
+        })
         .await;
     c.kill().await;
 
@@ -523,7 +528,10 @@ async fn a_crash_while_a_child_runs_re_attaches_to_it() {
         .queue_model("helper-model", [Behavior::gate(&gate, "never delivered")]);
     let c = fx.connect().await;
     let d = c
-        .ok("agent_delegate", json!({"agent": "boss", "input": "delegate"}))
+        .ok(
+            "agent_delegate",
+            json!({"agent": "boss", "input": "delegate"}),
+        )
         .await;
     fx.fake
         .wait_for("the child's call", |f| {
@@ -532,15 +540,15 @@ async fn a_crash_while_a_child_runs_re_attaches_to_it() {
         .await;
     c.kill().await;
 
-    fx.fake.queue_model("helper-model", [Behavior::reply("child result")]);
-    fx.fake.queue_model("boss", [Behavior::reply("boss result")]);
+    fx.fake
+        .queue_model("helper-model", [Behavior::reply("child result")]);
+    fx.fake
+        .queue_model("boss", [Behavior::reply("boss result")]);
     let c = fx.connect().await;
     let v = wait_done(&c, &id(&d)).await;
     assert_eq!(v["state"], "succeeded", "{v:#}");
     assert_eq!(v["output"], "boss result");
-    let helpers = c
-        .ok("task_list", json!({"agent": "helper"}))
-        .await;
+    let helpers = c.ok("task_list", json!({"agent": "helper"})).await;
     assert_eq!(
         helpers["tasks"].as_array().unwrap().len(),
         1,
@@ -599,7 +607,10 @@ async fn the_tree_time_limit_refuses_the_next_turn() {
     let v = run(&c, "slow", json!("go")).await;
     assert_eq!(v["state"], "failed", "{v:#}");
     assert_eq!(v["reason"], "tree_limit", "{v:#}");
-    assert!(v["error"].as_str().unwrap().contains("time limit of 1s"), "{v:#}");
+    assert!(
+        v["error"].as_str().unwrap().contains("time limit of 1s"),
+        "{v:#}"
+    );
     assert_eq!(v["output"], "looking");
     assert_eq!(fx.fake.request_count(), 1);
 }
@@ -652,7 +663,10 @@ async fn file_tools_read_the_project_but_not_its_secrets() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert!(paths.contains(&"src") && paths.contains(&"keys.txt"), "{paths:?}");
+    assert!(
+        paths.contains(&"src") && paths.contains(&"keys.txt"),
+        "{paths:?}"
+    );
     for hidden in [".env", "target", "notes.secret", ".dispatch", "_kb/.x"] {
         assert!(!paths.contains(&hidden), "{hidden} listed: {paths:?}");
     }
@@ -660,8 +674,87 @@ async fn file_tools_read_the_project_but_not_its_secrets() {
     assert!(r[2].contains("hidden files"), "{}", r[2]);
     assert!(r[3].contains("ignored by .gitignore"), "{}", r[3]);
     assert!(r[4].contains("ignored by .gitignore"), "{}", r[4]);
-    assert!(!r[5].contains("root:x"), "a link out of the project was followed: {}", r[5]);
+    assert!(
+        !r[5].contains("root:x"),
+        "a link out of the project was followed: {}",
+        r[5]
+    );
     assert!(r[6].contains("without `..`"), "{}", r[6]);
-    assert!(r[7].contains("src/lib.rs") && r[7].contains("\"line\":1"), "{}", r[7]);
-    assert!(!r[8].contains(OPENAI_KEY), "a key reached the model: {}", r[8]);
+    assert!(
+        r[7].contains("src/lib.rs") && r[7].contains("\"line\":1"),
+        "{}",
+        r[7]
+    );
+    assert!(
+        !r[8].contains(OPENAI_KEY),
+        "a key reached the model: {}",
+        r[8]
+    );
+}
+
+#[tokio::test]
+async fn a_workflow_budget_holds_for_all_its_steps_together() {
+    let fx = Fx::new(
+        &[(
+            "leaf",
+            "---\ndescription: leaf\nmodel: openai/leaf\nmax_tokens: 1000\n---\nLeaf.\n",
+        )],
+        "[prices.\"openai/leaf\"]\ninput = 10.0\noutput = 10.0\n",
+    )
+    .await;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    fx.fake
+        .on_model("leaf", Behavior::gate(&release, "leaf answer"));
+    let c = fx.connect().await;
+    // One leaf call reserves about $0.0102: $0.015 fits one at a time.
+    let started = c
+        .ok(
+            "workflow_run",
+            json!({"workflow": {"steps": [
+                {"id": "a", "agent": "leaf", "input": "one"},
+                {"id": "b", "agent": "leaf", "input": "two"}
+            ]}, "budget_usd": 0.015, "wait_seconds": 0}),
+        )
+        .await;
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    fx.fake.wait_in_flight(1).await;
+    common::eventually(
+        "one step refused",
+        std::time::Duration::from_secs(30),
+        || {
+            let (c, run_id) = (&c, run_id.clone());
+            async move {
+                let v = c.ok("workflow_status", json!({"run_id": run_id})).await;
+                let failed = v["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s["state"] == "failed")
+                    .count();
+                (failed == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    release.notify_waiters();
+    let v = c.ok("workflow_status", json!({"run_id": run_id})).await;
+    let steps = v["steps"].as_array().unwrap();
+    let failed = steps.iter().find(|s| s["state"] == "failed").unwrap();
+    let task = status(&c, failed["task_id"].as_str().unwrap()).await;
+    assert_eq!(task["reason"], "tree_limit", "{task:#}");
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("the tree budget of $0.0150 would be exceeded"),
+        "{task:#}"
+    );
+    assert_eq!(task["root_task_id"], run_id.as_str());
+    let leaves = fx
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.model == "leaf")
+        .count();
+    assert_eq!(leaves, 1);
 }

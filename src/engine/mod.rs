@@ -412,6 +412,9 @@ pub struct Submit {
     /// Limits the caller sets on the task's delegation tree (a root task
     /// only; never above the configured ones).
     pub limits: CallLimits,
+    /// Join this tree as one of its first tasks (a workflow step joins its
+    /// run's tree, when the run has one).
+    pub tree: Option<TaskId>,
 }
 
 /// Limits a caller may set on one tree (`budget_usd`, `max_depth`).
@@ -796,8 +799,13 @@ impl Engine {
             task.id = id;
         }
         task.owner = Some(owner::this_process().to_string());
+        if let (None, Some(run_tree)) = (&req.parent_id, &req.tree)
+            && matches!(self.store.get_tree(run_tree).await, Ok(Some(_)))
+        {
+            root = Some(run_tree.clone());
+        }
         let tree = match &req.parent_id {
-            None if self.needs_tree(&agent, req.limits) => {
+            None if root.is_none() && self.needs_tree(&agent, req.limits) => {
                 root = Some(task.id.clone());
                 Some(crate::task::Tree {
                     root_id: task.id.clone(),

@@ -34,6 +34,9 @@ pub struct RunRequest {
     pub agent: Option<String>,
     /// The owner (authenticated subject).
     pub subject: Option<String>,
+    /// Limits the caller sets on the run's delegation tree (every step and
+    /// every task the steps start).
+    pub limits: super::CallLimits,
 }
 
 /// Something that happened in a run, for progress notifications.
@@ -102,6 +105,28 @@ impl Engine {
             finished_at: None,
             error: None,
         };
+        // One delegation tree for the whole run (its id is the tree's root),
+        // when an agent may act or limits apply: the steps are planned, so
+        // they do not count against the task limit; what they start does.
+        let acting = req.def.steps.iter().any(|s| {
+            self.agent(&s.agent)
+                .is_ok_and(|a| self.needs_tree(&a, req.limits))
+        });
+        if acting {
+            let mut limits = self.tree_limits(req.limits);
+            limits.max_tasks = limits.max_tasks.saturating_add(plan.len() as u32);
+            self.store
+                .open_tree(&crate::task::Tree {
+                    root_id: run.id.clone(),
+                    tasks: plan.len() as u32,
+                    turns: 0,
+                    spent_micros: 0,
+                    reserved_micros: 0,
+                    limits,
+                    created_at: run.created_at,
+                })
+                .await?;
+        }
         self.store.put_run(&run).await?;
         let mut steps = Vec::with_capacity(plan.len());
         for (i, id) in plan.ids().iter().enumerate() {
@@ -593,6 +618,7 @@ async fn run_step(
                     input: input.clone(),
                     subject: subject.clone(),
                     id: Some(task_id.clone()),
+                    tree: Some(rec.run_id.clone()),
                     ..Submit::default()
                 })
                 .await;

@@ -42,7 +42,16 @@ const EARLY_DEATH: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Variables a stdio server inherits from dispatch (nothing secret).
 const PASSED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TEMP", "TMP", "SHELL", "TERM",
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "SHELL",
+    "TERM",
     "SYSTEMROOT",
 ];
 
@@ -230,7 +239,10 @@ impl Server {
             Err(_) => {
                 let e = format!("it did not answer within {}s", START_TIMEOUT.as_secs());
                 *state = self.down(failures + 1, e.clone());
-                Err(format!("the MCP server `{}` could not be started: {e}", self.name))
+                Err(format!(
+                    "the MCP server `{}` could not be started: {e}",
+                    self.name
+                ))
             }
         }
     }
@@ -264,8 +276,8 @@ impl Server {
                 value.set_sensitive(true);
                 headers.insert(name, value);
             }
-            let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
-                .custom_headers(headers);
+            let config =
+                StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(headers);
             let transport = StreamableHttpClientTransport::from_config(config);
             let service = handler.serve(transport).await.map_err(|e| e.to_string())?;
             return Ok((service, None));
@@ -342,9 +354,7 @@ impl Server {
         let peer = self.peer().await?;
         {
             let state = self.state.lock().await;
-            if let State::Up {
-                tools: Some(t), ..
-            } = &*state
+            if let State::Up { tools: Some(t), .. } = &*state
                 && !self.stale.load(Ordering::Relaxed)
             {
                 return Ok(t.clone());
@@ -427,12 +437,19 @@ fn expand(v: &str) -> Result<String, String> {
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
         let Some(j) = after.find('}') else {
-            return Err(format!("an unclosed `${{` in `{}`", crate::provider::clip(v, 40)));
+            return Err(format!(
+                "an unclosed `${{` in `{}`",
+                crate::provider::clip(v, 40)
+            ));
         };
         let var = &after[..j];
         match std::env::var(var) {
             Ok(val) => out.push_str(&val),
-            Err(_) => return Err(format!("{var} is not set: export it before starting dispatch")),
+            Err(_) => {
+                return Err(format!(
+                    "{var} is not set: export it before starting dispatch"
+                ));
+            }
         }
         rest = &after[j + 1..];
     }
@@ -448,7 +465,10 @@ mod tests {
     fn variables_expand_and_a_missing_one_is_named() {
         // SAFETY: tests in this module do not read this variable concurrently.
         unsafe { std::env::set_var("DISPATCH_TEST_TOKEN_X", "abc") };
-        assert_eq!(expand("Bearer ${DISPATCH_TEST_TOKEN_X}!").unwrap(), "Bearer abc!");
+        assert_eq!(
+            expand("Bearer ${DISPATCH_TEST_TOKEN_X}!").unwrap(),
+            "Bearer abc!"
+        );
         assert_eq!(expand("plain").unwrap(), "plain");
         let e = expand("${DISPATCH_TEST_NOT_SET_Y}").unwrap_err();
         assert!(e.contains("DISPATCH_TEST_NOT_SET_Y is not set"), "{e}");

@@ -95,7 +95,10 @@ pub struct AgentDelegateArgs {
 }
 
 /// The caller's tree limits, checked.
-fn call_limits(budget_usd: Option<f64>, max_depth: Option<u32>) -> Result<CallLimits, ToolError> {
+pub(super) fn call_limits(
+    budget_usd: Option<f64>,
+    max_depth: Option<u32>,
+) -> Result<CallLimits, ToolError> {
     if let Some(b) = budget_usd
         && !(b.is_finite() && b > 0.0)
     {
@@ -652,6 +655,7 @@ pub async fn agent_run(
             agent,
             args.input,
             args.wait_seconds,
+            call_limits(args.budget_usd, args.max_depth)?,
             ctx,
         )
         .await?;
@@ -777,6 +781,7 @@ pub async fn agent_delegate(
             routing: routing.clone(),
             id: None,
             limits: call_limits(args.budget_usd, args.max_depth)?,
+            tree: None,
         })
         .await
         .map_err(engine_error)?;

@@ -30,6 +30,11 @@ pub struct WorkflowRunArgs {
     pub input: Value,
     /// Seconds to wait for the run to finish (default 45, 0 returns at once, at most 3600).
     pub wait_seconds: Option<f64>,
+    /// Most USD the whole run (every step and every task they start) may spend;
+    /// never above `[limits] max_tree_cost_usd`.
+    pub budget_usd: Option<f64>,
+    /// Deepest delegation below a step; never above `[limits] max_depth`.
+    pub max_depth: Option<u32>,
 }
 
 /// Arguments of `workflow_status`.
@@ -92,6 +97,7 @@ pub async fn start_and_wait(
     agent: Option<String>,
     input: Value,
     wait: Option<f64>,
+    limits: crate::engine::CallLimits,
     ctx: &CallCtx,
 ) -> Result<RunView, ToolError> {
     let secs = wait.unwrap_or(DEFAULT_WAIT_SECS);
@@ -106,6 +112,7 @@ pub async fn start_and_wait(
             input,
             agent,
             subject: ctx.subject.clone(),
+            limits,
         })
         .await
         .map_err(engine_error)?;
@@ -166,7 +173,17 @@ pub async fn workflow_run(
     ctx: &CallCtx,
 ) -> Result<ToolReply, ToolError> {
     let (def, agent) = definition(engine, args.workflow.as_ref(), args.agent.as_deref())?;
-    let v = start_and_wait(engine, def, agent, args.input, args.wait_seconds, ctx).await?;
+    let limits = super::tasks::call_limits(args.budget_usd, args.max_depth)?;
+    let v = start_and_wait(
+        engine,
+        def,
+        agent,
+        args.input,
+        args.wait_seconds,
+        limits,
+        ctx,
+    )
+    .await?;
     reply(&v)
 }
 

@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn names_are_valid_and_unique() {
         let mut taken = BTreeSet::new();
-        assert_eq!(model_name("github", "create_issue", &taken), "github_create_issue");
+        assert_eq!(
+            model_name("github", "create_issue", &taken),
+            "github_create_issue"
+        );
         assert_eq!(model_name("my.srv", "get/item", &taken), "my_srv_get_item");
         let long = model_name("s", &"x".repeat(100), &taken);
         assert_eq!(long.len(), 64);

@@ -468,11 +468,10 @@ impl Toolbox {
     }
 
     fn unknown(&self, name: &str) -> String {
-        if let Some((server, why)) = self
-            .unavailable
-            .iter()
-            .find(|(s, _)| name.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('_')))
-        {
+        if let Some((server, why)) = self.unavailable.iter().find(|(s, _)| {
+            name.strip_prefix(s.as_str())
+                .is_some_and(|r| r.starts_with('_'))
+        }) {
             return format!(
                 "the tools of the MCP server `{server}` are not available ({why}); answer without them"
             );
