@@ -146,6 +146,7 @@ async fn end_to_end(v: &Value) -> Duration {
             input: json!("go"),
             agent: None,
             subject: None,
+            limits: Default::default(),
         })
         .await
         .expect("start");

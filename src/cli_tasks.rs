@@ -269,10 +269,14 @@ pub async fn task(paths: Paths, id: &str, json: bool) -> anyhow::Result<ExitCode
     let app = open(paths)?;
     let engine = app.engine(false).await?;
     let (t, attempts) = engine.status(id, None).await?;
+    let turns = engine.turns(&t.id).await?;
+    let tree = engine.tree(&t).await?;
     if json {
         say!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"task": t, "calls": attempts}))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "task": t, "calls": attempts, "turns": turns, "tree": tree
+            }))?
         )?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -280,14 +284,76 @@ pub async fn task(paths: Paths, id: &str, json: bool) -> anyhow::Result<ExitCode
     if let Some(e) = &t.error {
         say!("error: {e}")?;
     }
+    if let Some(p) = &t.parent_id {
+        say!("parent: {p} (root {})", t.root())?;
+    }
+    if let Some(tree) = tree.filter(|tr| tr.root_id == t.id) {
+        say!(
+            "tree: {} tasks, {} turns, ${:.6} spent{}",
+            tree.tasks,
+            tree.turns,
+            tree.spent_micros as f64 / 1e6,
+            tree.limits
+                .budget_micros
+                .map(|b| format!(" of ${:.6}", b as f64 / 1e6))
+                .unwrap_or_default()
+        )?;
+    }
     say!("\ncalls:")?;
     for a in &attempts {
         say!("  {}", call_line(a))?;
+    }
+    if !turns.is_empty() {
+        say!("\nturns:")?;
+        for turn in &turns {
+            say!("  {}", turn_line(turn))?;
+        }
     }
     if let Some(out) = &t.output {
         say!("\noutput:\n{out}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn turn_line(t: &crate::task::Turn) -> String {
+    use crate::task::TurnEvent;
+    let what = match &t.event {
+        TurnEvent::Model { model, calls, .. } => {
+            let calls: Vec<String> = calls
+                .iter()
+                .map(|c| crate::provider::clip(&format!("{}({})", c.name, c.arguments), 120))
+                .collect();
+            format!("{model} asked for {}", calls.join(", "))
+        }
+        TurnEvent::ChildStarted {
+            agent,
+            child_task_id,
+            ..
+        } => format!("child task {child_task_id} ({agent})"),
+        TurnEvent::ToolResult {
+            name,
+            content,
+            is_error,
+            bytes,
+            latency_ms,
+            child_task_id,
+            ..
+        } => {
+            let child = child_task_id
+                .as_deref()
+                .map(|c| format!(" [child {c}]"))
+                .unwrap_or_default();
+            if *is_error {
+                format!(
+                    "{name} ERROR in {latency_ms} ms: {}{child}",
+                    crate::provider::clip(content, 200)
+                )
+            } else {
+                format!("{name} returned {bytes} bytes in {latency_ms} ms{child}")
+            }
+        }
+    };
+    format!("#{} answer {} · {what}", t.seq, t.answer)
 }
 
 fn call_line(a: &Attempt) -> String {
@@ -326,7 +392,13 @@ pub async fn report(
         Some(_) => bail!("--baseline must be `provider/model-id`"),
     };
     let r = engine
-        .usage(Some(since_ms), None, None, baseline.as_ref())
+        .usage(
+            &crate::store::UsageQuery {
+                since: Some(since_ms),
+                ..Default::default()
+            },
+            baseline.as_ref(),
+        )
         .await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&r)?)?;

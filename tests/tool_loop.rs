@@ -275,6 +275,21 @@ async fn a_child_runs_on_the_other_wire_format_and_the_tree_is_visible() {
         (tree_cost - own - childs).abs() < 1e-5,
         "{tree_cost} {own} {childs}"
     );
+    // usage_report of the tree: both agents, the same total.
+    let u = c
+        .ok("usage_report", json!({"root_task_id": s["task_id"]}))
+        .await;
+    let agents: Vec<&str> = u["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(agents, ["boss", "helper"], "{u:#}");
+    assert!(
+        (u["total_cost_usd"].as_f64().unwrap() - tree_cost).abs() < 1e-5,
+        "{u:#}"
+    );
     let listed = c
         .ok("task_list", json!({"root_task_id": s["task_id"]}))
         .await;
@@ -757,4 +772,51 @@ async fn a_workflow_budget_holds_for_all_its_steps_together() {
         .filter(|r| r.model == "leaf")
         .count();
     assert_eq!(leaves, 1);
+}
+
+#[tokio::test]
+async fn a_turn_that_fails_over_goes_to_the_next_model_with_the_same_conversation() {
+    let fx = Fx::new(
+        &[(
+            "robust",
+            "---\ndescription: fails over\nmodel: [openai/first, anthropic/second]\ntools: [kb_list]\n---\nAct.\n",
+        )],
+        "[limits]\nmax_tool_result_bytes = 300\n",
+    )
+    .await;
+    for i in 0..40 {
+        fx.p.write(&format!("_kb/context/file-{i:02}.md"), "# x\n");
+    }
+    fx.fake.queue_model(
+        "first",
+        [
+            Behavior::call("kb_list", json!({"path": "context"})),
+            Behavior::status(500),
+            Behavior::status(500),
+            Behavior::status(500),
+        ],
+    );
+    fx.fake
+        .queue_model("second", [Behavior::reply("answered by the second model")]);
+    let c = fx.connect().await;
+    let v = run(&c, "robust", json!("list")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "answered by the second model");
+    assert_eq!(v["model"], "anthropic/second");
+    let second = fx
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.model == "second")
+        .unwrap();
+    let msgs = second.body["messages"].as_array().unwrap();
+    assert_eq!(msgs[1]["content"][0]["type"], "tool_use", "{msgs:#?}");
+    assert_eq!(msgs[1]["content"][0]["name"], "kb_list");
+    let result = msgs[2]["content"][0]["content"].as_str().unwrap();
+    // The listing was longer than the limit: cut, with a note saying so.
+    assert!(result.len() < 700, "{}", result.len());
+    assert!(
+        result.contains("only the first 300 are shown ([limits] max_tool_result_bytes)"),
+        "{result}"
+    );
 }

@@ -129,6 +129,19 @@ fn is_server_tool(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// The tools an agent's model may call (the rest of [`DISPATCH_TOOLS`] are
+/// for MCP clients); other MCP servers' tools come as `NAME/tool`.
+const AGENT_TOOLS: &[&str] = &[
+    "kb_read",
+    "kb_list",
+    "kb_search",
+    "kb_write",
+    "file_read",
+    "file_list",
+    "file_search",
+    "agent_run",
+];
+
 /// The largest agent file read; a larger one is a diagnostic.
 pub const MAX_AGENT_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -871,6 +884,7 @@ impl FileParser<'_> {
         };
         let mut out = Vec::new();
         let mut foreign = Vec::new();
+        let mut client_only = Vec::new();
         for t in raw {
             let canonical = t.replace('/', "_");
             if is_server_tool(&t) {
@@ -878,6 +892,9 @@ impl FileParser<'_> {
                 // checked against the config when the agent runs.
                 out.push(t);
             } else if DISPATCH_TOOLS.contains(&canonical.as_str()) {
+                if !AGENT_TOOLS.contains(&canonical.as_str()) {
+                    client_only.push(canonical.clone());
+                }
                 if !out.contains(&canonical) {
                     out.push(canonical);
                 }
@@ -885,6 +902,16 @@ impl FileParser<'_> {
                 foreign.push(t.clone());
                 out.push(t);
             }
+        }
+        if !client_only.is_empty() {
+            self.warn(
+                key,
+                format!(
+                    "tools for MCP clients, not offered to agents (an agent may call {}): {}",
+                    AGENT_TOOLS.join(", "),
+                    client_only.join(", ")
+                ),
+            );
         }
         if !foreign.is_empty() {
             self.warn(

@@ -343,3 +343,37 @@ fn duplicate_models_in_a_chain_are_dropped_with_a_warning() {
     assert_eq!(r.agent.unwrap().models.len(), 1);
     assert_eq!(r.diagnostics.len(), 1);
 }
+
+#[test]
+fn tools_for_agents_servers_and_client_only_names() {
+    let r = parse(
+        "---\nmodel: openai/m\nmax_turns: 7\ntools: [kb/read, file_search, github/*, docs/lookup, task_status, Read]\n---\nx\n",
+    );
+    let a = r.agent.as_ref().unwrap();
+    assert_eq!(
+        a.tools,
+        [
+            "kb_read",
+            "file_search",
+            "github/*",
+            "docs/lookup",
+            "task_status",
+            "Read"
+        ]
+    );
+    assert_eq!(a.max_turns, Some(7));
+    let lines = diag_lines(&r).join("\n");
+    assert!(
+        lines.contains("tools for MCP clients, not offered to agents")
+            && lines.contains("task_status"),
+        "{lines}"
+    );
+    assert!(lines.contains("not offered to the model: Read"), "{lines}");
+    assert!(!lines.contains("github"), "{lines}");
+    let r = parse("---\nmodel: openai/m\nmax_turns: 0\n---\nx\n");
+    assert!(
+        diag_lines(&r).join("\n").contains("max_turns"),
+        "{:?}",
+        diag_lines(&r)
+    );
+}

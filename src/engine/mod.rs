@@ -1211,12 +1211,10 @@ impl Engine {
     /// Token and cost totals over a window, with the saving against a baseline model.
     pub async fn usage(
         &self,
-        since: Option<i64>,
-        until: Option<i64>,
-        subject: Option<&str>,
+        query: &crate::store::UsageQuery,
         baseline: Option<&ModelRef>,
     ) -> Result<UsageReport, EngineError> {
-        report::usage(self, since, until, subject, baseline).await
+        report::usage(self, query, baseline).await
     }
 
     /// What running `agent` on `input` would send, and roughly what it would cost.

@@ -98,17 +98,10 @@ fn round6(x: f64) -> f64 {
 
 pub(super) async fn usage(
     engine: &Engine,
-    since: Option<i64>,
-    until: Option<i64>,
-    subject: Option<&str>,
+    q: &UsageQuery,
     baseline: Option<&ModelRef>,
 ) -> Result<UsageReport, EngineError> {
-    let q = UsageQuery {
-        since,
-        until,
-        subject: subject.map(str::to_string),
-    };
-    let raw = engine.store.usage(&q).await?;
+    let raw = engine.store.usage(q).await?;
     let mut rows = Vec::new();
     let mut agents: BTreeMap<String, AgentTotals> = BTreeMap::new();
     let (mut calls, mut input, mut output, mut cost) = (0, 0, 0, 0.0);
@@ -175,8 +168,8 @@ pub(super) async fn usage(
         (None, _) => (None, Some("no baseline model: pass `baseline` or set `baseline` under [report] in dispatch.toml".into())),
     };
     Ok(UsageReport {
-        since: since.map(rfc3339),
-        until: until.map(rfc3339),
+        since: q.since.map(rfc3339),
+        until: q.until.map(rfc3339),
         rows,
         agents,
         total_calls: calls,

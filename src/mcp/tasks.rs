@@ -162,6 +162,9 @@ pub struct UsageReportArgs {
     pub until: Option<String>,
     /// Baseline model for the saving (`provider/model-id`; default from dispatch.toml).
     pub baseline: Option<String>,
+    /// Only the delegation tree with this root (a task id, or a workflow run id):
+    /// what the whole tree cost, per agent and model.
+    pub root_task_id: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -929,7 +932,15 @@ pub async fn usage_report(
         },
     };
     let report: UsageReport = engine
-        .usage(since, until, ctx.subject.as_deref(), baseline.as_ref())
+        .usage(
+            &crate::store::UsageQuery {
+                since,
+                until,
+                subject: ctx.subject.clone(),
+                root_id: args.root_task_id,
+            },
+            baseline.as_ref(),
+        )
         .await
         .map_err(engine_error)?;
     Ok(ToolReply::json(to_value(&report)?))

@@ -412,4 +412,71 @@ mod tests {
             Err(ProviderError::Malformed { .. })
         ));
     }
+
+    #[test]
+    fn tool_use_blocks_whole_streamed_and_sent_back() {
+        use crate::provider::{ToolCall, ToolResult};
+        let r = parse_message(
+            &ep(),
+            br#"{"type":"message","content":[{"type":"text","text":"Let me look."},{"type":"tool_use","id":"tu_1","name":"kb_list","input":{"path":"context"}}],"stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":1}}"#,
+            "m",
+        )
+        .unwrap();
+        assert_eq!(r.text, "Let me look.");
+        assert_eq!(r.tool_calls.len(), 1);
+        assert_eq!(r.tool_calls[0].id, "tu_1");
+        assert_eq!(r.tool_calls[0].arguments, r#"{"path":"context"}"#);
+        let mut asm = Assembly::default();
+        let events = [
+            json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hm."}}),
+            json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"tu_2","name":"kb_read","input":{}}}),
+            json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"path\": "}}),
+            json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"a.md\"}"}}),
+            json!({"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"tu_3","name":"kb_list","input":{}}}),
+            json!({"type":"message_delta","delta":{"stop_reason":"tool_use"}}),
+        ];
+        for e in &events {
+            assert!(matches!(
+                apply_event(&ep(), e, &mut asm, None).unwrap(),
+                Step::More
+            ));
+        }
+        let r = asm.finish_for_tests();
+        assert_eq!(r.text, "Hm.");
+        assert_eq!(r.tool_calls.len(), 2);
+        assert_eq!(r.tool_calls[0].arguments, r#"{"path": "a.md"}"#);
+        // No input at all is an empty object.
+        assert_eq!(r.tool_calls[1].arguments, "{}");
+        // Sent back: calls as tool_use blocks, results as tool_result blocks.
+        let req = ChatRequest {
+            messages: vec![
+                Message::user("go"),
+                Message::assistant_calls(
+                    "Hm.",
+                    vec![ToolCall {
+                        id: "tu_2".into(),
+                        name: "kb_read".into(),
+                        arguments: "not json".into(),
+                    }],
+                ),
+                Message::results(vec![ToolResult {
+                    call_id: "tu_2".into(),
+                    name: "kb_read".into(),
+                    content: "bad arguments".into(),
+                    is_error: true,
+                }]),
+            ],
+            ..ChatRequest::default()
+        };
+        let b = AnthropicProvider::new(ep()).body("m", &req);
+        let m = b["messages"].as_array().unwrap();
+        assert_eq!(m[1]["content"][0], json!({"type": "text", "text": "Hm."}));
+        assert_eq!(m[1]["content"][1]["type"], "tool_use");
+        assert_eq!(m[1]["content"][1]["input"], json!({"_raw": "not json"}));
+        assert_eq!(
+            m[2]["content"][0],
+            json!({"type": "tool_result", "tool_use_id": "tu_2", "content": "bad arguments", "is_error": true})
+        );
+    }
 }

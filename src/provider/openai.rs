@@ -480,4 +480,89 @@ mod tests {
         assert!(!e.to_string().contains("0123456789"), "{e}");
         assert!(e.to_string().contains("code 502"), "{e}");
     }
+
+    #[test]
+    fn tools_and_tool_turns_in_the_body() {
+        use crate::provider::{ToolCall, ToolResult, ToolSpec};
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "kb_read".into(),
+            arguments: r#"{"path":"a.md"}"#.into(),
+        };
+        let req = ChatRequest {
+            messages: vec![
+                Message::user("go"),
+                Message::assistant_calls("", vec![call]),
+                Message::results(vec![ToolResult {
+                    call_id: "c1".into(),
+                    name: "kb_read".into(),
+                    content: "text".into(),
+                    is_error: false,
+                }]),
+            ],
+            tools: vec![ToolSpec {
+                name: "kb_read".into(),
+                description: "reads".into(),
+                parameters: json!({"type": "object"}),
+            }],
+            ..ChatRequest::default()
+        };
+        let b = OpenAiProvider::new(ep(), OpenAiFlavor::Generic).body("m", &req);
+        assert_eq!(b["tools"][0]["type"], "function");
+        assert_eq!(b["tools"][0]["function"]["name"], "kb_read");
+        let m = b["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m[1]["content"], Value::Null);
+        assert_eq!(
+            m[1]["tool_calls"][0]["function"]["arguments"],
+            r#"{"path":"a.md"}"#
+        );
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "text"})
+        );
+    }
+
+    #[test]
+    fn whole_and_streamed_tool_calls() {
+        let r = parse_completion(
+            &ep(),
+            br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"x","arguments":"{\"k\":1}"}},{"function":{"name":"y","arguments":{"o":2}}}]},"finish_reason":"tool_calls"}]}"#,
+            "m",
+        )
+        .unwrap();
+        assert_eq!(r.tool_calls.len(), 2);
+        assert_eq!(
+            (
+                r.tool_calls[0].id.as_str(),
+                r.tool_calls[0].arguments.as_str()
+            ),
+            ("a", r#"{"k":1}"#)
+        );
+        assert_eq!(
+            (
+                r.tool_calls[1].id.as_str(),
+                r.tool_calls[1].arguments.as_str()
+            ),
+            ("call_1", r#"{"o":2}"#)
+        );
+        // Deltas of two calls, interleaved, assembled by index.
+        let mut asm = Assembly::default();
+        let chunks = [
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"p","function":{"name":"kb_","arguments":""}}]}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":1,"id":"q","function":{"name":"other","arguments":"{}"}}]}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"read","arguments":"{\"pa"}}]}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"th\":1}"}}]}}]}),
+            json!({"choices":[{"delta":{},"finish_reason":"tool_calls"}]}),
+        ];
+        for c in &chunks {
+            apply_chunk(&ep(), c, &mut asm, None).unwrap();
+        }
+        let r = asm.finish_for_tests();
+        assert_eq!(r.tool_calls.len(), 2);
+        assert_eq!(r.tool_calls[0].name, "kb_read");
+        assert_eq!(r.tool_calls[0].arguments, r#"{"path":1}"#);
+        assert_eq!(r.tool_calls[1].id, "q");
+        assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
+    }
 }

@@ -104,6 +104,14 @@ impl Assembly {
     }
 }
 
+#[cfg(test)]
+impl Assembly {
+    /// [`Assembly::finish`], for the formats' tests.
+    pub(super) fn finish_for_tests(self) -> ChatResponse {
+        self.finish()
+    }
+}
+
 /// One call of `model`, whole or streamed as the request and the answer's
 /// content type say.
 pub(super) async fn run<W: Wire>(

@@ -218,6 +218,8 @@ pub struct UsageQuery {
     pub until: Option<Millis>,
     /// Only attempts of this subject's tasks.
     pub subject: Option<String>,
+    /// Only attempts of the tasks of the delegation tree with this root.
+    pub root_id: Option<String>,
 }
 
 /// Usage summed over the attempts sharing one key.

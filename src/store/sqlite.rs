@@ -389,6 +389,9 @@ impl SqliteStore {
         if let Some(subject) = &query.subject {
             q.push(" AND t.subject = ").push_bind(subject.as_str());
         }
+        if let Some(root) = &query.root_id {
+            q.push(" AND t.root_id = ").push_bind(root.as_str());
+        }
         q.push(" GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5");
         let rows = q
             .build()

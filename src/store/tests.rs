@@ -592,6 +592,7 @@ async fn usage_sums_by_agent_kind_and_model() {
     // A window on the attempt's start: [200, 350).
     let window = store
         .usage(&UsageQuery {
+            root_id: None,
             since: Some(200),
             until: Some(350),
             subject: None,
@@ -609,6 +610,7 @@ async fn usage_sums_by_agent_kind_and_model() {
 
     let alice = store
         .usage(&UsageQuery {
+            root_id: None,
             since: None,
             until: Some(301),
             subject: Some("alice".into()),
@@ -625,6 +627,7 @@ async fn usage_sums_by_agent_kind_and_model() {
 
     let nobody = store
         .usage(&UsageQuery {
+            root_id: None,
             subject: Some("carol".into()),
             ..Default::default()
         })
@@ -1177,4 +1180,209 @@ fn mine_of(t: &Task) -> Task {
     let mut m = t.clone();
     m.owner = Some("me".into());
     m
+}
+
+fn tree(root: &str, limits: crate::task::TreeLimits) -> Tree {
+    Tree {
+        root_id: root.to_string(),
+        tasks: 1,
+        turns: 0,
+        spent_micros: 0,
+        reserved_micros: 0,
+        limits,
+        created_at: 1,
+    }
+}
+
+fn limits(max_tasks: u32, max_turns: u32, budget: Option<i64>) -> crate::task::TreeLimits {
+    crate::task::TreeLimits {
+        max_depth: 3,
+        max_tasks,
+        max_turns,
+        max_secs: Some(60),
+        budget_micros: budget,
+    }
+}
+
+#[tokio::test]
+async fn turns_round_trip_in_order_and_a_seq_is_taken_once() {
+    let store = memory().await;
+    let task = Task::new("a", json!("x"));
+    store.create_task(&task).await.unwrap();
+    let model = Turn {
+        task_id: task.id.clone(),
+        seq: 1,
+        answer: 1,
+        at: 5,
+        event: crate::task::TurnEvent::Model {
+            model: "openai/m".into(),
+            text: "é".into(),
+            calls: vec![crate::task::ToolCallRecord {
+                id: "c".into(),
+                name: "kb_read".into(),
+                arguments: "{not json".into(),
+            }],
+        },
+    };
+    let result = Turn {
+        seq: 2,
+        event: crate::task::TurnEvent::ToolResult {
+            call_id: "c".into(),
+            name: "kb_read".into(),
+            content: "err".into(),
+            is_error: true,
+            bytes: 3,
+            latency_ms: 7,
+            child_task_id: None,
+        },
+        ..model.clone()
+    };
+    store.add_turn(&result).await.unwrap();
+    store.add_turn(&model).await.unwrap();
+    assert_eq!(
+        store.turns(&task.id).await.unwrap(),
+        [model.clone(), result]
+    );
+    assert!(matches!(
+        store.add_turn(&model).await,
+        Err(StoreError::Duplicate { .. })
+    ));
+    let orphan = Turn {
+        task_id: new_task_id(),
+        ..model
+    };
+    assert!(matches!(
+        store.add_turn(&orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_tree_charge_fits_every_limit_or_takes_nothing() {
+    let store = memory().await;
+    let t = tree("root-1", limits(2, 3, Some(1000)));
+    store.open_tree(&t).await.unwrap();
+    // Opening again keeps what is stored.
+    store
+        .open_tree(&Tree {
+            tasks: 9,
+            ..t.clone()
+        })
+        .await
+        .unwrap();
+    let charge = |tasks, turns, reserve| TreeCharge {
+        tasks,
+        turns,
+        reserve_micros: reserve,
+        ..TreeCharge::default()
+    };
+    store
+        .charge_tree("root-1", charge(1, 1, 600))
+        .await
+        .unwrap();
+    let e = store
+        .charge_tree("root-1", charge(1, 0, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TreeLimit {
+                limit: TreeLimitKind::Tasks,
+                max: 2,
+                used: 2
+            }
+        ),
+        "{e:?}"
+    );
+    let e = store
+        .charge_tree("root-1", charge(0, 1, 500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TreeLimit {
+                limit: TreeLimitKind::Money,
+                max: 1000,
+                used: 600
+            }
+        ),
+        "{e:?}"
+    );
+    // The refused charge took nothing: its turn is still free.
+    let got = store.get_tree("root-1").await.unwrap().unwrap();
+    assert_eq!((got.tasks, got.turns, got.reserved_micros), (2, 1, 600));
+    // Settling releases the reservation and books the real cost.
+    store
+        .charge_tree(
+            "root-1",
+            TreeCharge {
+                release_micros: 600,
+                spend_micros: 40,
+                ..TreeCharge::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .charge_tree("root-1", charge(0, 2, 900))
+        .await
+        .unwrap();
+    let e = store
+        .charge_tree("root-1", charge(0, 1, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TreeLimit {
+                limit: TreeLimitKind::Turns,
+                max: 3,
+                used: 3
+            }
+        ),
+        "{e:?}"
+    );
+    let got = store.get_tree("root-1").await.unwrap().unwrap();
+    assert_eq!((got.spent_micros, got.reserved_micros), (40, 900));
+    assert_eq!(got.limits, t.limits);
+    assert!(matches!(
+        store.charge_tree("nope", charge(1, 0, 0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.get_tree("nope").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn concurrent_reservations_never_overspend() {
+    let store = memory().await;
+    store
+        .open_tree(&tree("root-2", limits(100, 1000, Some(10_000))))
+        .await
+        .unwrap();
+    let tries: Vec<_> = (0..64)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .charge_tree(
+                        "root-2",
+                        TreeCharge {
+                            reserve_micros: 300,
+                            ..TreeCharge::default()
+                        },
+                    )
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tries {
+        granted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(granted, 33, "10000 / 300 reservations fit");
+    let got = store.get_tree("root-2").await.unwrap().unwrap();
+    assert_eq!(got.reserved_micros, 9_900);
 }

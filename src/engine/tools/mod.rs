@@ -609,3 +609,65 @@ pub fn cut(mut out: ToolOutput, limit: usize) -> (ToolOutput, u64) {
     }
     (out, bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(tools: &[&str], permissions: Option<Value>) -> Agent {
+        let text = "---\nmodel: openai/m\n---\nx\n";
+        let mut a = crate::agent::reader::parse_agent(
+            text,
+            std::path::Path::new("agents/a.agent.md"),
+            &crate::agent::reader::ReadContext::default(),
+        )
+        .agent
+        .expect("agent");
+        a.tools = tools.iter().map(|t| t.to_string()).collect();
+        if let Some(p) = permissions {
+            a.extra.insert("permissions".into(), p);
+        }
+        a
+    }
+
+    #[test]
+    fn deny_by_default_and_the_prototypes_permissions() {
+        assert!(Policy::of(&agent(&[], None)).is_empty());
+        let p = Policy::of(&agent(&["kb/read", "Read"], None));
+        assert!(p.allows(Builtin::KbRead) && !p.allows(Builtin::KbWrite));
+        let p = Policy::of(&agent(&[], Some(serde_json::json!({"kb": "read"}))));
+        assert!(p.allows(Builtin::KbSearch) && !p.allows(Builtin::KbWrite));
+        let p = Policy::of(&agent(
+            &[],
+            Some(
+                serde_json::json!({"kb": "write", "files": "read", "agents": "run", "github/*": "allow"}),
+            ),
+        ));
+        assert!(
+            p.allows(Builtin::KbWrite)
+                && p.allows(Builtin::FileList)
+                && p.allows(Builtin::AgentRun)
+        );
+        assert!(p.allows_server_tool("github", "anything"));
+        let p = Policy::of(&agent(&["docs/lookup"], None));
+        assert!(p.allows_server_tool("docs", "lookup") && !p.allows_server_tool("docs", "other"));
+        // `ask` needs an approval this version cannot ask for: not granted.
+        let p = Policy::of(&agent(&[], Some(serde_json::json!({"kb_write": "ask"}))));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn results_are_cut_at_a_character_boundary_with_a_note() {
+        let (out, bytes) = cut(ToolOutput::ok("é".repeat(100)), 51);
+        assert_eq!(bytes, 200);
+        assert!(out.content.starts_with(&"é".repeat(25)));
+        assert!(
+            out.content
+                .contains("this result is 200 bytes; only the first 50"),
+            "{}",
+            out.content
+        );
+        let (same, _) = cut(ToolOutput::ok("short"), 51);
+        assert_eq!(same.content, "short");
+    }
+}
