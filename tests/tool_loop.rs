@@ -820,3 +820,91 @@ async fn a_turn_that_fails_over_goes_to_the_next_model_with_the_same_conversatio
         "{result}"
     );
 }
+
+#[tokio::test]
+async fn the_audit_judges_the_final_answer_and_a_revision_loops_again() {
+    let judge =
+        "---\ndescription: judges\nmodel: openai/judge\n---\nAudit. Reply with a JSON verdict.\n";
+    let fx = Fx::new(
+        &[
+            (
+                "writer",
+                &actor(
+                    "openai/writer",
+                    "kb_read, kb_list",
+                    "mirror: judge\nmax_retries: 1\n",
+                ),
+            ),
+            ("judge", judge),
+        ],
+        "",
+    )
+    .await;
+    fx.p.write("_kb/context/facts.md", "# Facts\nThe sky is blue.\n");
+    fx.fake.queue_model(
+        "writer",
+        [
+            Behavior::call("kb_read", json!({"path": "context/facts.md"})),
+            Behavior::reply("Draft one."),
+            Behavior::call("kb_list", json!({"path": "context"})),
+            Behavior::reply("Draft two, with the facts."),
+        ],
+    );
+    fx.fake.queue_model(
+        "judge",
+        [
+            Behavior::reply(
+                &json!({"verdict": "needs-revision", "feedback": "cite the facts file"})
+                    .to_string(),
+            ),
+            Behavior::reply(&json!({"verdict": "pass", "feedback": "good"}).to_string()),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "writer", json!("write")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "Draft two, with the facts.");
+    let judged: Vec<String> = fx
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.model == "judge")
+        .map(|r| r.body["messages"].to_string())
+        .collect();
+    assert!(
+        judged[0].contains("Draft one.") && judged[1].contains("Draft two"),
+        "{judged:?}"
+    );
+    // The revision's first turn carried the feedback and offered the tools again.
+    let revision = fx
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.model == "writer")
+        .nth(2)
+        .unwrap();
+    assert!(
+        revision.body["messages"]
+            .to_string()
+            .contains("cite the facts file")
+    );
+    assert_eq!(revision.body["tools"].as_array().unwrap().len(), 2);
+    let s = status(&c, &id(&v)).await;
+    let answers: Vec<u64> = s["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["answer"].as_u64().unwrap())
+        .collect();
+    assert_eq!(answers, [1, 1, 2, 2], "{s:#}");
+    let kinds: Vec<&str> = s["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["turn", "primary", "audit", "turn", "primary", "audit"]
+    );
+}

@@ -383,7 +383,8 @@ pub struct TaskView {
     /// The delegating task.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_task_id: Option<String>,
-    /// The first task of its delegation tree (itself for a root).
+    /// The first task of its delegation tree (itself for a root; a workflow
+    /// run's id for its steps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_task_id: Option<String>,
     /// For the root of a delegation tree: its tasks, turns, cost and limits
@@ -441,7 +442,7 @@ impl TaskView {
             finished_at: t.finished_at.map(rfc3339),
             kb_path: t.kb_path.clone(),
             parent_task_id: t.parent_id.clone(),
-            root_task_id: t.root_id.clone(),
+            root_task_id: Some(t.root().to_string()),
             tree: None,
             turns: None,
             routing: t.routing.clone(),

@@ -525,12 +525,12 @@ mod tests {
 
     #[test]
     fn whole_and_streamed_tool_calls() {
-        let r = parse_completion(
-            &ep(),
-            br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"x","arguments":"{\"k\":1}"}},{"function":{"name":"y","arguments":{"o":2}}}]},"finish_reason":"tool_calls"}]}"#,
-            "m",
-        )
-        .unwrap();
+        let body = json!({"choices": [{"message": {"content": null, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "x", "arguments": "{\"k\":1}"}},
+            {"function": {"name": "y", "arguments": {"o": 2}}}
+        ]}, "finish_reason": "tool_calls"}]})
+        .to_string();
+        let r = parse_completion(&ep(), body.as_bytes(), "m").unwrap();
         assert_eq!(r.tool_calls.len(), 2);
         assert_eq!(
             (
@@ -547,12 +547,14 @@ mod tests {
             ("call_1", r#"{"o":2}"#)
         );
         // Deltas of two calls, interleaved, assembled by index.
+        const PIECE_A: &str = "{\"pa";
+        const PIECE_B: &str = "th\":1}";
         let mut asm = Assembly::default();
         let chunks = [
             json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"p","function":{"name":"kb_","arguments":""}}]}}]}),
             json!({"choices":[{"delta":{"tool_calls":[{"index":1,"id":"q","function":{"name":"other","arguments":"{}"}}]}}]}),
-            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"read","arguments":"{\"pa"}}]}}]}),
-            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"th\":1}"}}]}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"read","arguments":PIECE_A}}]}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":PIECE_B}}]}}]}),
             json!({"choices":[{"delta":{},"finish_reason":"tool_calls"}]}),
         ];
         for c in &chunks {

@@ -224,12 +224,27 @@ pub fn estimate_tokens(text: &str) -> u64 {
 
 /// [`estimate_tokens`] over a whole request (system prompt and messages).
 pub fn estimate_request_tokens(req: &ChatRequest) -> u64 {
-    estimate_tokens(&req.system)
-        + req
-            .messages
-            .iter()
-            .map(|m| estimate_tokens(&m.content))
-            .sum::<u64>()
+    let message = |m: &crate::provider::Message| {
+        estimate_tokens(&m.content)
+            + m.tool_calls
+                .iter()
+                .map(|c| estimate_tokens(&c.name) + estimate_tokens(&c.arguments))
+                .sum::<u64>()
+            + m.tool_results
+                .iter()
+                .map(|r| estimate_tokens(&r.content))
+                .sum::<u64>()
+    };
+    let tools: u64 = req
+        .tools
+        .iter()
+        .map(|t| {
+            estimate_tokens(&t.name)
+                + estimate_tokens(&t.description)
+                + estimate_tokens(&t.parameters.to_string())
+        })
+        .sum();
+    estimate_tokens(&req.system) + req.messages.iter().map(message).sum::<u64>() + tools
 }
 
 #[cfg(test)]

@@ -165,14 +165,14 @@ pub(super) async fn answer(
                 model,
             });
         }
+        // The revision message is recorded with the answer's first call only.
+        let revision = if replay.turns == 0 {
+            step.revision.clone()
+        } else {
+            None
+        };
         let ans = match ctx
-            .call(
-                step.kind,
-                step.agent,
-                step.chain,
-                &req,
-                step.revision.clone(),
-            )
+            .call(step.kind, step.agent, step.chain, &req, revision)
             .await
         {
             Ok(a) => a,
@@ -185,7 +185,17 @@ pub(super) async fn answer(
                     model,
                 });
             }
-            Err(e) => return Err(AnswerError::Call(e)),
+            Err(e) if replay.turns == 0 => return Err(AnswerError::Call(e)),
+            // Mid-loop: the task fails as the call did, its last text kept.
+            Err(e) => {
+                let (text, model) = replay.last_text.clone().unzip();
+                return Err(AnswerError::Stopped {
+                    reason: e.reason(),
+                    error: e.message(),
+                    last_text: text,
+                    model,
+                });
+            }
         };
         if ans.tool_calls.is_empty() {
             return Ok(ans);
