@@ -908,3 +908,25 @@ async fn the_audit_judges_the_final_answer_and_a_revision_loops_again() {
         ["turn", "primary", "audit", "turn", "primary", "audit"]
     );
 }
+
+#[tokio::test]
+async fn a_key_the_model_writes_into_a_tool_call_never_reaches_the_kb() {
+    let fx = Fx::new(&[("leaky", &actor("openai/leaky", "kb_write", ""))], "").await;
+    fx.fake.queue_model(
+        "leaky",
+        [
+            Behavior::call(
+                "kb_write",
+                json!({"path": "inbox/keys.md", "content": format!("the key: {OPENAI_KEY}")}),
+            ),
+            Behavior::reply("Saved."),
+        ],
+    );
+    let c = fx.connect().await;
+    let v = run(&c, "leaky", json!("save the key")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let written = std::fs::read_to_string(fx.p.kb().join("inbox/keys.md")).unwrap();
+    assert!(!written.contains(OPENAI_KEY), "{written}");
+    let s = status(&c, &id(&v)).await;
+    assert!(!s.to_string().contains(OPENAI_KEY), "{s:#}");
+}

@@ -17,6 +17,7 @@ mod report;
 mod router;
 mod run;
 pub mod tools;
+mod tree;
 mod views;
 mod workflow;
 
@@ -36,6 +37,7 @@ pub use outbox::rfc3339;
 pub use report::{UsageReport, UsageReportRow};
 pub use router::{RouteDecision, RouterConfig};
 pub use run::DryRun;
+pub use tree::{CallLimits, usd_to_micros};
 pub use views::{RunView, StepView, run_view};
 pub use workflow::{RunEvent, RunRequest};
 
@@ -128,16 +130,6 @@ impl Default for EngineConfig {
             audit_seed: None,
             acting: ActingConfig::default(),
         }
-    }
-}
-
-/// USD as micro-dollars (what trees count money in), rounded up so that a
-/// budget is never overspent by rounding.
-pub fn usd_to_micros(usd: f64) -> i64 {
-    if usd.is_finite() && usd > 0.0 {
-        (usd * 1e6).ceil().min(i64::MAX as f64) as i64
-    } else {
-        0
     }
 }
 
@@ -417,22 +409,6 @@ pub struct Submit {
     pub tree: Option<TaskId>,
 }
 
-/// Limits a caller may set on one tree (`budget_usd`, `max_depth`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CallLimits {
-    /// Money the tree may spend, USD.
-    pub budget_usd: Option<f64>,
-    /// Deepest delegation.
-    pub max_depth: Option<u32>,
-}
-
-impl CallLimits {
-    /// True when the caller set nothing.
-    pub fn is_none(&self) -> bool {
-        self.budget_usd.is_none() && self.max_depth.is_none()
-    }
-}
-
 impl Engine {
     /// An engine over these parts. Call [`Engine::recover`] once when this
     /// process owns the store's unfinished work (the server does; a one-shot
@@ -488,29 +464,6 @@ impl Engine {
     /// Give agents the tools of other MCP servers (once; later calls are ignored).
     pub fn set_external(&self, external: Arc<dyn tools::ExternalTools>) {
         let _ = self.external.set(external);
-    }
-
-    /// The limits of a new tree: the configured ones, lowered by the caller's.
-    fn tree_limits(&self, call: CallLimits) -> crate::task::TreeLimits {
-        let mut l = self.cfg.acting.tree;
-        l.max_depth = l.max_depth.min(self.cfg.max_depth);
-        if let Some(d) = call.max_depth {
-            l.max_depth = l.max_depth.min(d);
-        }
-        if let Some(b) = call.budget_usd {
-            let b = usd_to_micros(b);
-            l.budget_micros = Some(l.budget_micros.map_or(b, |c| c.min(b)));
-        }
-        l
-    }
-
-    /// Whether a new root task of `agent` needs a tree: it may act, or
-    /// limits apply to it.
-    fn needs_tree(&self, agent: &crate::agent::Agent, call: CallLimits) -> bool {
-        !tools::Policy::of(agent).is_empty()
-            || !call.is_none()
-            || self.cfg.acting.tree.budget_micros.is_some()
-            || self.cfg.acting.tree.max_secs.is_some()
     }
 
     /// A task's delegation tree, if it is in one.
@@ -773,7 +726,7 @@ impl Engine {
             return Err(EngineError::MissingKey(why));
         }
         input::validate(&req.input)?;
-        let (depth, mut root) = match &req.parent_id {
+        let (depth, root) = match &req.parent_id {
             None => (0, None),
             Some(parent) => {
                 let p = self.visible_task(parent, req.subject.as_deref()).await?;
@@ -799,27 +752,12 @@ impl Engine {
             task.id = id;
         }
         task.owner = Some(owner::this_process().to_string());
-        if let (None, Some(run_tree)) = (&req.parent_id, &req.tree)
-            && matches!(self.store.get_tree(run_tree).await, Ok(Some(_)))
-        {
-            root = Some(run_tree.clone());
-        }
-        let tree = match &req.parent_id {
-            None if root.is_none() && self.needs_tree(&agent, req.limits) => {
-                root = Some(task.id.clone());
-                Some(crate::task::Tree {
-                    root_id: task.id.clone(),
-                    tasks: 1,
-                    turns: 0,
-                    spent_micros: 0,
-                    reserved_micros: 0,
-                    limits: self.tree_limits(req.limits),
-                    created_at: task.created_at,
-                })
-            }
-            _ => None,
+        let place = tree::Placement {
+            parent: req.parent_id.as_ref(),
+            run_tree: req.tree.as_ref(),
+            limits: req.limits,
         };
-        task.root_id = root;
+        let tree = self.place_in_tree(&mut task, place, &agent, root).await;
         task.parent_id = req.parent_id;
         task.depth = depth;
         task.subject = req.subject;
@@ -852,18 +790,7 @@ impl Engine {
         // start, or it would stay `queued`/`running` with nothing driving it.
         // A routing call that cannot be stored now is kept for the commit of
         // the final state instead.
-        let mut prior = Vec::new();
-        let mut unstored = Vec::new();
-        for (i, a) in req.routing.iter().flat_map(|r| &r.attempts).enumerate() {
-            let mut a = a.clone();
-            a.task_id = task.id.clone();
-            a.seq = i as u32 + 1;
-            if let Err(e) = self.store.add_attempt(&a).await {
-                tracing::warn!(task = %task.id, error = %e, "cannot store a routing call yet; it is stored with the outcome");
-                unstored.push(a.clone());
-            }
-            prior.push(a);
-        }
+        let (prior, unstored) = self.store_routing_calls(&task, req.routing.as_ref()).await;
         let start = Start {
             permits: admitted,
             prior: Some(prior),

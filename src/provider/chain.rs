@@ -514,6 +514,12 @@ impl Providers {
                     if let Some(clean) = scrub_keys(&response.text, &self.keys) {
                         response.text = clean;
                     }
+                    // Nor in a tool call's arguments (a `kb_write` of a key).
+                    for call in &mut response.tool_calls {
+                        if let Some(clean) = scrub_keys(&call.arguments, &self.keys) {
+                            call.arguments = clean;
+                        }
+                    }
                     let cost = self
                         .prices
                         .cost(model, response.usage, response.reported_cost_usd);

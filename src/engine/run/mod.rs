@@ -135,17 +135,8 @@ async fn run_admitted(
 
     // 2. queued -> running, persisted before any provider is called (a task
     // admitted by `submit` was created `running`).
-    if task.state == TaskState::Queued {
-        task.state = TaskState::Running;
-        task.started_at = Some(now_millis());
-        if let Err(e) = engine.store.update_task(&task, TaskState::Queued).await {
-            // Someone else moved it (e.g. cancelled from another process).
-            tracing::warn!(task = %task.id, error = %e, "task changed before it could start");
-            if let Ok(Some(t)) = engine.store.get_task(&task.id).await {
-                publish(&live, t.state);
-            }
-            return;
-        }
+    if !start_running(&engine, &live, &mut task).await {
+        return;
     }
     publish(&live, TaskState::Running);
     // Dropped before the final state is published, so a waiter that sees the
@@ -154,46 +145,15 @@ async fn run_admitted(
 
     // 3. Run the agent, unless cancelled. Attempts and turns recorded before
     // a crash stay; the audit and tool loops resume from them.
-    let resumed = prior.is_none();
-    let (tree, turns) = match load_acting(&engine, &task, resumed).await {
+    let Earlier { prior, tree, turns } = match load_earlier(&engine, &task, prior).await {
         Ok(x) => x,
         Err(e) => {
             drop(running);
             let outcome = Outcome::failed(FailReason::Internal, e);
-            finish(
-                &engine,
-                &live,
-                task,
-                TaskState::Running,
-                outcome,
-                Closed::of(Vec::new()),
-            )
-            .await;
+            let closed = Closed::of(Vec::new());
+            finish(&engine, &live, task, TaskState::Running, outcome, closed).await;
             return;
         }
-    };
-    let prior = match prior {
-        Some(p) => p,
-        None => match engine.store.attempts(&task.id).await {
-            Ok(p) => p,
-            Err(e) => {
-                let outcome = Outcome::failed(
-                    FailReason::Internal,
-                    format!("cannot read earlier attempts: {e}"),
-                );
-                drop(running);
-                finish(
-                    &engine,
-                    &live,
-                    task,
-                    TaskState::Running,
-                    outcome,
-                    Closed::of(Vec::new()),
-                )
-                .await;
-                return;
-            }
-        },
     };
     let tally = Arc::new(Tally::starting_at(
         prior.iter().map(|a| a.seq).max().unwrap_or(0),
@@ -240,12 +200,38 @@ async fn run_admitted(
     finish(&engine, &live, task, TaskState::Running, outcome, attempts).await;
 }
 
-/// The task's tree and the turns an earlier run stored.
-async fn load_acting(
+/// Persist `queued -> running` (unless `submit` created the task running);
+/// false when the task changed meanwhile (cancelled from another process).
+async fn start_running(engine: &Arc<Engine>, live: &Live, task: &mut Task) -> bool {
+    if task.state != TaskState::Queued {
+        return true;
+    }
+    task.state = TaskState::Running;
+    task.started_at = Some(now_millis());
+    let Err(e) = engine.store.update_task(task, TaskState::Queued).await else {
+        return true;
+    };
+    tracing::warn!(task = %task.id, error = %e, "task changed before it could start");
+    if let Ok(Some(t)) = engine.store.get_task(&task.id).await {
+        let _ = live.events.send(TaskEvent::State { state: t.state });
+        live.state.send_replace(t.state);
+    }
+    false
+}
+
+/// What a run starts from: the attempts and turns an earlier run stored
+/// (none for a fresh task, whose `prior` the submit passed), and its tree.
+struct Earlier {
+    prior: Vec<Attempt>,
+    tree: Option<Tree>,
+    turns: Arc<Mutex<Vec<Turn>>>,
+}
+
+async fn load_earlier(
     engine: &Arc<Engine>,
     task: &Task,
-    resumed: bool,
-) -> Result<(Option<Tree>, Arc<Mutex<Vec<Turn>>>), String> {
+    prior: Option<Vec<Attempt>>,
+) -> Result<Earlier, String> {
     let tree = match &task.root_id {
         None => None,
         Some(root) => engine
@@ -254,16 +240,27 @@ async fn load_acting(
             .await
             .map_err(|e| format!("cannot read the task's delegation tree: {e}"))?,
     };
-    let turns = if resumed {
-        engine
-            .store
-            .turns(&task.id)
-            .await
-            .map_err(|e| format!("cannot read earlier turns: {e}"))?
-    } else {
-        Vec::new()
+    let (prior, turns) = match prior {
+        Some(p) => (p, Vec::new()),
+        None => {
+            let p = engine
+                .store
+                .attempts(&task.id)
+                .await
+                .map_err(|e| format!("cannot read earlier attempts: {e}"))?;
+            let t = engine
+                .store
+                .turns(&task.id)
+                .await
+                .map_err(|e| format!("cannot read earlier turns: {e}"))?;
+            (p, t)
+        }
     };
-    Ok((tree, Arc::new(Mutex::new(turns))))
+    Ok(Earlier {
+        prior,
+        tree,
+        turns: Arc::new(Mutex::new(turns)),
+    })
 }
 
 /// Store a task the stopping process could not finish as `queued`, with the

@@ -115,6 +115,17 @@ impl Replay {
         r
     }
 
+    /// The loop stops without an answer, keeping the model's last text.
+    fn stop(&self, reason: FailReason, error: String) -> AnswerError {
+        let (last_text, model) = self.last_text.clone().unzip();
+        AnswerError::Stopped {
+            reason,
+            error,
+            last_text,
+            model,
+        }
+    }
+
     /// All calls of the last turn have results: send them.
     fn close_pending(&mut self) {
         if self.pending.is_empty() {
@@ -155,15 +166,12 @@ pub(super) async fn answer(
             req.messages.push(Message::results(results));
         }
         if replay.turns >= max_turns {
-            let (text, model) = replay.last_text.clone().unzip();
-            return Err(AnswerError::Stopped {
-                reason: FailReason::MaxTurns,
-                error: format!(
+            return Err(replay.stop(
+                FailReason::MaxTurns,
+                format!(
                     "the tool loop took {max_turns} turns (max_turns) without a final answer; raise `max_turns` in the agent file or [limits] if it needs more"
                 ),
-                last_text: text,
-                model,
-            });
+            ));
         }
         // The revision message is recorded with the answer's first call only.
         let revision = if replay.turns == 0 {
@@ -176,26 +184,10 @@ pub(super) async fn answer(
             .await
         {
             Ok(a) => a,
-            Err(CallError::Tree(m)) => {
-                let (text, model) = replay.last_text.clone().unzip();
-                return Err(AnswerError::Stopped {
-                    reason: FailReason::TreeLimit,
-                    error: m,
-                    last_text: text,
-                    model,
-                });
-            }
+            Err(CallError::Tree(m)) => return Err(replay.stop(FailReason::TreeLimit, m)),
             Err(e) if replay.turns == 0 => return Err(AnswerError::Call(e)),
             // Mid-loop: the task fails as the call did, its last text kept.
-            Err(e) => {
-                let (text, model) = replay.last_text.clone().unzip();
-                return Err(AnswerError::Stopped {
-                    reason: e.reason(),
-                    error: e.message(),
-                    last_text: text,
-                    model,
-                });
-            }
+            Err(e) => return Err(replay.stop(e.reason(), e.message())),
         };
         if ans.tool_calls.is_empty() {
             return Ok(ans);
