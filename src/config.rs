@@ -241,6 +241,9 @@ pub struct Config {
     /// The HTTP server (`dispatch serve --http`).
     #[serde(default)]
     pub http: HttpSection,
+    /// Progress notifications.
+    #[serde(default)]
+    pub progress: ProgressSection,
     /// OAuth2 resource server for HTTP: without it, HTTP is unauthenticated.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
@@ -404,6 +407,22 @@ impl Default for HttpSection {
 pub struct AuditSection {
     /// Seed for sampling which answers are audited (reproducible runs); random if unset.
     pub seed: Option<u64>,
+}
+
+/// `[progress]`: progress notifications to clients that ask for them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgressSection {
+    /// After this many seconds without news of a task a client waits on
+    /// (one long provider call, a task still queued), a notification says it
+    /// is still going and for how long (0: never).
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ProgressSection {
+    fn default() -> Self {
+        ProgressSection { heartbeat_secs: 10 }
+    }
 }
 
 /// `[limits]`

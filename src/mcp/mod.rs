@@ -265,6 +265,10 @@ impl ServerHandler for DispatchServer {
             cancelled: context.ct.clone(),
             subject: principal.map(|p| p.subject),
             transport: self.transport,
+            heartbeat: match self.app.config.progress.heartbeat_secs {
+                0 => None,
+                s => Some(std::time::Duration::from_secs(s)),
+            },
         };
         let ctx = tools::Ctx {
             app: &self.app,

@@ -37,6 +37,9 @@ pub struct CallCtx {
     pub subject: Option<String>,
     /// The transport the call came in on.
     pub transport: super::Transport,
+    /// Silence after which a waiting call is told its task is still going
+    /// (`[progress] heartbeat_secs`); `None`: never.
+    pub heartbeat: Option<Duration>,
 }
 
 impl CallCtx {
@@ -48,6 +51,7 @@ impl CallCtx {
             cancelled: CancellationToken::new(),
             subject: None,
             transport: super::Transport::Stdio,
+            heartbeat: None,
         }
     }
 }
@@ -728,35 +732,51 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value, ToolError> {
 /// notifications to go out before it answers.
 const PROGRESS_DRAIN: Duration = Duration::from_secs(1);
 
-/// Forward a task's events to the client as progress notifications.
+/// Forward a task's events to the client as progress notifications, with a
+/// heartbeat after `ctx.heartbeat` of silence ("still running, 40s so far"),
+/// so a client waiting through one long provider call hears that it lives.
 fn spawn_progress(
     mut rx: tokio::sync::broadcast::Receiver<crate::engine::TaskEvent>,
     task: &Task,
     ctx: &CallCtx,
 ) -> Option<tokio::task::JoinHandle<()>> {
+    use crate::engine::TaskEvent;
     let (peer, token) = (ctx.peer.clone()?, ctx.progress_token.clone()?);
     let agent = task.agent.clone();
+    let mut state = task.state;
+    let heartbeat = ctx.heartbeat;
+    let since = std::time::Instant::now();
     Some(tokio::spawn(async move {
         let mut n = 0.0;
-        let _ = peer
-            .notify_progress(
-                ProgressNotificationParam::new(token.clone(), n)
-                    .with_message(format!("{agent}: queued")),
-            )
-            .await;
+        let send = |n: f64, msg: String| {
+            peer.notify_progress(ProgressNotificationParam::new(token.clone(), n).with_message(msg))
+        };
+        let _ = send(n, format!("{agent}: {state}")).await;
         loop {
-            let ev = match rx.recv().await {
-                Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
+            let quiet = async {
+                match heartbeat {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(ev) => {
+                        if let TaskEvent::State { state: s } = &ev {
+                            state = *s;
+                        }
+                        ev.describe(&agent)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                },
+                () = quiet => format!(
+                    "{agent}: still {state}, {} so far",
+                    crate::provider::human_duration_secs(since.elapsed())
+                ),
             };
             n += 1.0;
-            let msg = ev.describe(&agent);
-            if peer
-                .notify_progress(ProgressNotificationParam::new(token.clone(), n).with_message(msg))
-                .await
-                .is_err()
-            {
+            if send(n, msg).await.is_err() {
                 break;
             }
         }
@@ -846,11 +866,26 @@ pub async fn task_result(
     if is_run_id(&args.task_id) {
         return reply_task(run_view(engine, &args.task_id, ctx, wait).await?);
     }
-    let task = tokio::select! {
-        t = engine.wait(&args.task_id, ctx.subject.as_deref(), wait) => t.map_err(engine_error)?,
-        _ = ctx.cancelled.cancelled() => engine.visible_task(&args.task_id, ctx.subject.as_deref()).await.map_err(engine_error)?,
+    // A client that asked for progress hears the task's events while it
+    // waits, and a heartbeat through long silences.
+    let progress = match (wait.is_zero(), engine.subscribe(&args.task_id)) {
+        (false, Some(events)) => {
+            let now = engine
+                .visible_task(&args.task_id, ctx.subject.as_deref())
+                .await
+                .map_err(engine_error)?;
+            spawn_progress(events, &now, ctx)
+        }
+        _ => None,
     };
-    reply_task(TaskView::of(&task, true))
+    let task = tokio::select! {
+        t = engine.wait(&args.task_id, ctx.subject.as_deref(), wait) => t.map_err(engine_error),
+        _ = ctx.cancelled.cancelled() => engine.visible_task(&args.task_id, ctx.subject.as_deref()).await.map_err(engine_error),
+    };
+    if let Some(p) = progress {
+        p.abort();
+    }
+    reply_task(TaskView::of(&task?, true))
 }
 
 /// `task_list`.

@@ -342,6 +342,11 @@ pub fn env_var_name(provider: &str, suffix: &str) -> String {
     s
 }
 
+/// Whole seconds in [`human_duration`]'s form (`45s`, `2m5s`), for elapsed times.
+pub(crate) fn human_duration_secs(d: Duration) -> String {
+    human_duration(Duration::from_secs(d.as_secs().max(1)))
+}
+
 /// Compact human form of a duration for messages: `250ms`, `1.5s`, `30s`, `2m5s`.
 pub(crate) fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
