@@ -241,7 +241,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents {
             action: Some(AgentsAction::Check),
         } => {
-            let (snap, _) = load_agents(&paths)?;
+            let (mut snap, config) = load_agents(&paths)?;
+            let undeclared = undeclared_servers(&snap, &config);
+            snap.diagnostics.extend(undeclared);
             Ok(check(&snap)?)
         }
         Command::Run(args) => runtime()?.block_on(crate::cli_tasks::run(paths, args)),
@@ -475,6 +477,38 @@ fn keys_cell(check: &crate::engine::KeyCheck) -> String {
     } else {
         format!("partial: {} unset", vars.join(", "))
     }
+}
+
+/// A warning for each agent tool `NAME/...` whose `[mcp_servers.NAME]` the
+/// config does not declare (its tools would never be offered).
+fn undeclared_servers(
+    snap: &Snapshot,
+    config: &crate::config::Config,
+) -> Vec<crate::diag::Diagnostic> {
+    let declared: Vec<&str> = config
+        .mcp_servers
+        .keys()
+        .map(|k| k.get_ref().as_str())
+        .collect();
+    let mut out = Vec::new();
+    for loaded in snap.agents.values() {
+        let a = &loaded.agent;
+        let policy = crate::engine::tools::Policy::of(a);
+        for server in policy.server_names() {
+            if !declared.contains(&server) {
+                let (line, col) = a.position("tools");
+                out.push(crate::diag::Diagnostic::warning(
+                    &a.source,
+                    line,
+                    col,
+                    format!(
+                        "`{server}/...` names no [mcp_servers.{server}] in dispatch.toml: the agent gets none of its tools until one is declared"
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn check(snap: &Snapshot) -> std::io::Result<ExitCode> {

@@ -312,3 +312,24 @@ fn check_finds_invalid_workflows_with_their_position() {
     }
     assert!(out.contains("1 agent(s) loaded from 2 file(s)"), "{out}");
 }
+
+#[test]
+fn check_warns_of_an_mcp_server_no_config_declares() {
+    let p = Project::new();
+    p.write_agent(
+        "gh.agent.md",
+        "---\nmodel: openai/gpt-4o\ntools: [github/*, docs/search, kb_read]\n---\nbody\n",
+    );
+    p.write(
+        "dispatch.toml",
+        "[mcp_servers.docs]\nurl = \"https://mcp.example.com/mcp\"\n",
+    );
+    let o = run(&["agents", "check"], &p);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("gh.agent.md:3:1: warning: `github/...` names no [mcp_servers.github]"),
+        "{out}"
+    );
+    assert!(!out.contains("[mcp_servers.docs]"), "{out}");
+}

@@ -226,8 +226,8 @@ impl Policy {
             .any(|(s, t)| s == server && t.as_deref().is_none_or(|t| t == tool))
     }
 
-    /// The servers the agent uses, each once.
-    fn server_names(&self) -> BTreeSet<&str> {
+    /// The `[mcp_servers]` the agent's tools name, each once.
+    pub fn server_names(&self) -> BTreeSet<&str> {
         self.servers.iter().map(|(s, _)| s.as_str()).collect()
     }
 
