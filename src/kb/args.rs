@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::WriteMode;
+use super::{ListOptions, SearchQuery, WriteMode};
 
 /// Arguments of `kb_read`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -65,4 +65,28 @@ pub struct KbSearchArgs {
     pub glob: Option<String>,
     /// Most matches to return; default 100, at most 1000.
     pub max_results: Option<usize>,
+}
+
+impl KbListArgs {
+    /// The listing options these arguments ask for.
+    pub fn options(&self) -> ListOptions {
+        ListOptions {
+            recursive: self.recursive,
+            limit: self.limit.unwrap_or(super::DEFAULT_LIST_LIMIT),
+            include_hidden: self.include_hidden,
+        }
+    }
+}
+
+impl From<KbSearchArgs> for SearchQuery {
+    fn from(a: KbSearchArgs) -> SearchQuery {
+        SearchQuery {
+            pattern: a.query,
+            regex: a.regex,
+            case_insensitive: a.case_insensitive,
+            path: a.path,
+            glob: a.glob,
+            max_results: a.max_results.unwrap_or(super::DEFAULT_MAX_RESULTS),
+        }
+    }
 }

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::diag::Diagnostic;
 use crate::engine::{CancelOutcome, Engine, UsageReport};
 pub use crate::kb::args::{KbListArgs, KbReadArgs, KbSearchArgs, KbWriteArgs};
-use crate::kb::{KbError, KbView, ListOptions, SearchQuery};
+use crate::kb::{KbError, KbView, SearchQuery};
 
 /// A tool call that failed in a way the caller can fix or should know about.
 #[derive(Debug, thiserror::Error)]
@@ -412,11 +412,7 @@ pub async fn call(
         }
         "kb_list" => {
             let a: KbListArgs = parse(spec.name, args)?;
-            let opts = ListOptions {
-                recursive: a.recursive,
-                limit: a.limit.unwrap_or(crate::kb::DEFAULT_LIST_LIMIT),
-                include_hidden: a.include_hidden,
-            };
+            let opts = a.options();
             blocking_json(app, caller, move |kb| {
                 kb.list(a.path.as_deref().unwrap_or(""), &opts)
             })
@@ -424,14 +420,7 @@ pub async fn call(
         }
         "kb_search" => {
             let a: KbSearchArgs = parse(spec.name, args)?;
-            let q = SearchQuery {
-                pattern: a.query,
-                regex: a.regex,
-                case_insensitive: a.case_insensitive,
-                path: a.path,
-                glob: a.glob,
-                max_results: a.max_results.unwrap_or(crate::kb::DEFAULT_MAX_RESULTS),
-            };
+            let q = SearchQuery::from(a);
             blocking_json(app, caller, move |kb| kb.search(&q)).await
         }
         other => Err(ToolError::UnknownTool(other.to_string())),

@@ -648,20 +648,7 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
                 chunk_count,
                 calls: &[],
             };
-            if stream {
-                let events = match format {
-                    Format::OpenAi => r.openai_events(include_usage),
-                    Format::Anthropic => r.anthropic_events(),
-                };
-                sse_response(events, flight, false)
-            } else {
-                flight.done = true;
-                let body = match format {
-                    Format::OpenAi => r.openai_json(),
-                    Format::Anthropic => r.anthropic_json(),
-                };
-                json_response(StatusCode::OK, &body.to_string())
-            }
+            r.respond(format, stream, include_usage, flight)
         }
         Behavior::Status {
             code,
@@ -730,20 +717,7 @@ async fn handle(shared: Arc<Shared>, format: Format, headers: HeaderMap, body: B
                 chunk_count: 2,
                 calls: &calls,
             };
-            if stream {
-                let events = match format {
-                    Format::OpenAi => r.openai_events(include_usage),
-                    Format::Anthropic => r.anthropic_events(),
-                };
-                sse_response(events, flight, false)
-            } else {
-                flight.done = true;
-                let body = match format {
-                    Format::OpenAi => r.openai_json(),
-                    Format::Anthropic => r.anthropic_json(),
-                };
-                json_response(StatusCode::OK, &body.to_string())
-            }
+            r.respond(format, stream, include_usage, flight)
         }
         Behavior::Hang => std::future::pending::<Response>().await,
         Behavior::Malformed => {
@@ -834,6 +808,30 @@ fn halves(s: &str) -> (String, String) {
 }
 
 impl Reply<'_> {
+    /// The answer in `format`, streamed or whole.
+    fn respond(
+        &self,
+        format: Format,
+        stream: bool,
+        include_usage: bool,
+        mut flight: Flight,
+    ) -> Response {
+        if stream {
+            let events = match format {
+                Format::OpenAi => self.openai_events(include_usage),
+                Format::Anthropic => self.anthropic_events(),
+            };
+            sse_response(events, flight, false)
+        } else {
+            flight.done = true;
+            let body = match format {
+                Format::OpenAi => self.openai_json(),
+                Format::Anthropic => self.anthropic_json(),
+            };
+            json_response(StatusCode::OK, &body.to_string())
+        }
+    }
+
     fn finish_openai(&self) -> &'static str {
         if self.calls.is_empty() {
             "stop"

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::kb::args::{KbListArgs, KbReadArgs, KbSearchArgs, KbWriteArgs};
-use crate::kb::{KbView, ListOptions, SearchQuery};
+use crate::kb::{KbView, SearchQuery};
 use crate::provider::ToolSpec;
 
 pub use external::{ExternalTool, ExternalTools, model_name};
@@ -568,11 +568,7 @@ fn kb_tool(kb: &KbView, b: Builtin, args: Value) -> Result<ToolOutput, ToolOutpu
         }
         Builtin::KbList => {
             let a: KbListArgs = parse(name, args)?;
-            let opts = ListOptions {
-                recursive: a.recursive,
-                limit: a.limit.unwrap_or(crate::kb::DEFAULT_LIST_LIMIT),
-                include_hidden: a.include_hidden,
-            };
+            let opts = a.options();
             json_text(
                 &kb.list(a.path.as_deref().unwrap_or(""), &opts)
                     .map_err(failed)?,
@@ -580,14 +576,7 @@ fn kb_tool(kb: &KbView, b: Builtin, args: Value) -> Result<ToolOutput, ToolOutpu
         }
         _ => {
             let a: KbSearchArgs = parse(name, args)?;
-            let q = SearchQuery {
-                pattern: a.query,
-                regex: a.regex,
-                case_insensitive: a.case_insensitive,
-                path: a.path,
-                glob: a.glob,
-                max_results: a.max_results.unwrap_or(crate::kb::DEFAULT_MAX_RESULTS),
-            };
+            let q = SearchQuery::from(a);
             json_text(&kb.search(&q).map_err(failed)?)
         }
     })
