@@ -316,44 +316,7 @@ pub async fn task(paths: Paths, id: &str, json: bool) -> anyhow::Result<ExitCode
 }
 
 fn turn_line(t: &crate::task::Turn) -> String {
-    use crate::task::TurnEvent;
-    let what = match &t.event {
-        TurnEvent::Model { model, calls, .. } => {
-            let calls: Vec<String> = calls
-                .iter()
-                .map(|c| crate::provider::clip(&format!("{}({})", c.name, c.arguments), 120))
-                .collect();
-            format!("{model} asked for {}", calls.join(", "))
-        }
-        TurnEvent::ChildStarted {
-            agent,
-            child_task_id,
-            ..
-        } => format!("child task {child_task_id} ({agent})"),
-        TurnEvent::ToolResult {
-            name,
-            content,
-            is_error,
-            bytes,
-            latency_ms,
-            child_task_id,
-            ..
-        } => {
-            let child = child_task_id
-                .as_deref()
-                .map(|c| format!(" [child {c}]"))
-                .unwrap_or_default();
-            if *is_error {
-                format!(
-                    "{name} ERROR in {latency_ms} ms: {}{child}",
-                    crate::provider::clip(content, 200)
-                )
-            } else {
-                format!("{name} returned {bytes} bytes in {latency_ms} ms{child}")
-            }
-        }
-    };
-    format!("#{} answer {} · {what}", t.seq, t.answer)
+    format!("#{} answer {} · {}", t.seq, t.answer, t.event.describe())
 }
 
 fn call_line(a: &Attempt) -> String {

@@ -620,6 +620,48 @@ pub struct ToolCallRecord {
 }
 
 impl TurnEvent {
+    /// One line for people (`dispatch task`, the outbox file): the calls a
+    /// model asked for, a child started, or a result's size, time or error.
+    pub fn describe(&self) -> String {
+        let clip = crate::provider::clip;
+        match self {
+            TurnEvent::Model { model, calls, .. } => {
+                let calls: Vec<String> = calls
+                    .iter()
+                    .map(|c| clip(&format!("{}({})", c.name, c.arguments), 120))
+                    .collect();
+                format!("{model} asked for {}", calls.join(", "))
+            }
+            TurnEvent::ChildStarted {
+                agent,
+                child_task_id,
+                ..
+            } => format!("child task {child_task_id} ({agent}) started"),
+            TurnEvent::ToolResult {
+                name,
+                content,
+                is_error,
+                bytes,
+                latency_ms,
+                child_task_id,
+                ..
+            } => {
+                let child = child_task_id
+                    .as_deref()
+                    .map(|c| format!(" [child {c}]"))
+                    .unwrap_or_default();
+                if *is_error {
+                    format!(
+                        "{name} ERROR in {latency_ms} ms: {}{child}",
+                        clip(content, 200)
+                    )
+                } else {
+                    format!("{name} returned {bytes} bytes in {latency_ms} ms{child}")
+                }
+            }
+        }
+    }
+
     /// The stable code of the kind.
     pub fn kind(&self) -> &'static str {
         match self {

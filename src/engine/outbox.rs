@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Engine;
 use super::audit::AuditTrail;
 use crate::kb::WriteMode;
-use crate::task::{Attempt, Millis, Task, TaskState, Turn, TurnEvent};
+use crate::task::{Attempt, Millis, Task, TaskState, Turn};
 
 #[derive(Serialize)]
 struct Header<'a> {
@@ -180,55 +180,15 @@ pub fn render(
     doc
 }
 
-/// The tool loop: one row per model turn and per tool result.
+/// The tool loop: one row per model turn, child and tool result.
 fn render_turns(doc: &mut String, turns: &[Turn]) {
     if turns.is_empty() {
         return;
     }
-    doc.push_str("\n## Tool calls\n\n| # | answer | what | detail |\n|---|---|---|---|\n");
-    let cell = |s: &str| {
-        crate::provider::clip(s, 160)
-            .replace('|', "\\|")
-            .replace('\n', " ")
-    };
+    doc.push_str("\n## Tool calls\n\n| # | answer | turn |\n|---|---|---|\n");
     for t in turns {
-        let (what, detail) = match &t.event {
-            TurnEvent::Model { model, calls, .. } => (
-                format!("{model} asked"),
-                calls
-                    .iter()
-                    .map(|c| format!("{}({})", c.name, c.arguments))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
-            TurnEvent::ChildStarted {
-                agent,
-                child_task_id,
-                ..
-            } => (format!("child {agent}"), format!("task {child_task_id}")),
-            TurnEvent::ToolResult {
-                name,
-                content,
-                is_error,
-                bytes,
-                latency_ms,
-                ..
-            } => (
-                format!("{name} {}", if *is_error { "error" } else { "result" }),
-                if *is_error {
-                    content.clone()
-                } else {
-                    format!("{bytes} bytes, {latency_ms} ms")
-                },
-            ),
-        };
-        doc.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
-            t.seq,
-            t.answer,
-            cell(&what),
-            cell(&detail)
-        ));
+        let cell = t.event.describe().replace('|', "\\|").replace('\n', " ");
+        doc.push_str(&format!("| {} | {} | {cell} |\n", t.seq, t.answer));
     }
 }
 
