@@ -930,3 +930,33 @@ async fn a_key_the_model_writes_into_a_tool_call_never_reaches_the_kb() {
     let s = status(&c, &id(&v)).await;
     assert!(!s.to_string().contains(OPENAI_KEY), "{s:#}");
 }
+
+#[tokio::test]
+async fn a_parent_waiting_on_several_children_at_once_gets_its_one_slot_back() {
+    // `fan` may run one task at a time: while it waits on its children it
+    // gives its slot up, and takes it back once, when the last one is done.
+    let fx = Fx::new(
+        &[
+            ("fan", &actor("openai/fan", "agent_run", "")),
+            ("leaf", &agent("openai/leaf")),
+        ],
+        "[limits.agents]\nfan = 1\n",
+    )
+    .await;
+    fx.fake.queue_model(
+        "fan",
+        [
+            Behavior::calls(&[
+                ("agent_run", json!({"agent": "leaf", "input": "1"})),
+                ("agent_run", json!({"agent": "leaf", "input": "2"})),
+                ("agent_run", json!({"agent": "leaf", "input": "3"})),
+            ]),
+            Behavior::reply("all back"),
+        ],
+    );
+    fx.fake.on_model("leaf", Behavior::reply("leaf"));
+    let c = fx.connect().await;
+    let v = run(&c, "fan", json!("fan out")).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["output"], "all back");
+}

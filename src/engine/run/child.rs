@@ -145,13 +145,11 @@ async fn attach(ctx: &RunCtx<'_>, id: &TaskId, args: AgentRunArgs) -> ToolOutput
         subject: subject.clone(),
         armed: true,
     };
-    let held = ctx.permits.lock().unwrap_or_else(|p| p.into_inner()).take();
-    drop(held);
+    ctx.slots.release();
     let waited = engine
         .wait(id, subject.as_deref(), Duration::from_secs(365 * 86_400))
         .await;
-    let permits = engine.admit(&ctx.task.agent).await;
-    *ctx.permits.lock().unwrap_or_else(|p| p.into_inner()) = Some(permits);
+    ctx.slots.regain(engine, &ctx.task.agent).await;
     let mut guard = guard;
     guard.armed = false;
     match waited {

@@ -66,8 +66,57 @@ pub(super) struct RunCtx<'a> {
     pub tree: Option<Tree>,
     /// Every turn of the task's tool loops so far (earlier runs' too).
     pub turns: Arc<Mutex<Vec<Turn>>>,
-    /// The concurrency slots held, given up while the task waits on a child.
-    pub permits: Arc<Mutex<Option<Permits>>>,
+    /// The concurrency slots held, given up while the task waits on children.
+    pub slots: Slots,
+}
+
+/// A task's concurrency slots, which it gives up while it waits on its
+/// children: the first child waited on takes them away, the last one done
+/// brings them back, so a task holds one slot however many children it
+/// waits on at once (taking one back per child would wait on itself).
+pub(super) struct Slots {
+    held: Mutex<Option<Permits>>,
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Held while the slots are taken back, so two children ending together
+    /// do not both take them.
+    regain: tokio::sync::Mutex<()>,
+}
+
+impl Slots {
+    /// Slots already held by the driver.
+    pub(super) fn new(permits: Permits) -> Slots {
+        Slots {
+            held: Mutex::new(Some(permits)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            regain: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A wait on a child begins.
+    pub(super) fn release(&self) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(held);
+        }
+    }
+
+    /// A wait on a child ended: after the last one, take the slots back.
+    pub(super) async fn regain(&self, engine: &Engine, agent: &str) {
+        let _one = self.regain.lock().await;
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let permits = engine.admit(agent).await;
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(permits);
+    }
 }
 
 /// Why a provider call did not answer.

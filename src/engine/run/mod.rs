@@ -176,7 +176,7 @@ async fn run_admitted(
             trail: trail.clone(),
             tree,
             turns: turns.clone(),
-            permits: Arc::new(Mutex::new(Some(permits))),
+            slots: ctx::Slots::new(permits),
         };
         let requeue = engine.requeue_now.clone();
         tokio::select! {
