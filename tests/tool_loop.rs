@@ -649,6 +649,12 @@ async fn file_tools_read_the_project_but_not_its_secrets() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("passwd"), "root:x:0:0\n").unwrap();
     std::os::unix::fs::symlink(outside.path(), fx.p.root().join("link")).unwrap();
+    // A FIFO nobody writes to: opening it must not block the tool.
+    let made = std::process::Command::new("mkfifo")
+        .arg(fx.p.root().join("pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
     fx.fake.queue_model(
         "dev",
         [
@@ -662,6 +668,7 @@ async fn file_tools_read_the_project_but_not_its_secrets() {
                 ("file_read", json!({"path": "../outside"})),
                 ("file_search", json!({"pattern": "fn answer"})),
                 ("file_read", json!({"path": "keys.txt"})),
+                ("file_read", json!({"path": "pipe"})),
             ]),
             Behavior::reply("Read."),
         ],
@@ -670,7 +677,7 @@ async fn file_tools_read_the_project_but_not_its_secrets() {
     let v = run(&c, "dev", json!("look around")).await;
     assert_eq!(v["state"], "succeeded", "{v:#}");
     let r = tool_contents(&messages(&fx, "dev", 1));
-    assert_eq!(r.len(), 9, "{r:#?}");
+    assert_eq!(r.len(), 10, "{r:#?}");
     let listing: Value = serde_json::from_str(&r[0]).unwrap();
     let paths: Vec<&str> = listing["entries"]
         .as_array()

@@ -122,6 +122,18 @@ impl ProjectFiles {
         })
     }
 
+    /// Open `rel` for reading beneath the root without blocking (a FIFO
+    /// would hold the thread until a writer came), checked to be a regular
+    /// file once open.
+    fn open_regular(&self, rel: &Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+        use cap_std::fs::OpenOptionsExt;
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).custom_flags(libc::O_NONBLOCK);
+        let file = self.dir.open_with(rel, &opts)?.into_std();
+        let meta = file.metadata()?;
+        Ok(meta.is_file().then_some((file, meta.len())))
+    }
+
     pub(super) fn run(&self, b: Builtin, args: Value) -> Result<ToolOutput, ToolOutput> {
         let name = b.name();
         match b {
@@ -193,15 +205,12 @@ impl ProjectFiles {
     fn read(&self, a: FileReadArgs) -> Result<ToolOutput, ToolOutput> {
         let rel = self.checked(&a.path)?;
         let failed = |e: std::io::Error| ToolOutput::error(format!("file_read `{}`: {e}", a.path));
-        let mut f = self.dir.open(&rel).map_err(failed)?;
-        let meta = f.metadata().map_err(failed)?;
-        if !meta.is_file() {
+        let Some((mut f, size)) = self.open_regular(&rel).map_err(failed)? else {
             return Err(ToolOutput::error(format!(
-                "`{}` is not a file: use file_list for folders",
+                "`{}` is not a regular file: use file_list for folders",
                 a.path
             )));
-        }
-        let size = meta.len();
+        };
         let offset = a.offset.unwrap_or(0).min(size);
         let limit = a.limit.unwrap_or(DEFAULT_READ).clamp(1, MAX_READ);
         let mut buf = Vec::new();
@@ -283,7 +292,8 @@ impl ProjectFiles {
             let kind = match ft {
                 Some(t) if t.is_dir() => "dir",
                 Some(t) if t.is_symlink() => "link",
-                _ => "file",
+                Some(t) if t.is_file() => "file",
+                _ => "other",
             };
             let size = dent.metadata().map(|m| m.len()).unwrap_or(0);
             entries.push(FileEntry {
@@ -314,7 +324,9 @@ impl ProjectFiles {
                 continue;
             }
             let rel = self.relative(dent.path());
-            let Ok(f) = self.dir.open(&rel) else { continue };
+            let Ok(Some((f, _))) = self.open_regular(Path::new(&rel)) else {
+                continue;
+            };
             let mut buf = Vec::new();
             if f.take(MAX_SEARCH_FILE).read_to_end(&mut buf).is_err() || buf.contains(&0) {
                 continue;
