@@ -182,25 +182,14 @@ pub(super) async fn route(
         }
         attempts = logs
             .into_iter()
-            .map(|log| Attempt {
-                task_id: String::new(),
-                seq: 0,
-                kind: AttemptKind::Routing,
-                agent: classifier.name.clone(),
-                provider: log.provider,
-                model: log.model,
-                started_at: log.started_at,
-                latency_ms: log.latency_ms,
-                ok: log.ok,
-                http_status: log.http_status,
-                error: log.error,
-                input_tokens: log.usage.input_tokens,
-                output_tokens: log.usage.output_tokens,
-                cost_usd: log.cost_usd,
-                cost_source: log.cost_source,
-                verdict: None,
-                revision_message: None,
-                output: None,
+            .map(|log| {
+                super::run::attempt_of(
+                    log,
+                    String::new(),
+                    0,
+                    AttemptKind::Routing,
+                    classifier.name.clone(),
+                )
             })
             .collect();
         match result {

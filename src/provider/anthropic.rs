@@ -442,7 +442,7 @@ mod tests {
                 Step::More
             ));
         }
-        let r = asm.finish_for_tests();
+        let r = asm.finish();
         assert_eq!(r.text, "Hm.");
         assert_eq!(r.tool_calls.len(), 2);
         assert_eq!(r.tool_calls[0].arguments, r#"{"path": "a.md"}"#);

@@ -560,7 +560,7 @@ mod tests {
         for c in &chunks {
             apply_chunk(&ep(), c, &mut asm, None).unwrap();
         }
-        let r = asm.finish_for_tests();
+        let r = asm.finish();
         assert_eq!(r.tool_calls.len(), 2);
         assert_eq!(r.tool_calls[0].name, "kb_read");
         assert_eq!(r.tool_calls[0].arguments, r#"{"path":1}"#);

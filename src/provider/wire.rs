@@ -86,7 +86,7 @@ impl Assembly {
 
     /// The finished answer. A call with no arguments at all gets `{}`; one
     /// the provider gave no id gets one made from its index.
-    fn finish(mut self) -> ChatResponse {
+    pub(super) fn finish(mut self) -> ChatResponse {
         self.response.tool_calls = self
             .calls
             .into_iter()
@@ -101,14 +101,6 @@ impl Assembly {
             })
             .collect();
         self.response
-    }
-}
-
-#[cfg(test)]
-impl Assembly {
-    /// [`Assembly::finish`], for the formats' tests.
-    pub(super) fn finish_for_tests(self) -> ChatResponse {
-        self.finish()
     }
 }
 

@@ -203,26 +203,8 @@ impl RunCtx<'_> {
                 (log.cost_usd.max(0.0) * 1e6).round() as u64,
                 Ordering::Relaxed,
             );
-            let attempt = Attempt {
-                task_id: task_id.clone(),
-                seq,
-                kind,
-                agent: agent.clone(),
-                provider: log.provider,
-                model: log.model,
-                started_at: log.started_at,
-                latency_ms: log.latency_ms,
-                ok: log.ok,
-                http_status: log.http_status,
-                error: log.error,
-                input_tokens: log.usage.input_tokens,
-                output_tokens: log.usage.output_tokens,
-                cost_usd: log.cost_usd,
-                cost_source: log.cost_source,
-                verdict: None,
-                revision_message: revision.clone(),
-                output: None,
-            };
+            let mut attempt = attempt_of(log, task_id.clone(), seq, kind, agent.clone());
+            attempt.revision_message = revision.clone();
             if attempt.ok {
                 *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(attempt);
             } else {
@@ -465,6 +447,36 @@ impl RunCtx<'_> {
         if let Err(e) = self.engine.store.update_task(&t, TaskState::Running).await {
             tracing::warn!(task = %t.id, error = %e, "cannot record the audit trail yet");
         }
+    }
+}
+
+/// A provider call as a task's attempt (no verdict, revision or output yet).
+pub(in crate::engine) fn attempt_of(
+    log: AttemptLog,
+    task_id: String,
+    seq: u32,
+    kind: AttemptKind,
+    agent: String,
+) -> Attempt {
+    Attempt {
+        task_id,
+        seq,
+        kind,
+        agent,
+        provider: log.provider,
+        model: log.model,
+        started_at: log.started_at,
+        latency_ms: log.latency_ms,
+        ok: log.ok,
+        http_status: log.http_status,
+        error: log.error,
+        input_tokens: log.usage.input_tokens,
+        output_tokens: log.usage.output_tokens,
+        cost_usd: log.cost_usd,
+        cost_source: log.cost_source,
+        verdict: None,
+        revision_message: None,
+        output: None,
     }
 }
 

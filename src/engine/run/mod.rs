@@ -31,6 +31,7 @@ pub(crate) use dry::dry_run;
 use answers::run_agent;
 use attempts::{Attempts, Closed, Tally};
 use ctx::RunCtx;
+pub(super) use ctx::attempt_of;
 
 /// How a run ended, before it is persisted.
 enum Outcome {
