@@ -244,6 +244,9 @@ pub struct Config {
     /// Progress notifications.
     #[serde(default)]
     pub progress: ProgressSection,
+    /// MCP tasks (task-augmented `tools/call`).
+    #[serde(default)]
+    pub tasks: TasksSection,
     /// OAuth2 resource server for HTTP: without it, HTTP is unauthenticated.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
@@ -422,6 +425,29 @@ pub struct ProgressSection {
 impl Default for ProgressSection {
     fn default() -> Self {
         ProgressSection { heartbeat_secs: 10 }
+    }
+}
+
+/// `[tasks]`: how long MCP tasks are kept and how often clients poll them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksSection {
+    /// Retention of a finished task when the client asks for none, seconds
+    /// from its creation (a task still working is never forgotten).
+    pub default_ttl_secs: u64,
+    /// The longest retention a client may ask for, seconds; longer asks are cut to it.
+    pub max_ttl_secs: u64,
+    /// The `pollInterval` clients are given, milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for TasksSection {
+    fn default() -> Self {
+        TasksSection {
+            default_ttl_secs: 24 * 3600,
+            max_ttl_secs: 7 * 24 * 3600,
+            poll_interval_ms: 1_000,
+        }
     }
 }
 

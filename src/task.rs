@@ -722,3 +722,44 @@ pub struct TreeCharge {
     /// Money spent, micro-USD.
     pub spend_micros: i64,
 }
+
+/// A task or workflow run that a client started as an MCP task (a
+/// task-augmented `tools/call`): what the protocol keeps beside the work.
+/// Its id is the task's or run's own id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClientTask {
+    /// The task id (`01…`) or run id (`run-…`).
+    pub id: String,
+    /// The tool that started it (its result is that tool's result).
+    pub tool: String,
+    /// Whose it is; `None` when the caller was not authenticated.
+    pub subject: Option<String>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// How long after its creation a finished one is kept, ms; `None`: for ever.
+    pub ttl_ms: Option<u64>,
+    /// How often a client is asked to poll it, ms.
+    pub poll_ms: u64,
+}
+
+impl ClientTask {
+    /// Whether it is past its retention at `now` (only finished work is
+    /// forgotten: the caller decides that with `finished`).
+    pub fn expired(&self, now: Millis, finished: bool) -> bool {
+        finished
+            && self.ttl_ms.is_some_and(|ttl| {
+                self.created_at
+                    .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+                    <= now
+            })
+    }
+}
+
+/// One page of client tasks, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTaskPage {
+    /// The tasks.
+    pub tasks: Vec<ClientTask>,
+    /// Pass this to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}

@@ -21,8 +21,8 @@ use dispatch::store::{
     SqliteStore, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
 };
 use dispatch::task::{
-    Attempt, AttemptKind, CostSource, Run, RunState, StepRecord, Task, TaskState, Tree, TreeCharge,
-    Turn, now_millis,
+    Attempt, AttemptKind, ClientTask, ClientTaskPage, CostSource, Run, RunState, StepRecord, Task,
+    TaskState, Tree, TreeCharge, Turn, now_millis,
 };
 use fake_provider::{Behavior, FakeProvider};
 use serde_json::json;
@@ -145,6 +145,20 @@ impl Store for Faulty {
     }
     fn charge_tree<'a>(&'a self, root_id: &'a str, charge: TreeCharge) -> StoreFuture<'a, ()> {
         self.inner.charge_tree(root_id, charge)
+    }
+    fn put_client_task<'a>(&'a self, task: &'a ClientTask) -> StoreFuture<'a, ()> {
+        self.inner.put_client_task(task)
+    }
+    fn get_client_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ClientTask>> {
+        self.inner.get_client_task(id)
+    }
+    fn list_client_tasks<'a>(
+        &'a self,
+        subject: Option<&'a str>,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, ClientTaskPage> {
+        self.inner.list_client_tasks(subject, cursor, limit)
     }
     fn close(&self) -> StoreFuture<'_, ()> {
         self.inner.close()

@@ -3,9 +3,11 @@
 //! ([`crate::app::App`]) and turns every failure into something a model can read.
 
 pub mod client;
+pub mod client_tasks;
 pub mod resources;
 pub mod schema;
 pub mod stdio;
+pub mod task_wire;
 pub mod tasks;
 pub mod tools;
 pub mod workflows;
@@ -168,11 +170,156 @@ fn clip_error(mut text: String) -> String {
     text
 }
 
+/// A tool's outcome as the `CallToolResult` a client gets: the same for a
+/// plain call and for the result of an MCP task.
+pub(crate) fn call_result(
+    name: &str,
+    outcome: Result<tools::ToolReply, tools::ToolError>,
+) -> CallToolResult {
+    match outcome {
+        Ok(reply) => {
+            let text = reply.text.unwrap_or_else(|| {
+                serde_json::to_string_pretty(&reply.structured)
+                    .unwrap_or_else(|_| reply.structured.to_string())
+            });
+            let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+            r.structured_content = Some(reply.structured);
+            r
+        }
+        Err(e) => {
+            let text = clip_error(e.to_string());
+            tracing::debug!(tool = %name, error = %text, "tool call failed");
+            CallToolResult::error(vec![ContentBlock::text(text)])
+        }
+    }
+}
+
 fn kb_error_to_mcp(e: KbError) -> McpError {
     if e.is_user_error() {
         McpError::resource_not_found(e.to_string(), None)
     } else {
         McpError::internal_error(e.to_string(), None)
+    }
+}
+
+impl DispatchServer {
+    /// What a request's handler knows of its caller.
+    fn call_ctx(
+        &self,
+        principal: Option<Principal>,
+        progress_token: Option<rmcp::model::ProgressToken>,
+        context: &RequestContext<RoleServer>,
+    ) -> tasks::CallCtx {
+        tasks::CallCtx {
+            peer: Some(context.peer.clone()),
+            progress_token,
+            cancelled: context.ct.clone(),
+            subject: principal.map(|p| p.subject),
+            transport: self.transport,
+            heartbeat: match self.app.config.progress.heartbeat_secs {
+                0 => None,
+                s => Some(std::time::Duration::from_secs(s)),
+            },
+        }
+    }
+
+    /// The 2025-11-25 task methods ([`task_wire`] renamed the ones rmcp
+    /// knows by another generation's meaning).
+    async fn task_method(
+        &self,
+        request: rmcp::model::CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<serde_json::Value, McpError> {
+        let principal = self
+            .principal_of(&context.extensions)
+            .map_err(|e| McpError::invalid_request(e, None))?;
+        let params = request.params.unwrap_or(serde_json::Value::Null);
+        let method = request.method.as_str();
+        // The HTTP layer checked the scope under the method's wire name; this
+        // keeps the rule for every transport.
+        if let Some(p) = &principal {
+            let needed = match method {
+                task_wire::CALL => Some(crate::auth::required_scope(
+                    params.get("name").and_then(|n| n.as_str()).unwrap_or(""),
+                )),
+                task_wire::CANCEL => Some(crate::auth::Scope::Run),
+                _ => Some(crate::auth::Scope::Read),
+            };
+            if let Some(needed) = needed.filter(|s| !p.has(*s)) {
+                return Err(McpError::invalid_request(
+                    format!(
+                        "insufficient_scope: {method} needs the scope {}",
+                        needed.as_str()
+                    ),
+                    None,
+                ));
+            }
+        }
+        let progress_token = params
+            .get("_meta")
+            .and_then(|m| m.get("progressToken"))
+            .cloned()
+            .and_then(|t| serde_json::from_value(t).ok());
+        let call = self.call_ctx(principal, progress_token, &context);
+        let api = client_tasks::Tasks {
+            engine: &self.engine,
+            config: &self.app.config.tasks,
+            call: &call,
+        };
+        let task_id = || -> Result<String, McpError> {
+            params
+                .get("taskId")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    McpError::invalid_params(
+                        format!("{method} needs params.taskId (a string)"),
+                        None,
+                    )
+                })
+        };
+        let answer = match method {
+            task_wire::CALL => {
+                let name = params.get("name").and_then(|n| n.as_str()).unwrap_or("");
+                let arguments = match params.get("arguments") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::Object(o)) => Some(o.clone()),
+                    Some(_) => {
+                        return Err(McpError::invalid_params(
+                            "tools/call params.arguments must be an object",
+                            None,
+                        ));
+                    }
+                };
+                let ttl = params
+                    .get("task")
+                    .and_then(|t| t.get("ttl"))
+                    .and_then(serde_json::Value::as_u64);
+                let create = api.create(name, arguments, ttl);
+                match &self.calls {
+                    Some(t) => t.track_future(create).await,
+                    None => create.await,
+                }
+            }
+            task_wire::GET => api.get(&task_id()?).await,
+            task_wire::RESULT => api.result(&task_id()?).await,
+            task_wire::CANCEL => api.cancel(&task_id()?).await,
+            task_wire::LIST => {
+                let cursor = params.get("cursor").and_then(|c| c.as_str());
+                api.list(cursor).await
+            }
+            other => {
+                return Err(McpError::new(
+                    rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                    format!(
+                        "method not found: {}",
+                        other.chars().take(80).collect::<String>()
+                    ),
+                    None,
+                ));
+            }
+        };
+        answer.map_err(|e| McpError::new(e.code(), clip_error(e.to_string()), None))
     }
 }
 
@@ -259,17 +406,7 @@ impl ServerHandler for DispatchServer {
             .as_ref()
             .and_then(|m| m.get_progress_token())
             .or_else(|| context.meta.get_progress_token());
-        let caller = tasks::CallCtx {
-            peer: Some(context.peer.clone()),
-            progress_token,
-            cancelled: context.ct.clone(),
-            subject: principal.map(|p| p.subject),
-            transport: self.transport,
-            heartbeat: match self.app.config.progress.heartbeat_secs {
-                0 => None,
-                s => Some(std::time::Duration::from_secs(s)),
-            },
-        };
+        let caller = self.call_ctx(principal, progress_token, &context);
         let ctx = tools::Ctx {
             app: &self.app,
             engine: &self.engine,
@@ -281,23 +418,17 @@ impl ServerHandler for DispatchServer {
             Some(t) => t.track_future(call).await,
             None => call.await,
         };
-        let result = match outcome {
-            Ok(reply) => {
-                let text = reply.text.unwrap_or_else(|| {
-                    serde_json::to_string_pretty(&reply.structured)
-                        .unwrap_or_else(|_| reply.structured.to_string())
-                });
-                let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
-                r.structured_content = Some(reply.structured);
-                r
-            }
-            Err(e) => {
-                let text = clip_error(e.to_string());
-                tracing::debug!(tool = %name, error = %text, "tool call failed");
-                CallToolResult::error(vec![ContentBlock::text(text)])
-            }
-        };
-        Ok(result.into())
+        Ok(call_result(&name, outcome).into())
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, McpError> {
+        self.task_method(request, context)
+            .await
+            .map(rmcp::model::CustomResult::new)
     }
 
     async fn list_resources(

@@ -13,8 +13,11 @@
 //! written whole, one per line, in the order they are handed to it.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
+use super::task_wire;
 use rmcp::RoleServer;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::Transport;
@@ -32,6 +35,37 @@ const MAX_ECHO_CHARS: usize = 200;
 pub struct LineTransport {
     incoming: mpsc::Receiver<ClientJsonRpcMessage>,
     out: mpsc::UnboundedSender<Vec<u8>>,
+    /// Requests whose answers [`task_wire::outbound`] completes, by id.
+    answers: Pending,
+}
+
+/// Requests whose answers need completing, by JSON-RPC id.
+type Pending = Arc<Mutex<HashMap<String, task_wire::Answer>>>;
+
+impl LineTransport {
+    /// The message as it goes out: an answer [`task_wire`] marked is completed.
+    fn complete(&self, item: &ServerJsonRpcMessage) -> serde_json::Result<Vec<u8>> {
+        let pending = {
+            let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            !answers.is_empty()
+        };
+        if !pending {
+            return serde_json::to_vec(item);
+        }
+        let mut v = serde_json::to_value(item)?;
+        let answer = task_wire::id_key(&v)
+            .filter(|_| v.get("method").is_none())
+            .and_then(|id| {
+                self.answers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id)
+            });
+        if let Some(answer) = answer {
+            task_wire::outbound(answer, &mut v);
+        }
+        serde_json::to_vec(&v)
+    }
 }
 
 impl Transport<RoleServer> for LineTransport {
@@ -46,7 +80,7 @@ impl Transport<RoleServer> for LineTransport {
         item: ServerJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         // Serialised here, in call order, so lines go out in that order.
-        let line = serde_json::to_vec(&item).map(|mut v| {
+        let line = self.complete(&item).map(|mut v| {
             v.push(b'\n');
             v
         });
@@ -88,9 +122,11 @@ where
     let (to_rmcp, incoming) = mpsc::channel(64);
     let (out, lines) = mpsc::unbounded_channel();
     let replies = out.clone();
+    let answers = Pending::default();
+    let marks = answers.clone();
     let reader = tokio::spawn(async move {
         read_lines(input, |line| {
-            classify(line, to_rmcp.clone(), replies.clone())
+            classify(line, to_rmcp.clone(), replies.clone(), marks.clone())
         })
         .await;
         on_eof();
@@ -98,7 +134,11 @@ where
     });
     let writer = tokio::spawn(write_lines(output, lines));
     Stdio {
-        transport: LineTransport { incoming, out },
+        transport: LineTransport {
+            incoming,
+            out,
+            answers,
+        },
         reader,
         writer,
     }
@@ -187,6 +227,7 @@ async fn classify(
     line: Line,
     to_rmcp: mpsc::Sender<ClientJsonRpcMessage>,
     replies: mpsc::UnboundedSender<Vec<u8>>,
+    answers: Pending,
 ) {
     let replies = &replies;
     let bytes = match line {
@@ -206,6 +247,24 @@ async fn classify(
     let bytes = bytes.as_slice();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return;
+    }
+    if task_wire::may_concern(bytes)
+        && let Ok(mut v) = serde_json::from_slice::<Value>(bytes)
+        && v.is_object()
+    {
+        let answer = task_wire::inbound(&mut v);
+        if let Ok(msg) = serde_json::from_value::<ClientJsonRpcMessage>(v.clone()) {
+            if let (task_wire::Answer::Initialize | task_wire::Answer::ToolsList, Some(id)) =
+                (answer, task_wire::id_key(&v))
+            {
+                answers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, answer);
+            }
+            let _ = to_rmcp.send(msg).await;
+            return;
+        }
     }
     if let Ok(msg) = serde_json::from_slice::<ClientJsonRpcMessage>(bytes) {
         // rmcp gone means the server is stopping; nothing to answer with.

@@ -417,13 +417,13 @@ pub struct TaskView {
     pub hint: Option<String>,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(super) fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 impl TaskView {
-    fn of(t: &Task, with_output: bool) -> TaskView {
+    pub(super) fn of(t: &Task, with_output: bool) -> TaskView {
         let done = t.state.is_terminal();
         TaskView {
             task_id: t.id.clone(),
@@ -624,7 +624,7 @@ fn run_as_task(v: RunView) -> Result<TaskView, ToolError> {
 }
 
 /// A run (waited for up to `wait`) as a task view.
-async fn run_view(
+pub(super) async fn run_view(
     engine: &Arc<Engine>,
     id: &str,
     ctx: &CallCtx,
@@ -645,6 +645,64 @@ async fn run_view(
     Ok(t)
 }
 
+/// Work a tool call started: a task with its event feed, or a workflow run.
+pub enum Started {
+    /// A task (`agent_run` on an agent, `agent_delegate`).
+    Task(
+        Box<Task>,
+        tokio::sync::broadcast::Receiver<crate::engine::TaskEvent>,
+    ),
+    /// A workflow run (`agent_run` on a workflow, `workflow_run`).
+    Run(Box<crate::task::Run>),
+}
+
+impl Started {
+    /// The task's or run's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Started::Task(t, _) => &t.id,
+            Started::Run(r) => &r.id,
+        }
+    }
+
+    /// When the task or run was created.
+    pub fn created_at(&self) -> crate::task::Millis {
+        match self {
+            Started::Task(t, _) => t.created_at,
+            Started::Run(r) => r.created_at,
+        }
+    }
+}
+
+/// `agent_run`'s first half, shared by the plain call and the MCP task:
+/// submit the task, or start the workflow the agent (or `dag`) names.
+pub async fn start_agent_run(
+    engine: &Arc<Engine>,
+    args: AgentRunArgs,
+    ctx: &CallCtx,
+) -> Result<Started, ToolError> {
+    let is_workflow =
+        args.dag.is_some() || engine.agent(&args.agent).is_ok_and(|a| a.is_workflow());
+    let limits = call_limits(args.budget_usd, args.max_depth)?;
+    if is_workflow {
+        let (def, agent) =
+            super::workflows::definition(engine, args.dag.as_ref(), Some(&args.agent))?;
+        let run = super::workflows::start(engine, def, agent, args.input, limits, ctx).await?;
+        return Ok(Started::Run(Box::new(run)));
+    }
+    let (task, events) = engine
+        .submit_watched(Submit {
+            agent: args.agent,
+            input: args.input,
+            subject: ctx.subject.clone(),
+            limits,
+            ..Submit::default()
+        })
+        .await
+        .map_err(engine_error)?;
+    Ok(Started::Task(Box::new(task), events))
+}
+
 /// `agent_run`: submit, then wait with progress; a client cancel cancels the task.
 pub async fn agent_run(
     engine: &Arc<Engine>,
@@ -652,42 +710,45 @@ pub async fn agent_run(
     ctx: &CallCtx,
 ) -> Result<ToolReply, ToolError> {
     let wait = wait_of(args.wait_seconds, DEFAULT_WAIT_SECS)?;
-    let is_workflow =
-        args.dag.is_some() || engine.agent(&args.agent).is_ok_and(|a| a.is_workflow());
-    if is_workflow {
-        let (def, agent) =
-            super::workflows::definition(engine, args.dag.as_ref(), Some(&args.agent))?;
-        let v = super::workflows::start_and_wait(
-            engine,
-            def,
-            agent,
-            args.input,
-            args.wait_seconds,
-            call_limits(args.budget_usd, args.max_depth)?,
-            ctx,
-        )
-        .await?;
-        let (created, finished) = match engine.visible_run(&v.run_id, ctx.subject.as_deref()).await
-        {
-            Ok(r) => (rfc3339(r.created_at), r.finished_at.map(rfc3339)),
-            Err(_) => (String::new(), None),
-        };
-        let mut t = run_as_task(v)?;
-        t.created_at = created;
-        t.finished_at = finished;
-        return reply_task(t);
+    match start_agent_run(engine, args, ctx).await? {
+        Started::Run(run) => {
+            let v = super::workflows::wait_and_view(engine, &run.id, wait, ctx).await?;
+            reply_task(run_task_view(engine, v, ctx).await?)
+        }
+        Started::Task(task, events) => {
+            let task = wait_for_task(engine, &task, events, wait, ctx).await?;
+            reply_task(TaskView::of(&task, true))
+        }
     }
-    let (task, events) = engine
-        .submit_watched(Submit {
-            agent: args.agent,
-            input: args.input,
-            subject: ctx.subject.clone(),
-            limits: call_limits(args.budget_usd, args.max_depth)?,
-            ..Submit::default()
-        })
-        .await
-        .map_err(engine_error)?;
-    let progress = spawn_progress(events, &task, ctx);
+}
+
+/// A run's view as `agent_run` shows it: a task, with its times.
+pub(super) async fn run_task_view(
+    engine: &Arc<Engine>,
+    v: RunView,
+    ctx: &CallCtx,
+) -> Result<TaskView, ToolError> {
+    let (created, finished) = match engine.visible_run(&v.run_id, ctx.subject.as_deref()).await {
+        Ok(r) => (rfc3339(r.created_at), r.finished_at.map(rfc3339)),
+        Err(_) => (String::new(), None),
+    };
+    let mut t = run_as_task(v)?;
+    t.created_at = created;
+    t.finished_at = finished;
+    Ok(t)
+}
+
+/// Wait up to `wait` for a task, forwarding its events as progress; a
+/// client that gives up on the request cancels the task (unless the server
+/// is stopping).
+async fn wait_for_task(
+    engine: &Arc<Engine>,
+    task: &Task,
+    events: tokio::sync::broadcast::Receiver<crate::engine::TaskEvent>,
+    wait: Duration,
+    ctx: &CallCtx,
+) -> Result<Task, ToolError> {
+    let progress = spawn_progress(events, task, ctx);
     let waited = tokio::select! {
         t = engine.wait(&task.id, ctx.subject.as_deref(), wait) => Some(t),
         _ = ctx.cancelled.cancelled() => None,
@@ -701,8 +762,8 @@ pub async fn agent_run(
             p.abort();
         }
     }
-    let task = match waited {
-        Some(t) => t.map_err(engine_error)?,
+    match waited {
+        Some(t) => t.map_err(engine_error),
         None => {
             // The client gave up on this request: stop the work it started,
             // unless the server is stopping (the connection closing cancels
@@ -713,13 +774,13 @@ pub async fn agent_run(
             engine
                 .visible_task(&task.id, ctx.subject.as_deref())
                 .await
-                .map_err(engine_error)?
+                .map_err(engine_error)
         }
-    };
-    reply_task(TaskView::of(&task, true))
+    }
 }
 
-fn reply_task(view: TaskView) -> Result<ToolReply, ToolError> {
+/// A task view as a tool's reply (its text is the output, when there is one).
+pub(super) fn reply_task(view: TaskView) -> Result<ToolReply, ToolError> {
     let text = view.text();
     Ok(ToolReply::with_text(to_value(&view)?, text))
 }
@@ -783,12 +844,13 @@ fn spawn_progress(
     }))
 }
 
-/// `agent_delegate`: route if needed, submit, return at once.
-pub async fn agent_delegate(
+/// `agent_delegate`'s work, shared by the plain call and the MCP task: route
+/// if needed, then submit.
+pub async fn start_delegate(
     engine: &Arc<Engine>,
     args: AgentDelegateArgs,
     ctx: &CallCtx,
-) -> Result<ToolReply, ToolError> {
+) -> Result<(Task, Option<RouteDecision>), ToolError> {
     let (agent, routing) = match args.agent {
         Some(a) => (a, None),
         None => {
@@ -809,6 +871,16 @@ pub async fn agent_delegate(
         })
         .await
         .map_err(engine_error)?;
+    Ok((task, routing))
+}
+
+/// `agent_delegate`: route if needed, submit, return at once.
+pub async fn agent_delegate(
+    engine: &Arc<Engine>,
+    args: AgentDelegateArgs,
+    ctx: &CallCtx,
+) -> Result<ToolReply, ToolError> {
+    let (task, routing) = start_delegate(engine, args, ctx).await?;
     let out = DelegateOutput {
         hint: format!(
             "running in the background: call task_result with task_id \"{}\" (and wait_seconds) for the output",

@@ -100,13 +100,32 @@ pub async fn start_and_wait(
     limits: crate::engine::CallLimits,
     ctx: &CallCtx,
 ) -> Result<RunView, ToolError> {
+    let wait = wait_of(wait)?;
+    let run = start(engine, def, agent, input, limits, ctx).await?;
+    wait_and_view(engine, &run.id, wait, ctx).await
+}
+
+fn wait_of(wait: Option<f64>) -> Result<Duration, ToolError> {
     let secs = wait.unwrap_or(DEFAULT_WAIT_SECS);
     if !secs.is_finite() || secs < 0.0 {
         return Err(ToolError::Engine(format!(
             "wait_seconds must be a number from 0 to {MAX_WAIT_SECS}"
         )));
     }
-    let run = engine
+    Ok(Duration::from_secs_f64(secs.min(MAX_WAIT_SECS)))
+}
+
+/// Start a run (the first half of [`start_and_wait`], and all an MCP task does
+/// at once).
+pub async fn start(
+    engine: &Arc<Engine>,
+    def: WorkflowDef,
+    agent: Option<String>,
+    input: Value,
+    limits: crate::engine::CallLimits,
+    ctx: &CallCtx,
+) -> Result<crate::task::Run, ToolError> {
+    engine
         .start_run(RunRequest {
             def,
             input,
@@ -115,11 +134,21 @@ pub async fn start_and_wait(
             limits,
         })
         .await
-        .map_err(engine_error)?;
+        .map_err(engine_error)
+}
+
+/// Wait up to `wait` for a run, with per-step progress; a client that gives
+/// up on the request stops the run (unless the server is stopping).
+pub async fn wait_and_view(
+    engine: &Arc<Engine>,
+    run_id: &str,
+    wait: Duration,
+    ctx: &CallCtx,
+) -> Result<RunView, ToolError> {
     let progress = match (
         ctx.peer.clone(),
         ctx.progress_token.clone(),
-        engine.subscribe_run(&run.id),
+        engine.subscribe_run(run_id),
     ) {
         (Some(peer), Some(token), Some(mut rx)) => Some(tokio::spawn(async move {
             let mut n = 0.0;
@@ -140,7 +169,7 @@ pub async fn start_and_wait(
         _ => None,
     };
     let waited = tokio::select! {
-        r = engine.wait_run(&run.id, ctx.subject.as_deref(), Duration::from_secs_f64(secs.min(MAX_WAIT_SECS))) => Some(r),
+        r = engine.wait_run(run_id, ctx.subject.as_deref(), wait) => Some(r),
         _ = ctx.cancelled.cancelled() => None,
     };
     if let Some(p) = progress {
@@ -151,11 +180,11 @@ pub async fn start_and_wait(
         // The client gave up: stop the run, unless the server is stopping
         // (then it resumes at the next start).
         None if engine.is_stopping() => engine
-            .visible_run(&run.id, ctx.subject.as_deref())
+            .visible_run(run_id, ctx.subject.as_deref())
             .await
             .map_err(engine_error)?,
         None => engine
-            .cancel_run(&run.id, ctx.subject.as_deref())
+            .cancel_run(run_id, ctx.subject.as_deref())
             .await
             .map_err(engine_error)?,
     };
@@ -205,7 +234,8 @@ pub async fn workflow_status(
     reply(&view(engine, &run, &steps).await)
 }
 
-fn reply(v: &RunView) -> Result<ToolReply, ToolError> {
+/// `workflow_run`'s result for a run view.
+pub fn reply(v: &RunView) -> Result<ToolReply, ToolError> {
     let structured = serde_json::to_value(v).map_err(|e| ToolError::Internal(e.to_string()))?;
     Ok(ToolReply::json(structured))
 }

@@ -21,8 +21,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::task::{
-    Attempt, AttemptKind, Millis, Run, RunState, StepRecord, Task, TaskId, TaskState, Tree,
-    TreeCharge, Turn,
+    Attempt, AttemptKind, ClientTask, ClientTaskPage, Millis, Run, RunState, StepRecord, Task,
+    TaskId, TaskState, Tree, TreeCharge, Turn,
 };
 
 mod sqlite;
@@ -152,6 +152,22 @@ pub trait Store: Send + Sync + 'static {
     /// Releases and spending always fit. [`StoreError::NotFound`] if no tree
     /// has that root.
     fn charge_tree<'a>(&'a self, root_id: &'a str, charge: TreeCharge) -> StoreFuture<'a, ()>;
+
+    /// Records that a client started this task or run as an MCP task.
+    /// [`StoreError::Duplicate`] if its id is taken.
+    fn put_client_task<'a>(&'a self, task: &'a ClientTask) -> StoreFuture<'a, ()>;
+
+    /// The client task with this id, if there is one.
+    fn get_client_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ClientTask>>;
+
+    /// One page of the client tasks of `subject` (every one when `None`),
+    /// newest first; `cursor` is a page's `next_cursor`.
+    fn list_client_tasks<'a>(
+        &'a self,
+        subject: Option<&'a str>,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, ClientTaskPage>;
 
     /// Finishes pending work and closes the database. Calls made afterwards fail.
     fn close(&self) -> StoreFuture<'_, ()>;

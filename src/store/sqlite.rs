@@ -22,15 +22,16 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tempfile::TempDir;
 
 use super::sqlite_write::{
-    AttemptRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow, Write, Writer, WriterOptions,
-    WriterWatch,
+    AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow, Write, Writer,
+    WriterOptions, WriterWatch,
 };
 use super::{
     MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
     database_error,
 };
 use crate::task::{
-    Attempt, Millis, Run, RunState, StepRecord, Task, TaskState, Tree, TreeCharge, TreeLimits, Turn,
+    Attempt, ClientTask, ClientTaskPage, Millis, Run, RunState, StepRecord, Task, TaskState, Tree,
+    TreeCharge, TreeLimits, Turn,
 };
 
 /// How long a statement waits for a lock held by another process before
@@ -602,6 +603,70 @@ impl Store for SqliteStore {
         })
     }
 
+    fn put_client_task<'a>(&'a self, task: &'a ClientTask) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.writer
+                .write(Write::PutClientTask(ClientTaskRow::new(task)))
+                .await
+        })
+    }
+
+    fn get_client_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ClientTask>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, tool, subject, created_at, ttl_ms, poll_ms FROM mcp_tasks WHERE id = ?1",
+            )
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read MCP task {id}"), e))?;
+            row.as_ref().map(client_task_from_row).transpose()
+        })
+    }
+
+    fn list_client_tasks<'a>(
+        &'a self,
+        subject: Option<&'a str>,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, ClientTaskPage> {
+        Box::pin(async move {
+            let after = cursor.map(cursor::decode).transpose()?;
+            let limit = limit.clamp(1, MAX_PAGE);
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT id, tool, subject, created_at, ttl_ms, poll_ms FROM mcp_tasks WHERE 1 = 1",
+            );
+            if let Some(subject) = subject {
+                q.push(" AND subject = ").push_bind(subject);
+            }
+            if let Some((created_at, id)) = &after {
+                q.push(" AND (created_at, id) < (")
+                    .push_bind(*created_at)
+                    .push(", ")
+                    .push_bind(id.as_str())
+                    .push(")");
+            }
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(i64::from(limit) + 1);
+            let rows = q
+                .build()
+                .fetch_all(&self.reader)
+                .await
+                .map_err(|e| db_err(format_args!("list MCP tasks"), e))?;
+            let more = rows.len() > limit as usize;
+            let tasks = rows
+                .iter()
+                .take(limit as usize)
+                .map(client_task_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let next_cursor = match tasks.last() {
+                Some(last) if more => Some(cursor::encode(last.created_at, &last.id)),
+                _ => None,
+            };
+            Ok(ClientTaskPage { tasks, next_cursor })
+        })
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.close_impl().await;
@@ -701,6 +766,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "tool loop",
         include_str!("../../migrations/0006_tool_loop.sql"),
+    ),
+    (
+        7,
+        "mcp tasks",
+        include_str!("../../migrations/0007_mcp_tasks.sql"),
     ),
 ];
 
@@ -916,6 +986,22 @@ pub(super) fn tree_from_row(row: &SqliteRow) -> Result<Tree, StoreError> {
         },
         created_at: get(row, "created_at", w)?,
         root_id,
+    })
+}
+
+fn client_task_from_row(row: &SqliteRow) -> Result<ClientTask, StoreError> {
+    let id: String = get(row, "id", &|| "MCP task".to_string())?;
+    let what = || format!("MCP task {id}");
+    let w: &dyn Fn() -> String = &what;
+    let ttl: Option<i64> = get(row, "ttl_ms", w)?;
+    let poll: i64 = get(row, "poll_ms", w)?;
+    Ok(ClientTask {
+        tool: get(row, "tool", w)?,
+        subject: get(row, "subject", w)?,
+        created_at: get(row, "created_at", w)?,
+        ttl_ms: ttl.map(|v| u64::try_from(v).unwrap_or(0)),
+        poll_ms: u64::try_from(poll).unwrap_or(0),
+        id,
     })
 }
 

@@ -35,7 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::{BUSY_TIMEOUT, parse_column};
 use super::{StoreError, TreeLimitKind, database_error};
-use crate::task::{Attempt, Run, StepRecord, Task, TaskId, TaskState, Tree, TreeCharge, Turn};
+use crate::task::{
+    Attempt, ClientTask, Run, StepRecord, Task, TaskId, TaskState, Tree, TreeCharge, Turn,
+};
 
 /// The most writes committed together. Bounds how long one transaction runs.
 const MAX_GROUP: usize = 256;
@@ -51,6 +53,9 @@ const INSERT_TASK: &str = "INSERT INTO tasks (id, agent, state, input, parent_id
 
 const INSERT_TURN: &str =
     "INSERT INTO turns (task_id, seq, answer, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const INSERT_CLIENT_TASK: &str = "INSERT INTO mcp_tasks (id, tool, subject, created_at, ttl_ms, \
+     poll_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 const OPEN_TREE: &str = "INSERT INTO trees (root_id, tasks, turns, spent_micros, reserved_micros, \
      max_depth, max_tasks, max_turns, max_secs, budget_micros, created_at) \
@@ -150,6 +155,30 @@ pub(super) enum Write {
     AddTurn(TurnRow),
     OpenTree(TreeRow),
     ChargeTree(String, TreeCharge),
+    PutClientTask(ClientTaskRow),
+}
+
+/// A client task as the columns of `mcp_tasks` hold it.
+pub(super) struct ClientTaskRow {
+    id: String,
+    tool: String,
+    subject: Option<String>,
+    created_at: i64,
+    ttl_ms: Option<i64>,
+    poll_ms: i64,
+}
+
+impl ClientTaskRow {
+    pub(super) fn new(t: &ClientTask) -> ClientTaskRow {
+        ClientTaskRow {
+            id: t.id.clone(),
+            tool: t.tool.clone(),
+            subject: t.subject.clone(),
+            created_at: t.created_at,
+            ttl_ms: t.ttl_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+            poll_ms: i64::try_from(t.poll_ms).unwrap_or(i64::MAX),
+        }
+    }
 }
 
 /// A turn as the columns of `turns` hold it.
@@ -302,6 +331,7 @@ impl Write {
             Write::AddTurn(t) => format!("record turn {} of task {}", t.seq, t.task_id),
             Write::OpenTree(t) => format!("open the tree of task {}", t.root_id),
             Write::ChargeTree(root, _) => format!("charge the tree of task {root}"),
+            Write::PutClientTask(t) => format!("record MCP task {}", t.id),
         }
     }
 }
@@ -600,6 +630,26 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             Ok(())
         }
         Write::ChargeTree(root, c) => charge_tree(conn, root, c),
+        Write::PutClientTask(t) => {
+            let values: [&dyn ToSql; 6] = [
+                &t.id,
+                &t.tool,
+                &t.subject,
+                &t.created_at,
+                &t.ttl_ms,
+                &t.poll_ms,
+            ];
+            execute(conn, INSERT_CLIENT_TASK, &values).map_err(|e| {
+                if is_unique_violation(&e) {
+                    Failure::Own(StoreError::Duplicate {
+                        what: format!("MCP task {}", t.id),
+                    })
+                } else {
+                    Failure::Database(reason(&e))
+                }
+            })?;
+            Ok(())
+        }
         Write::CreateTask(t) => {
             let mut values = Vec::with_capacity(24);
             values.extend_from_slice(&task_values(t));

@@ -1386,3 +1386,56 @@ async fn concurrent_reservations_never_overspend() {
     let got = store.get_tree("root-2").await.unwrap().unwrap();
     assert_eq!(got.reserved_micros, 9_900);
 }
+
+fn client_task(id: &str, subject: Option<&str>, created_at: Millis) -> ClientTask {
+    ClientTask {
+        id: id.to_string(),
+        tool: "agent_run".to_string(),
+        subject: subject.map(str::to_string),
+        created_at,
+        ttl_ms: Some(60_000),
+        poll_ms: 1_000,
+    }
+}
+
+#[tokio::test]
+async fn client_tasks_round_trip_page_newest_first_and_keep_to_their_subject() {
+    let store = memory().await;
+    let mut odd = client_task("run-ü", Some("alice|ß"), 5);
+    odd.ttl_ms = None;
+    odd.poll_ms = u64::MAX >> 1;
+    store.put_client_task(&odd).await.unwrap();
+    assert_eq!(store.get_client_task("run-ü").await.unwrap(), Some(odd));
+    assert_eq!(store.get_client_task("nope").await.unwrap(), None);
+    assert!(matches!(
+        store.put_client_task(&client_task("run-ü", None, 6)).await,
+        Err(StoreError::Duplicate { .. })
+    ));
+    for i in 0..5 {
+        store
+            .put_client_task(&client_task(&format!("b{i}"), Some("bob"), 10 + i))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_client_tasks(Some("bob"), cursor.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.tasks.len() <= 2);
+        seen.extend(page.tasks.iter().map(|t| t.id.clone()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["b4", "b3", "b2", "b1", "b0"]);
+    let all = store.list_client_tasks(None, None, 100).await.unwrap();
+    assert_eq!(all.tasks.len(), 6);
+    assert!(matches!(
+        store.list_client_tasks(None, Some("zz"), 10).await,
+        Err(StoreError::BadCursor { .. })
+    ));
+}

@@ -25,6 +25,7 @@ use http::uri::Authority;
 
 use super::Shared;
 use crate::auth::{AuthError, Principal, Scope, required_scope, required_scope_for_method};
+use crate::mcp::task_wire;
 
 /// Allowed `Host` and `Origin` values.
 #[derive(Debug, Clone)]
@@ -386,6 +387,8 @@ pub async fn authorize(
         }
     }
 
+    // What the answer needs from `task_wire::outbound`, if anything.
+    let mut answer = task_wire::Answer::AsIs;
     let body = if is_post {
         let bytes = match axum::body::to_bytes(body, shared.config.max_body_bytes).await {
             Ok(b) => b,
@@ -412,6 +415,8 @@ pub async fn authorize(
         {
             return insufficient(&shared, auth, needed);
         }
+        let (bytes, marked) = task_requests(bytes);
+        answer = marked;
         Body::from(bytes)
     } else {
         body
@@ -422,7 +427,10 @@ pub async fn authorize(
     // A POST is in flight until its answer has been sent (for Streamable
     // HTTP, until its response stream ends): shutdown waits for it.
     let token = is_post.then(|| shared.calls.token());
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if answer != task_wire::Answer::AsIs {
+        response = complete_answer(response, answer).await;
+    }
     if let Some(subject) = opener
         && let Some(id) = response
             .headers()
@@ -447,6 +455,80 @@ pub async fn authorize(
             _token: token,
         }),
     )
+}
+
+/// Passes one POSTed message through [`task_wire::inbound`] (the 2025-11-25
+/// task requests get the names the MCP layer serves them under); says what
+/// its answer needs.
+fn task_requests(bytes: Bytes) -> (Bytes, task_wire::Answer) {
+    if !task_wire::may_concern(&bytes) {
+        return (bytes, task_wire::Answer::AsIs);
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return (bytes, task_wire::Answer::AsIs);
+    };
+    if !v.is_object() {
+        return (bytes, task_wire::Answer::AsIs);
+    }
+    let before = v.get("method").cloned();
+    let answer = task_wire::inbound(&mut v);
+    if v.get("method") == before.as_ref() {
+        return (bytes, answer);
+    }
+    match serde_json::to_vec(&v) {
+        Ok(b) => (Bytes::from(b), answer),
+        Err(_) => (bytes, answer),
+    }
+}
+
+/// The longest answer [`complete_answer`] reads whole (`initialize` and
+/// `tools/list` answers are a few kilobytes).
+const MAX_COMPLETED_BYTES: usize = 4 * 1024 * 1024;
+
+/// Completes the answer to `initialize` or `tools/list`, a JSON body or an
+/// SSE stream of `data:` lines (rmcp closes that stream after the answer).
+async fn complete_answer(response: Response, answer: task_wire::Answer) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_COMPLETED_BYTES).await else {
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be read to complete it; retry the request",
+        );
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let complete = |json: &str| -> Option<String> {
+        let mut v: serde_json::Value = serde_json::from_str(json).ok()?;
+        task_wire::outbound(answer, &mut v);
+        serde_json::to_string(&v).ok()
+    };
+    let out = if text.trim_start().starts_with('{') {
+        complete(text).unwrap_or_else(|| text.to_string())
+    } else {
+        let mut out = String::with_capacity(text.len() + 512);
+        for line in text.split_inclusive('\n') {
+            let (content, end) = match line.strip_suffix('\n') {
+                Some(c) => (c, "\n"),
+                None => (line, ""),
+            };
+            match content
+                .strip_prefix("data:")
+                .map(str::trim_start)
+                .and_then(&complete)
+            {
+                Some(done) => {
+                    out.push_str("data: ");
+                    out.push_str(&done);
+                }
+                None => out.push_str(content),
+            }
+            out.push_str(end);
+        }
+        out
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
 }
 
 /// A response body that holds a shutdown-tracker token until it is done.

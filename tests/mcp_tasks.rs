@@ -1,0 +1,384 @@
+//! MCP tasks (protocol 2025-11-25) driven by an independent client: the
+//! official Python SDK (`mcp` 1.x, its experimental tasks API) over stdio and
+//! Streamable HTTP, through tests/fixtures/tasks_client.py. Task-augmented
+//! `tools/call`, `tasks/get`, `tasks/result` (the plain call's result),
+//! `tasks/list` paging and subject isolation, `tasks/cancel`, ttl, status
+//! notifications, and a task polled across a restart of the server.
+//!
+//! The SDK comes from PyPI, which tests do not reach: `.ci/run` installs it
+//! in `target/py-mcp` (or point `DISPATCH_TEST_PYTHON` at a Python that has
+//! it). Without it these tests say loudly that they skipped, unless
+//! `DISPATCH_REQUIRE_PYTHON_SDK=1` (set by `.ci/run`) makes that a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::auth_server::{ALL_SCOPES, AUDIENCE, AuthServer};
+use common::fake_provider::Behavior;
+use common::fixture::*;
+use common::http::HttpServer;
+use common::*;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// The Python that has the SDK, or `None` (after saying so) to skip.
+fn python(test: &str) -> Option<String> {
+    let candidate = std::env::var("DISPATCH_TEST_PYTHON").unwrap_or_else(|_| {
+        repo_root()
+            .join("target/py-mcp/bin/python")
+            .display()
+            .to_string()
+    });
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import mcp.client.experimental"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    let why = format!(
+        "{test}: no Python with the `mcp` SDK at {candidate} (run `python3 -m venv target/py-mcp && target/py-mcp/bin/pip install mcp==1.30.0`, as .ci/run does)"
+    );
+    if std::env::var("DISPATCH_REQUIRE_PYTHON_SDK").is_ok_and(|v| v == "1") {
+        panic!("{why}");
+    }
+    eprintln!("\n*** SKIPPED {why} ***\n");
+    None
+}
+
+/// One scenario of the Python client; its JSON answer.
+async fn py(
+    python: &str,
+    env: &[(String, String)],
+    scenario: &str,
+    target: &str,
+    arg: &str,
+) -> Value {
+    let script = repo_root().join("tests/fixtures/tasks_client.py");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script).arg(scenario).arg(target).arg(arg);
+    cmd.env("DISPATCH_LOG", "debug");
+    for key in [
+        "OPENAI_API_KEY",
+        "OPENROUTER_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "DISPATCH_DATABASE_URL",
+    ] {
+        cmd.env_remove(key);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the Python client finishes")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{scenario} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{scenario}: {e}: {stdout}"))
+}
+
+fn stdio_target(fx: &Fx) -> String {
+    let argv = json!([bin(), "serve", "--root", fx.p.root().display().to_string()]);
+    format!("stdio:{argv}")
+}
+
+fn helper_fx_toml() -> &'static str {
+    ""
+}
+
+fn id_of(result: &Value) -> String {
+    result["structuredContent"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Everything one client sees of one task, checked for both transports.
+fn check_roundtrip(out: &Value) {
+    let tasks = &out["capabilities"]["tasks"];
+    assert_eq!(tasks["requests"]["tools"]["call"], json!({}), "{out:#}");
+    assert!(
+        tasks["list"].is_object() && tasks["cancel"].is_object(),
+        "{out:#}"
+    );
+    assert_eq!(out["execution"]["agent_run"], "optional");
+    assert_eq!(out["execution"]["agent_delegate"], "optional");
+    assert_eq!(out["execution"]["workflow_run"], "optional");
+    assert_eq!(out["execution"]["kb_read"], "forbidden");
+    assert_eq!(out["execution"]["task_status"], "forbidden");
+
+    let created = &out["created"]["task"];
+    let id = created["taskId"].as_str().unwrap();
+    assert_eq!(created["ttl"], 600000);
+    assert_eq!(created["pollInterval"], 1000);
+    let last = out["polled"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["status"], "completed", "{out:#}");
+    assert_eq!(last["taskId"], id);
+
+    // The task's result is the plain call's, but for the task's own id and times.
+    let (result, plain) = (&out["result"], &out["plain"]);
+    // The text is the answer and a footer naming the task.
+    let text = |v: &Value| v["content"][0]["text"].as_str().unwrap().to_string();
+    assert!(
+        text(result).starts_with("the answer\n\n---\ntask "),
+        "{out:#}"
+    );
+    let plain_id = plain["structuredContent"]["task_id"].as_str().unwrap();
+    assert_eq!(text(result), text(plain).replace(plain_id, &id_of(result)));
+    let strip = |v: &Value| {
+        let mut v = v["structuredContent"].clone();
+        for k in [
+            "task_id",
+            "root_task_id",
+            "created_at",
+            "finished_at",
+            "latency_ms",
+            "kb_path",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    assert_eq!(strip(result), strip(plain));
+    assert_eq!(result["structuredContent"]["task_id"], id);
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+        id
+    );
+    assert_eq!(out["get"]["status"], "completed");
+    assert_eq!(out["get"]["statusMessage"], "completed");
+    let listed: Vec<&str> = out["list"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["taskId"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&id), "{out:#}");
+
+    assert_eq!(out["cancel_finished"]["code"], -32602);
+    assert!(
+        out["cancel_finished"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already completed"),
+        "{out:#}"
+    );
+    assert_eq!(out["forbidden"]["code"], -32601);
+    assert!(
+        out["forbidden"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kb_list")
+    );
+    assert_eq!(out["unknown"]["code"], -32602);
+    assert!(
+        out["expired"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ttl has passed"),
+        "{out:#}"
+    );
+    // The session heard the task change, up to its end.
+    let notes = out["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n["taskId"] == id && n["status"] == "completed"),
+        "{out:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_over_stdio_runs_polls_and_returns_the_plain_calls_result() {
+    let Some(python) = python("tasks over stdio") else {
+        return;
+    };
+    let fx = Fx::new(
+        &[("helper", &agent("openai/gpt-4o-mini"))],
+        helper_fx_toml(),
+    )
+    .await;
+    fx.fake.set_default(Behavior::reply("the answer"));
+    let args = json!({"agent": "helper", "input": "question"}).to_string();
+    let out = py(
+        &python,
+        &fx.spawn().env,
+        "roundtrip",
+        &stdio_target(&fx),
+        &args,
+    )
+    .await;
+    check_roundtrip(&out);
+}
+
+#[tokio::test]
+async fn a_task_over_streamable_http_runs_polls_and_returns_the_plain_calls_result() {
+    let Some(python) = python("tasks over HTTP") else {
+        return;
+    };
+    let fx = Fx::new(
+        &[("helper", &agent("openai/gpt-4o-mini"))],
+        helper_fx_toml(),
+    )
+    .await;
+    fx.fake.set_default(Behavior::reply("the answer"));
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let args = json!({"agent": "helper", "input": "question"}).to_string();
+    let out = py(&python, &[], "roundtrip", &s.url("/mcp"), &args).await;
+    check_roundtrip(&out);
+}
+
+#[tokio::test]
+async fn a_working_task_says_what_it_does_and_is_cancelled() {
+    let Some(python) = python("task cancel") else {
+        return;
+    };
+    let fx = Fx::new(&[("slow", &agent("openai/slow"))], "").await;
+    let gate = Arc::new(Notify::new());
+    fx.fake.on_model("slow", Behavior::gate(&gate, "late"));
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let url = s.url("/mcp");
+    let spec = json!({"tool": "agent_run", "arguments": {"agent": "slow", "input": "x"}});
+    let created = py(&python, &[], "start", &url, &spec.to_string()).await;
+    let id = created["task"]["taskId"].as_str().unwrap().to_string();
+    assert_eq!(created["task"]["status"], "working");
+    fx.fake.wait_in_flight(1).await;
+    let got = py(&python, &[], "get", &url, &id).await;
+    assert_eq!(got["status"], "working");
+    assert_eq!(got["statusMessage"], "calling openai/slow", "{got:#}");
+    let cancelled = py(&python, &[], "cancel", &url, &id).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    let result = py(&python, &[], "result", &url, &id).await;
+    assert_eq!(
+        result["structuredContent"]["state"], "cancelled",
+        "{result:#}"
+    );
+    let again = py(&python, &[], "cancel", &url, &id).await;
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already cancelled"),
+        "{again:#}"
+    );
+    gate.notify_waiters();
+}
+
+#[tokio::test]
+async fn tasks_list_pages_through_every_task_of_its_caller() {
+    let Some(python) = python("tasks/list paging") else {
+        return;
+    };
+    let fx = Fx::new(&[("helper", &agent("openai/gpt-4o-mini"))], "").await;
+    let target = stdio_target(&fx);
+    let env = fx.spawn().env;
+    let made = py(
+        &python,
+        &env,
+        "many",
+        &target,
+        &json!({"n": 57, "agent": "helper"}).to_string(),
+    )
+    .await;
+    let listed = py(&python, &env, "list", &target, "").await;
+    assert_eq!(listed["pages"], 2, "{listed:#}");
+    let mut made: Vec<String> = serde_json::from_value(made["ids"].clone()).unwrap();
+    let mut seen: Vec<String> = serde_json::from_value(listed["ids"].clone()).unwrap();
+    assert_eq!(seen.len(), 57);
+    made.sort();
+    seen.sort();
+    assert_eq!(seen, made);
+}
+
+#[tokio::test]
+async fn a_task_is_its_subjects_alone_in_every_session() {
+    let Some(python) = python("tasks subject isolation") else {
+        return;
+    };
+    let auth = AuthServer::start().await;
+    let toml = format!(
+        "[auth]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n",
+        auth.issuer()
+    );
+    let fx = Fx::new(&[("helper", &agent("openai/gpt-4o-mini"))], &toml).await;
+    fx.fake.set_default(Behavior::reply("alice's answer"));
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let url = s.url("/mcp");
+    let alice = vec![(
+        "DISPATCH_TEST_TOKEN".to_string(),
+        auth.valid("alice", &ALL_SCOPES),
+    )];
+    let bob = vec![(
+        "DISPATCH_TEST_TOKEN".to_string(),
+        auth.valid("bob", &ALL_SCOPES),
+    )];
+    let spec = json!({"tool": "agent_delegate", "arguments": {"agent": "helper", "input": "x"}});
+    let created = py(&python, &alice, "start", &url, &spec.to_string()).await;
+    let id = created["task"]["taskId"].as_str().unwrap().to_string();
+    // Alice, in another session, sees it and gets its result.
+    let result = py(&python, &alice, "result", &url, &id).await;
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("alice's answer"),
+        "{result:#}"
+    );
+    let listed = py(&python, &alice, "list", &url, "").await;
+    assert_eq!(listed["ids"], json!([id]));
+    // Bob does not.
+    let got = py(&python, &bob, "get", &url, &id).await;
+    assert_eq!(got["error"]["code"], -32602, "{got:#}");
+    let cancel = py(&python, &bob, "cancel", &url, &id).await;
+    assert_eq!(cancel["error"]["code"], -32602, "{cancel:#}");
+    let listed = py(&python, &bob, "list", &url, "").await;
+    assert_eq!(listed["ids"], json!([]));
+}
+
+#[tokio::test]
+async fn a_task_started_before_a_restart_is_polled_and_answered_after_it() {
+    let Some(python) = python("tasks across a restart") else {
+        return;
+    };
+    let fx = Fx::new(&[("slow", &agent("openai/slow"))], "").await;
+    let gate = Arc::new(Notify::new());
+    fx.fake.on_model("slow", Behavior::gate(&gate, "before"));
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let port = s.addr.port();
+    let spec = json!({"tool": "workflow_run", "arguments": {"workflow": {"name": "w", "steps": [
+        {"id": "one", "agent": "slow", "input": "{{input}}"}]}, "input": "go"}});
+    let created = py(&python, &[], "start", &s.url("/mcp"), &spec.to_string()).await;
+    let id = created["task"]["taskId"].as_str().unwrap().to_string();
+    assert!(id.starts_with("run-"), "{created:#}");
+    fx.fake.wait_in_flight(1).await;
+    let got = py(&python, &[], "get", &s.url("/mcp"), &id).await;
+    assert_eq!(got["status"], "working");
+    assert_eq!(
+        got["statusMessage"], "running one; waiting on 1 steps",
+        "{got:#}"
+    );
+    // The server stops with the step in flight; the next one resumes the run.
+    fx.fake
+        .on_model("slow", Behavior::reply("after the restart"));
+    assert!(s.terminate().await.success());
+    let s = HttpServer::start(&fx.p, fx.spawn(), port).await;
+    let result = py(&python, &[], "result", &s.url("/mcp"), &id).await;
+    let run = &result["structuredContent"];
+    assert_eq!(run["run_id"], id, "{result:#}");
+    assert_eq!(run["state"], "succeeded", "{result:#}");
+    assert_eq!(run["output"], "after the restart", "{result:#}");
+    let got = py(&python, &[], "get", &s.url("/mcp"), &id).await;
+    assert_eq!(got["status"], "completed", "{got:#}");
+    gate.notify_waiters();
+}
