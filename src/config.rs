@@ -439,6 +439,10 @@ pub struct TasksSection {
     pub max_ttl_secs: u64,
     /// The `pollInterval` clients are given, milliseconds.
     pub poll_interval_ms: u64,
+    /// A 2026-07-28 client that declares the tasks extension gets the answer
+    /// of `agent_run` / `workflow_run` if it comes within this many
+    /// milliseconds, and a task to poll otherwise.
+    pub answer_within_ms: u64,
 }
 
 impl Default for TasksSection {
@@ -447,6 +451,7 @@ impl Default for TasksSection {
             default_ttl_secs: 24 * 3600,
             max_ttl_secs: 7 * 24 * 3600,
             poll_interval_ms: 1_000,
+            answer_within_ms: 2_000,
         }
     }
 }

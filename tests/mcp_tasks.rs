@@ -24,23 +24,50 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-/// The Python that has the SDK, or `None` (after saying so) to skip.
+/// The SDK generations these tests drive: (env override, venv, version, import check).
+const SDK_2025: (&str, &str, &str, &str) = (
+    "DISPATCH_TEST_PYTHON",
+    "target/py-mcp",
+    "mcp==1.30.0",
+    "import mcp.client.experimental",
+);
+const SDK_2026: (&str, &str, &str, &str) = (
+    "DISPATCH_TEST_PYTHON_2026",
+    "target/py-mcp2",
+    "mcp==2.3.0",
+    "import mcp.client.extension",
+);
+
+/// The Python that has the 2025-11-25 SDK, or `None` (after saying so) to skip.
 fn python(test: &str) -> Option<String> {
-    let candidate = std::env::var("DISPATCH_TEST_PYTHON").unwrap_or_else(|_| {
+    python_with(test, SDK_2025)
+}
+
+/// The Python that has the 2026-07-28 SDK, or `None` to skip.
+fn python_2026(test: &str) -> Option<String> {
+    python_with(test, SDK_2026)
+}
+
+fn python_with(
+    test: &str,
+    (var, venv, version, check): (&str, &str, &str, &str),
+) -> Option<String> {
+    let candidate = std::env::var(var).unwrap_or_else(|_| {
         repo_root()
-            .join("target/py-mcp/bin/python")
+            .join(venv)
+            .join("bin/python")
             .display()
             .to_string()
     });
     let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import mcp.client.experimental"])
+        .args(["-c", check])
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
         return Some(candidate);
     }
     let why = format!(
-        "{test}: no Python with the `mcp` SDK at {candidate} (run `python3 -m venv target/py-mcp && target/py-mcp/bin/pip install mcp==1.30.0`, as .ci/run does)"
+        "{test}: no Python with the `mcp` SDK at {candidate} (run `python3 -m venv {venv} && {venv}/bin/pip install {version}`, as .ci/run does)"
     );
     if std::env::var("DISPATCH_REQUIRE_PYTHON_SDK").is_ok_and(|v| v == "1") {
         panic!("{why}");
@@ -49,7 +76,7 @@ fn python(test: &str) -> Option<String> {
     None
 }
 
-/// One scenario of the Python client; its JSON answer.
+/// One scenario of the 2025-11-25 Python client; its JSON answer.
 async fn py(
     python: &str,
     env: &[(String, String)],
@@ -57,7 +84,29 @@ async fn py(
     target: &str,
     arg: &str,
 ) -> Value {
-    let script = repo_root().join("tests/fixtures/tasks_client.py");
+    run_script(python, "tasks_client.py", env, scenario, target, arg).await
+}
+
+/// One scenario of the 2026-07-28 Python client; its JSON answer.
+async fn py26(
+    python: &str,
+    env: &[(String, String)],
+    scenario: &str,
+    url: &str,
+    arg: &str,
+) -> Value {
+    run_script(python, "tasks_client_2026.py", env, scenario, url, arg).await
+}
+
+async fn run_script(
+    python: &str,
+    file: &str,
+    env: &[(String, String)],
+    scenario: &str,
+    target: &str,
+    arg: &str,
+) -> Value {
+    let script = repo_root().join("tests/fixtures").join(file);
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(script).arg(scenario).arg(target).arg(arg);
     cmd.env("DISPATCH_LOG", "debug");
@@ -381,4 +430,143 @@ async fn a_task_started_before_a_restart_is_polled_and_answered_after_it() {
     let got = py(&python, &[], "get", &s.url("/mcp"), &id).await;
     assert_eq!(got["status"], "completed", "{got:#}");
     gate.notify_waiters();
+}
+
+// ---------------------------------------------------------------------------
+// 2026-07-28: stateless requests, the Tasks extension (SEP-2663)
+
+/// A server whose `agent_run` becomes a task when its answer takes longer
+/// than no time at all, behind OAuth2 (two users).
+async fn modern_setup() -> (AuthServer, Fx, HttpServer, Arc<Notify>) {
+    let auth = AuthServer::start().await;
+    let toml = format!(
+        "[tasks]\nanswer_within_ms = 0\n[auth]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n",
+        auth.issuer()
+    );
+    let fx = Fx::new(
+        &[
+            ("slow", &agent("openai/slow")),
+            ("quick", &agent("openai/gpt-4o-mini")),
+        ],
+        &toml,
+    )
+    .await;
+    let gate = Arc::new(Notify::new());
+    fx.fake
+        .on_model("slow", Behavior::gate(&gate, "worth the wait"));
+    fx.fake.set_default(Behavior::reply("the answer"));
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    (auth, fx, s, gate)
+}
+
+fn token(auth: &AuthServer, who: &str) -> Vec<(String, String)> {
+    vec![(
+        "DISPATCH_TEST_TOKEN".to_string(),
+        auth.valid(who, &ALL_SCOPES),
+    )]
+}
+
+#[tokio::test]
+async fn a_stateless_client_gets_a_task_for_long_work_and_its_result_from_tasks_get() {
+    let Some(python) = python_2026("2026-07-28 tasks") else {
+        return;
+    };
+    let (auth, fx, s, gate) = modern_setup().await;
+    let url = s.url("/mcp");
+    let alice = token(&auth, "alice");
+    let spec =
+        json!({"tool": "agent_run", "arguments": {"agent": "slow", "input": "x"}}).to_string();
+    // The SDK's call_tool finishes the task through the extension's claim.
+    let (out, ()) = tokio::join!(py26(&python, &alice, "call", &url, &spec), async {
+        fx.fake.wait_in_flight(1).await;
+        gate.notify_waiters();
+    });
+    assert_eq!(out["protocol"], "2026-07-28", "{out:#}");
+    let handle = &out["handles"][0];
+    let id = handle["taskId"].as_str().unwrap().to_string();
+    assert_eq!(handle["status"], "working", "{out:#}");
+    assert_eq!(handle["pollIntervalMs"], 1000);
+    let polls = out["polls"][0].as_array().unwrap();
+    let last = polls.last().unwrap();
+    assert_eq!(last["status"], "completed", "{out:#}");
+    assert_eq!(last["resultType"], "complete");
+    assert_eq!(last["result"]["structuredContent"]["task_id"], id);
+    let text = out["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("worth the wait"), "{out:#}");
+    assert_eq!(
+        out["result"]["structuredContent"]["output"],
+        "worth the wait"
+    );
+}
+
+#[tokio::test]
+async fn a_stateless_task_is_cancelled_refuses_updates_and_is_its_subjects_alone() {
+    let Some(python) = python_2026("2026-07-28 task cancel") else {
+        return;
+    };
+    let (auth, fx, s, gate) = modern_setup().await;
+    let url = s.url("/mcp");
+    let (alice, bob) = (token(&auth, "alice"), token(&auth, "bob"));
+    let spec = json!({"tool": "workflow_run", "arguments": {"workflow": {"name": "w", "steps": [
+        {"id": "one", "agent": "slow", "input": "{{input}}"}]}, "input": "go"}});
+    let handle = py26(&python, &alice, "start", &url, &spec.to_string()).await;
+    assert_eq!(handle["resultType"], "task", "{handle:#}");
+    let id = handle["taskId"].as_str().unwrap().to_string();
+    assert!(id.starts_with("run-"));
+    assert_eq!(handle["status"], "working");
+    fx.fake.wait_in_flight(1).await;
+    let got = py26(&python, &alice, "get", &url, &id).await;
+    assert_eq!(got["status"], "working", "{got:#}");
+    assert_eq!(got["statusMessage"], "running one; waiting on 1 steps");
+    // Bob, with a valid token of his own, finds no such task.
+    for scenario in ["get", "cancel", "update"] {
+        let refused = py26(&python, &bob, scenario, &url, &id).await;
+        assert_eq!(refused["error"]["code"], -32602, "{scenario}: {refused:#}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no task"),
+            "{refused:#}"
+        );
+    }
+    let update = py26(&python, &alice, "update", &url, &id).await;
+    assert!(
+        update["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not waiting for input"),
+        "{update:#}"
+    );
+    let ack = py26(&python, &alice, "cancel", &url, &id).await;
+    assert!(ack.get("error").is_none(), "{ack:#}");
+    let got = py26(&python, &alice, "get", &url, &id).await;
+    assert_eq!(got["status"], "cancelled", "{got:#}");
+    // The 2025-11-25 client of the same user sees the same task.
+    if let Some(old) = crate::python("2025-11-25 view of a 2026 task") {
+        let seen = py(&old, &alice, "get", &url, &id).await;
+        assert_eq!(seen["status"], "cancelled", "{seen:#}");
+    }
+    gate.notify_waiters();
+}
+
+#[tokio::test]
+async fn a_stateless_call_that_ends_in_time_is_answered_without_a_task() {
+    let Some(python) = python_2026("2026-07-28 quick answer") else {
+        return;
+    };
+    // Far more time than the fake needs to answer.
+    let fx = Fx::new(
+        &[("quick", &agent("openai/gpt-4o-mini"))],
+        "[tasks]\nanswer_within_ms = 60000\n",
+    )
+    .await;
+    fx.fake.set_default(Behavior::reply("at once"));
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let spec = json!({"tool": "agent_run", "arguments": {"agent": "quick", "input": "x"}});
+    let out = py26(&python, &[], "call", &s.url("/mcp"), &spec.to_string()).await;
+    assert_eq!(out["protocol"], "2026-07-28", "{out:#}");
+    assert_eq!(out["handles"], json!([]), "{out:#}");
+    assert_eq!(out["result"]["structuredContent"]["output"], "at once");
+    assert_eq!(out["result"]["structuredContent"]["state"], "succeeded");
 }

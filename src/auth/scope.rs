@@ -106,7 +106,7 @@ pub fn required_scope_for_method(method: &str) -> Option<Scope> {
         | "completion/complete" => Some(Scope::Read),
         // MCP's task methods mirror our task tools.
         "tasks/get" | "tasks/list" | "tasks/result" => Some(Scope::Read),
-        "tasks/cancel" => Some(Scope::Run),
+        "tasks/cancel" | "tasks/update" => Some(Scope::Run),
         _ => Some(Scope::Read),
     }
 }

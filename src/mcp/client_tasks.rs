@@ -172,10 +172,23 @@ impl Tasks<'_> {
         if !supports_tasks(&name) {
             return Err(TaskError::NotATaskTool(tool.to_string()));
         }
-        let started = self.start(&name, arguments).await?;
+        let (started, _) = self.start(&name, arguments).await?;
+        let record = self.keep(&name, &started, ttl_ms).await?;
+        let progress = self.progress(&record).await?;
+        Ok(json!({ "task": task_json(&record, &progress) }))
+    }
+
+    /// Records `started` as the caller's task and starts telling a connected
+    /// client of its changes.
+    async fn keep(
+        &self,
+        tool: &str,
+        started: &Started,
+        ttl_ms: Option<u64>,
+    ) -> Result<ClientTask, TaskError> {
         let record = ClientTask {
             id: started.id().to_string(),
-            tool: name,
+            tool: tool.to_string(),
             subject: self.call.subject.clone(),
             created_at: started.created_at(),
             ttl_ms: Some(self.ttl(ttl_ms)),
@@ -186,11 +199,61 @@ impl Tasks<'_> {
             .put_client_task(&record)
             .await
             .map_err(|e| ToolError::Internal(e.to_string()))?;
-        let progress = self.progress(&record).await?;
         if let Some(peer) = self.call.peer.clone() {
             notify_changes(self.engine.clone(), peer, record.clone());
         }
-        Ok(json!({ "task": task_json(&record, &progress) }))
+        Ok(record)
+    }
+
+    /// A `tools/call` from a client of the 2026-07-28 Tasks extension: the
+    /// plain call's answer if the work ends within `[tasks] answer_within_ms`
+    /// (or the call's own shorter `wait_seconds`), else a task to poll.
+    pub async fn call_or_task(
+        &self,
+        tool: &str,
+        arguments: Option<JsonObject>,
+    ) -> Result<Answered, TaskError> {
+        let name = tool.replacen('/', "_", 1);
+        let (started, wait) = self.start(&name, arguments).await?;
+        let mut bound = Duration::from_millis(self.config.answer_within_ms);
+        if let Some(w) = wait.filter(|w| w.is_finite() && *w >= 0.0) {
+            bound = bound.min(Duration::from_secs_f64(w.min(MAX_WAIT_SECS)));
+        }
+        let subject = self.call.subject.as_deref();
+        let done = tokio::select! {
+            d = async {
+                match &started {
+                    Started::Task(t, _) => self.engine.wait(&t.id, subject, bound).await.map(|t| t.state.is_terminal()),
+                    Started::Run(r) => self.engine.wait_run(&r.id, subject, bound).await.map(|r| r.state.is_terminal()),
+                }
+            } => d.map_err(engine_error)?,
+            () = self.call.cancelled.cancelled() => false,
+        };
+        let record = self.keep(&name, &started, None).await?;
+        if done {
+            return Ok(Answered::Now(
+                final_reply(self.engine, &record, self.call).await,
+            ));
+        }
+        let progress = self.progress(&record).await?;
+        Ok(Answered::Task(record, progress))
+    }
+
+    /// Where the caller's task stands and, once it has ended with a result
+    /// (not cancelled), that result.
+    pub async fn detailed(&self, id: &str) -> Result<Detailed, TaskError> {
+        let (record, progress) = self.record(id).await?;
+        let outcome = match progress.status {
+            Status::Completed | Status::Failed => {
+                Some(final_reply(self.engine, &record, self.call).await)
+            }
+            Status::Working | Status::Cancelled => None,
+        };
+        Ok(Detailed {
+            record,
+            progress,
+            outcome,
+        })
     }
 
     /// The retention granted for a client's ask, ms.
@@ -202,7 +265,13 @@ impl Tasks<'_> {
         }
     }
 
-    async fn start(&self, tool: &str, arguments: Option<JsonObject>) -> Result<Started, TaskError> {
+    /// Starts the work of `tool`; also says how long the caller asked to
+    /// wait (`wait_seconds`), if it did.
+    async fn start(
+        &self,
+        tool: &str,
+        arguments: Option<JsonObject>,
+    ) -> Result<(Started, Option<f64>), TaskError> {
         let args = Value::Object(arguments.unwrap_or_default());
         let bad = |e: serde_json::Error| {
             TaskError::BadParams(format!("invalid arguments for {tool}: {e}"))
@@ -210,16 +279,20 @@ impl Tasks<'_> {
         Ok(match tool {
             "agent_run" => {
                 let a: AgentRunArgs = serde_json::from_value(args).map_err(bad)?;
-                tasks::start_agent_run(self.engine, a, self.call).await?
+                let wait = a.wait_seconds;
+                (
+                    tasks::start_agent_run(self.engine, a, self.call).await?,
+                    wait,
+                )
             }
             "agent_delegate" => {
                 let a: AgentDelegateArgs = serde_json::from_value(args).map_err(bad)?;
                 let (task, _) = tasks::start_delegate(self.engine, a, self.call).await?;
-                let events = self.engine.subscribe(&task.id);
-                match events {
-                    Some(rx) => Started::Task(Box::new(task), rx),
-                    None => Started::Task(Box::new(task), tokio::sync::broadcast::channel(1).1),
-                }
+                let events = self
+                    .engine
+                    .subscribe(&task.id)
+                    .unwrap_or_else(|| tokio::sync::broadcast::channel(1).1);
+                (Started::Task(Box::new(task), events), None)
             }
             _ => {
                 let a: WorkflowRunArgs = serde_json::from_value(args).map_err(bad)?;
@@ -228,7 +301,7 @@ impl Tasks<'_> {
                 let limits = tasks::call_limits(a.budget_usd, a.max_depth)?;
                 let run =
                     workflows::start(self.engine, def, agent, a.input, limits, self.call).await?;
-                Started::Run(Box::new(run))
+                (Started::Run(Box::new(run)), a.wait_seconds)
             }
         })
     }
@@ -338,6 +411,24 @@ impl Tasks<'_> {
         let progress = self.progress(&record).await?;
         Ok(task_json(&record, &progress))
     }
+}
+
+/// How a call that may become a task was answered.
+pub enum Answered {
+    /// The work ended within the bound: the plain call's outcome.
+    Now(Result<ToolReply, ToolError>),
+    /// Still working: the task that carries it.
+    Task(ClientTask, Progress),
+}
+
+/// A task with its result, for `tasks/get` of the 2026-07-28 extension.
+pub struct Detailed {
+    /// The task.
+    pub record: ClientTask,
+    /// Where it stands.
+    pub progress: Progress,
+    /// The plain call's outcome, once the work has ended (not when cancelled).
+    pub outcome: Option<Result<ToolReply, ToolError>>,
 }
 
 /// `_meta` key that ties a result or message to its task.

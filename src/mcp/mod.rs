@@ -7,6 +7,7 @@ pub mod client_tasks;
 pub mod resources;
 pub mod schema;
 pub mod stdio;
+pub mod task_ext;
 pub mod task_wire;
 pub mod tasks;
 pub mod tools;
@@ -223,6 +224,25 @@ impl DispatchServer {
         }
     }
 
+    /// The caller of a task method (the HTTP layer checked its scope).
+    fn task_caller(
+        &self,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<tasks::CallCtx, McpError> {
+        let principal = self
+            .principal_of(&context.extensions)
+            .map_err(|e| McpError::invalid_request(e, None))?;
+        Ok(self.call_ctx(principal, None, context))
+    }
+
+    fn tasks_api<'a>(&'a self, call: &'a tasks::CallCtx) -> client_tasks::Tasks<'a> {
+        client_tasks::Tasks {
+            engine: &self.engine,
+            config: &self.app.config.tasks,
+            call,
+        }
+    }
+
     /// The 2025-11-25 task methods ([`task_wire`] renamed the ones rmcp
     /// knows by another generation's meaning).
     async fn task_method(
@@ -330,6 +350,7 @@ impl ServerHandler for DispatchServer {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(
@@ -406,7 +427,22 @@ impl ServerHandler for DispatchServer {
             .as_ref()
             .and_then(|m| m.get_progress_token())
             .or_else(|| context.meta.get_progress_token());
+        let client_does_tasks = context
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
         let caller = self.call_ctx(principal, progress_token, &context);
+        if client_does_tasks && task_ext::may_become_a_task(&name) {
+            let api = client_tasks::Tasks {
+                engine: &self.engine,
+                config: &self.app.config.tasks,
+                call: &caller,
+            };
+            let call = task_ext::call_tool(&api, &name, request.arguments);
+            return match &self.calls {
+                Some(t) => t.track_future(call).await,
+                None => call.await,
+            };
+        }
         let ctx = tools::Ctx {
             app: &self.app,
             engine: &self.engine,
@@ -419,6 +455,33 @@ impl ServerHandler for DispatchServer {
             None => call.await,
         };
         Ok(call_result(&name, outcome).into())
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, McpError> {
+        let call = self.task_caller(&context)?;
+        task_ext::get_task(&self.tasks_api(&call), &request.task_id).await
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let call = self.task_caller(&context)?;
+        task_ext::update_task(&self.tasks_api(&call), &request.task_id).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let call = self.task_caller(&context)?;
+        task_ext::cancel_task(&self.tasks_api(&call), &request.task_id).await
     }
 
     async fn on_custom_request(
