@@ -147,6 +147,7 @@ async fn end_to_end(v: &Value) -> Duration {
             agent: None,
             subject: None,
             limits: Default::default(),
+            approver: None,
         })
         .await
         .expect("start");

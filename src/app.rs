@@ -145,6 +145,7 @@ impl App {
                 },
                 max_tool_result_bytes: c.limits.max_tool_result_bytes.max(256),
                 tool_timeout: Duration::from_secs(c.limits.tool_timeout_secs.max(1)),
+                approval_timeout: Duration::from_secs(c.limits.approval_timeout_secs.max(1)),
                 project_root: Some(self.paths.root.clone()),
                 context_writers: c
                     .auth

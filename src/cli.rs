@@ -120,6 +120,14 @@ pub struct RunArgs {
     /// Show the model chain, the messages and an estimated cost; call nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Approve every call of TOOL (a tool the agent file marks `ask`, as the
+    /// model names it; `*` for all) without asking. Repeatable.
+    #[arg(long, value_name = "TOOL")]
+    pub approve: Vec<String>,
+    /// Refuse every call of a tool marked `ask`. Without this or --approve,
+    /// dispatch asks on the terminal, or refuses when there is none.
+    #[arg(long, conflicts_with = "approve")]
+    pub deny_all: bool,
 }
 
 /// `dispatch workflow ...`

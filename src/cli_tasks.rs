@@ -122,6 +122,7 @@ pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    engine.set_default_approver(crate::cli_approve::for_run(&args.approve, args.deny_all));
     let (task, events) = engine
         .submit_watched(Submit {
             agent: args.agent.clone(),
@@ -499,6 +500,7 @@ pub async fn workflow_run(
             agent,
             subject: None,
             limits: crate::engine::CallLimits::default(),
+            approver: None,
         })
         .await?;
     eprintln!("run {} started", run.id);

@@ -488,6 +488,9 @@ pub struct LimitsConfig {
     pub max_tool_result_bytes: usize,
     /// Longest a tool call (a file search, another MCP server's tool) may take, seconds.
     pub tool_timeout_secs: u64,
+    /// Longest a call of a tool marked `ask` waits for a human's answer,
+    /// seconds; then it is refused.
+    pub approval_timeout_secs: u64,
     /// Per-agent overrides of `per_agent`.
     pub agents: BTreeMap<String, usize>,
     /// Per-provider overrides of `per_provider`.
@@ -510,6 +513,7 @@ impl Default for LimitsConfig {
             max_tree_cost_usd: None,
             max_tool_result_bytes: 64 * 1024,
             tool_timeout_secs: 60,
+            approval_timeout_secs: 300,
             agents: BTreeMap::new(),
             providers: BTreeMap::new(),
         }

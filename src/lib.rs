@@ -38,6 +38,7 @@ pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod cli;
+mod cli_approve;
 mod cli_tasks;
 pub mod config;
 pub mod diag;

@@ -605,7 +605,77 @@ pub enum TurnEvent {
         /// The child task, for `agent_run`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         child_task_id: Option<TaskId>,
+        /// The human's answer, for a tool the agent file marks `ask`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<Approval>,
     },
+    /// A human is asked to approve a call of a tool marked `ask` (stored
+    /// before the question goes out; its answer is in the call's result).
+    Asked {
+        /// The call.
+        call_id: String,
+        /// The tool, as the model named it.
+        name: String,
+        /// The question.
+        question: String,
+    },
+}
+
+/// What a human said to a call of a tool marked `ask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Run it.
+    Accepted,
+    /// Do not.
+    Declined,
+    /// The human dismissed the question without choosing.
+    Cancelled,
+    /// No one could be asked (no client that can ask, no answer in time):
+    /// the call is refused.
+    Unanswered,
+}
+
+impl Decision {
+    /// The word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Accepted => "accepted",
+            Decision::Declined => "declined",
+            Decision::Cancelled => "cancelled",
+            Decision::Unanswered => "unanswered",
+        }
+    }
+}
+
+/// A question about one tool call and its answer, recorded with the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Approval {
+    /// What was asked.
+    pub question: String,
+    /// The answer.
+    pub decision: Decision,
+    /// Who answered: the authenticated subject, `stdio client`, `--approve`, `tty`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// How: `elicitation`, `tasks/update`, `flag`, `tty`.
+    pub via: String,
+    /// Why there was no answer, when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Approval {
+    /// No one could be asked, for `why`.
+    pub fn unanswered(question: &str, via: &str, why: impl Into<String>) -> Approval {
+        Approval {
+            question: question.to_string(),
+            decision: Decision::Unanswered,
+            by: None,
+            via: via.to_string(),
+            note: Some(why.into()),
+        }
+    }
 }
 
 /// A tool call as stored.
@@ -659,6 +729,7 @@ impl TurnEvent {
                     format!("{name} returned {bytes} bytes in {latency_ms} ms{child}")
                 }
             }
+            TurnEvent::Asked { name, .. } => format!("asked a human to approve {name}"),
         }
     }
 
@@ -668,6 +739,7 @@ impl TurnEvent {
             TurnEvent::Model { .. } => "model",
             TurnEvent::ChildStarted { .. } => "child_started",
             TurnEvent::ToolResult { .. } => "tool_result",
+            TurnEvent::Asked { .. } => "asked",
         }
     }
 }

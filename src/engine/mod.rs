@@ -8,6 +8,7 @@
 //! marks a task `failed` if its driver dies, so no path leaves a task
 //! `running` in the store while nothing runs it.
 
+pub mod approval;
 mod audit;
 mod input;
 mod keys;
@@ -89,6 +90,8 @@ pub struct ActingConfig {
     pub max_tool_result_bytes: usize,
     /// Longest one tool call may take.
     pub tool_timeout: Duration,
+    /// Longest a call of a tool marked `ask` waits for a human.
+    pub approval_timeout: Duration,
     /// The project root, for the read-only file tools.
     pub project_root: Option<std::path::PathBuf>,
     /// Subjects that may write the KB's shared `context/` (`[auth] context_writers`).
@@ -108,6 +111,7 @@ impl Default for ActingConfig {
             },
             max_tool_result_bytes: 64 * 1024,
             tool_timeout: Duration::from_secs(60),
+            approval_timeout: Duration::from_secs(300),
             project_root: None,
             context_writers: Vec::new(),
         }
@@ -273,6 +277,9 @@ impl TaskEvent {
                         format!("{agent}: {name} returned {bytes} bytes")
                     }
                 }
+                crate::task::TurnEvent::Asked { name, .. } => {
+                    format!("{agent}: waiting for a human to approve {name}")
+                }
             },
         }
     }
@@ -375,6 +382,10 @@ pub struct Engine {
     files: OnceLock<Option<Arc<tools::ProjectFiles>>>,
     /// Other MCP servers' tools (`[mcp_servers]`), when any are declared.
     external: OnceLock<Arc<dyn tools::ExternalTools>>,
+    /// Who answers the questions of tools marked `ask`, per tree.
+    approvers: approval::Approvers,
+    /// The questions that wait for an answer from a later request.
+    inbox: approval::Inbox,
 }
 
 impl std::fmt::Debug for Engine {
@@ -407,6 +418,9 @@ pub struct Submit {
     /// Join this tree as one of its first tasks (a workflow step joins its
     /// run's tree, when the run has one).
     pub tree: Option<TaskId>,
+    /// Who answers the questions of the tree this task roots (tools marked
+    /// `ask`); ignored for a task that joins another's tree.
+    pub approver: Option<approval::AskVia>,
 }
 
 impl Engine {
@@ -441,6 +455,8 @@ impl Engine {
             metrics,
             files: OnceLock::new(),
             external: OnceLock::new(),
+            approvers: approval::Approvers::default(),
+            inbox: approval::Inbox::default(),
         })
     }
 
@@ -528,6 +544,31 @@ impl Engine {
     /// The store (for read-only queries by front ends).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Questions of the tree rooted at `root_id` (tools marked `ask`) go to
+    /// `approver` while the root runs in this process. Set it before the
+    /// root is submitted (pass its id in [`Submit::id`]).
+    pub fn set_approver(&self, root_id: &str, approver: Arc<dyn approval::Approver>) {
+        self.approvers.set(root_id, approver);
+    }
+
+    /// Questions of trees without an approver go to `approver` (the CLI's
+    /// flags or terminal); without one they are refused.
+    pub fn set_default_approver(&self, approver: Arc<dyn approval::Approver>) {
+        self.approvers.set_fallback(approver);
+    }
+
+    /// The questions that wait for an answer from a later request.
+    pub fn inbox(&self) -> &approval::Inbox {
+        &self.inbox
+    }
+
+    /// Ask whoever answers for the question's tree.
+    pub(crate) async fn approve(&self, question: &approval::Question) -> crate::task::Approval {
+        self.approvers
+            .ask(question, self.cfg.acting.approval_timeout)
+            .await
     }
 
     /// The providers (for breaker states and prices).
@@ -785,6 +826,12 @@ impl Engine {
             // Before the task: a driver that starts finds its tree.
             self.store.open_tree(tree).await?;
         }
+        // Before the task runs, so its first question finds whoever answers.
+        if let Some(via) = req.approver
+            && task.root() == task.id
+        {
+            self.approvers.set(&task.id, via.0);
+        }
         self.store.create_task(&task).await?;
         // From here on the task exists: whatever fails, its driver must
         // start, or it would stay `queued`/`running` with nothing driving it.
@@ -851,6 +898,8 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
+            // A root's approver serves its tree while the root runs here.
+            me.approvers.forget(&id);
             // Wake waiters even if the driver died before saying so.
             handle_live.state.send_modify(|_| {});
         });

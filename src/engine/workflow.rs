@@ -37,6 +37,8 @@ pub struct RunRequest {
     /// Limits the caller sets on the run's delegation tree (every step and
     /// every task the steps start).
     pub limits: super::CallLimits,
+    /// Who answers the questions of the run's steps (tools marked `ask`).
+    pub approver: Option<super::approval::AskVia>,
 }
 
 /// Something that happened in a run, for progress notifications.
@@ -128,6 +130,9 @@ impl Engine {
                 .await?;
         }
         self.store.put_run(&run).await?;
+        if let Some(via) = req.approver {
+            self.approvers.set(&run.id, via.0);
+        }
         let mut steps = Vec::with_capacity(plan.len());
         for (i, id) in plan.ids().iter().enumerate() {
             let s = StepRecord {
@@ -180,6 +185,7 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
+            me.approvers.forget(&id);
             live.state.send_modify(|_| {});
         });
     }

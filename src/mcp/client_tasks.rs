@@ -48,6 +48,8 @@ const PAGE: u32 = 50;
 pub enum Status {
     /// Queued or running.
     Working,
+    /// Waiting for a human to answer a question (a tool marked `ask`).
+    InputRequired,
     /// Finished with its result.
     Completed,
     /// Finished without one (failed, rejected by its auditor, timed out).
@@ -61,6 +63,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Working => "working",
+            Status::InputRequired => "input_required",
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
@@ -69,7 +72,7 @@ impl Status {
 
     /// Whether the task is done.
     pub fn is_terminal(self) -> bool {
-        self != Status::Working
+        !matches!(self, Status::Working | Status::InputRequired)
     }
 
     fn of_task(state: TaskState) -> Status {
@@ -247,7 +250,7 @@ impl Tasks<'_> {
             Status::Completed | Status::Failed => {
                 Some(final_reply(self.engine, &record, self.call).await)
             }
-            Status::Working | Status::Cancelled => None,
+            Status::Working | Status::InputRequired | Status::Cancelled => None,
         };
         Ok(Detailed {
             record,
@@ -307,6 +310,11 @@ impl Tasks<'_> {
     }
 
     /// The caller's task `id`, unless it is gone.
+    /// The caller's task `id` and where it stands.
+    pub async fn get_record(&self, id: &str) -> Result<(ClientTask, Progress), TaskError> {
+        self.record(id).await
+    }
+
     async fn record(&self, id: &str) -> Result<(ClientTask, Progress), TaskError> {
         let record = self
             .engine
@@ -451,8 +459,31 @@ pub fn task_json(record: &ClientTask, progress: &Progress) -> Value {
     })
 }
 
-/// Where the work of `record` stands, from the store.
+/// Where the work of `record` stands, from the store; `input_required`
+/// while a question of its tree waits for a human.
 pub async fn progress_of(
+    engine: &Arc<Engine>,
+    record: &ClientTask,
+) -> Result<Progress, crate::engine::EngineError> {
+    let mut p = work_progress(engine, record).await?;
+    if p.status == Status::Working {
+        let open = engine.inbox().questions(&record.id);
+        if let Some(first) = open.first() {
+            p.status = Status::InputRequired;
+            p.message = format!(
+                "input_required: {} question(s) for a human; the first: may {} call {}? (answer with tasks/update)",
+                open.len(),
+                first.question.agent,
+                first.question.tool
+            );
+        } else if p.message.starts_with("waiting for a human") {
+            p.status = Status::InputRequired;
+        }
+    }
+    Ok(p)
+}
+
+async fn work_progress(
     engine: &Arc<Engine>,
     record: &ClientTask,
 ) -> Result<Progress, crate::engine::EngineError> {
@@ -563,6 +594,9 @@ fn running_message(
         }) => return format!("waiting on {agent} ({child_task_id})"),
         Some(TurnEvent::ToolResult { name, .. }) if audits == 0 => {
             return format!("thinking over the result of {name}");
+        }
+        Some(TurnEvent::Asked { name, .. }) => {
+            return format!("waiting for a human to approve {name} (elicitation)");
         }
         _ => {}
     }

@@ -2,8 +2,10 @@
 //! MCP and JSON-RPC. It maps tool calls and resource reads onto the library
 //! ([`crate::app::App`]) and turns every failure into something a model can read.
 
+pub mod approvals;
 pub mod client;
 pub mod client_tasks;
+pub mod mrtr;
 pub mod resources;
 pub mod schema;
 pub mod stdio;
@@ -211,11 +213,17 @@ impl DispatchServer {
         progress_token: Option<rmcp::model::ProgressToken>,
         context: &RequestContext<RoleServer>,
     ) -> tasks::CallCtx {
+        let subject = principal.map(|p| p.subject);
         tasks::CallCtx {
+            approver: Some(approvals::ClientApprover::of(
+                &self.engine,
+                context,
+                subject.as_deref(),
+            )),
             peer: Some(context.peer.clone()),
             progress_token,
             cancelled: context.ct.clone(),
-            subject: principal.map(|p| p.subject),
+            subject,
             transport: self.transport,
             heartbeat: match self.app.config.progress.heartbeat_secs {
                 0 => None,
@@ -430,7 +438,26 @@ impl ServerHandler for DispatchServer {
         let client_does_tasks = context
             .client_capabilities()
             .is_some_and(|c| c.supports_tasks());
-        let caller = self.call_ctx(principal, progress_token, &context);
+        let mut caller = self.call_ctx(principal, progress_token, &context);
+        let tool = name.replacen('/', "_", 1);
+        if approvals::reach_of(&context) == approvals::Reach::InputRequests && !client_does_tasks {
+            // Without a task or a session, only agent_run's own result
+            // (input_required) can carry a question back.
+            if tool == "agent_run" {
+                let call = mrtr::agent_run(&self.engine, &request, &caller);
+                let outcome = match &self.calls {
+                    Some(t) => t.track_future(call).await,
+                    None => call.await,
+                };
+                return Ok(match outcome {
+                    Ok(r) => r,
+                    Err(e) => call_result(&name, Err(e)).into(),
+                });
+            }
+            caller.approver = Some(approvals::refusing(
+                "the task was started by a 2026-07-28 client outside agent_run or an MCP task, so no question can reach its user",
+            ));
+        }
         if client_does_tasks && task_ext::may_become_a_task(&name) {
             let api = client_tasks::Tasks {
                 engine: &self.engine,
@@ -472,7 +499,12 @@ impl ServerHandler for DispatchServer {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let call = self.task_caller(&context)?;
-        task_ext::update_task(&self.tasks_api(&call), &request.task_id).await
+        task_ext::update_task(
+            &self.tasks_api(&call),
+            &request.task_id,
+            &request.input_responses,
+        )
+        .await
     }
 
     async fn cancel_task(

@@ -9,8 +9,8 @@
 
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
-    CallToolResponse, CreateTaskResult, DetailedTask, ErrorCode, GetTaskResult, Task, TaskPayload,
-    TaskStatus,
+    CallToolResponse, CreateTaskResult, DetailedTask, ErrorCode, GetTaskResult, InputResponses,
+    Task, TaskPayload, TaskStatus,
 };
 
 use super::client_tasks::{Answered, Detailed, Progress, Status, TaskError, Tasks};
@@ -35,6 +35,7 @@ fn to_mcp(e: TaskError) -> McpError {
 fn task_of(record: &ClientTask, progress: &Progress) -> Task {
     let status = match progress.status {
         Status::Working => TaskStatus::Working,
+        Status::InputRequired => TaskStatus::InputRequired,
         Status::Completed => TaskStatus::Completed,
         Status::Failed => TaskStatus::Failed,
         Status::Cancelled => TaskStatus::Cancelled,
@@ -73,16 +74,25 @@ pub async fn call_tool(
     }
 }
 
-/// `tasks/get`: the task, with its result once it has one.
+/// `tasks/get`: the task, with its result once it has one, or the
+/// questions it waits on.
 pub async fn get_task(api: &Tasks<'_>, id: &str) -> Result<GetTaskResult, McpError> {
     let Detailed {
         record,
-        progress,
+        mut progress,
         outcome,
     } = api.detailed(id).await.map_err(to_mcp)?;
+    let asks = super::approvals::input_requests(api.engine, &record.id);
+    if progress.status == Status::InputRequired && asks.is_empty() {
+        // Asked on a session (elicitation): nothing for this client to answer.
+        progress.status = Status::Working;
+    }
     let task = task_of(&record, &progress);
     let payload = match (progress.status, outcome) {
         (Status::Working, _) => TaskPayload::Working,
+        (Status::InputRequired, _) => TaskPayload::InputRequired {
+            input_requests: asks,
+        },
         (Status::Cancelled, _) => TaskPayload::Cancelled,
         // A task that ended has the plain call's result, whatever became of
         // the agent's work (the result says; the status message too).
@@ -108,16 +118,29 @@ pub async fn cancel_task(api: &Tasks<'_>, id: &str) -> Result<(), McpError> {
     api.cancel(id).await.map(|_| ()).map_err(to_mcp)
 }
 
-/// `tasks/update`: dispatch's tasks ask nothing of the client yet, so there
-/// is nothing to answer.
-pub async fn update_task(api: &Tasks<'_>, id: &str) -> Result<(), McpError> {
-    let _ = api.get(id).await.map_err(to_mcp)?;
-    Err(McpError::new(
-        ErrorCode::INVALID_PARAMS,
-        format!(
-            "task `{}` is not waiting for input (its status is not input_required): nothing to update",
-            id.chars().take(80).collect::<String>()
-        ),
-        None,
-    ))
+/// `tasks/update`: answers to the questions `tasks/get` showed.
+pub async fn update_task(
+    api: &Tasks<'_>,
+    id: &str,
+    responses: &InputResponses,
+) -> Result<(), McpError> {
+    let (record, _) = api.get_record(id).await.map_err(to_mcp)?;
+    if super::approvals::input_requests(api.engine, &record.id).is_empty() {
+        return Err(McpError::new(
+            ErrorCode::INVALID_PARAMS,
+            format!(
+                "task `{}` is not waiting for input (its status is not input_required): nothing to update",
+                id.chars().take(80).collect::<String>()
+            ),
+            None,
+        ));
+    }
+    let by = api
+        .call
+        .subject
+        .clone()
+        .unwrap_or_else(|| "the client's user".into());
+    super::approvals::answer(api.engine, &record.id, responses, &by, "tasks/update")
+        .map(|_| ())
+        .map_err(|e| McpError::new(ErrorCode::INVALID_PARAMS, e.to_string(), None))
 }

@@ -40,6 +40,9 @@ pub struct CallCtx {
     /// Silence after which a waiting call is told its task is still going
     /// (`[progress] heartbeat_secs`); `None`: never.
     pub heartbeat: Option<Duration>,
+    /// Who answers the questions of the trees this call starts (tools
+    /// marked `ask`); `None`: they are refused.
+    pub approver: Option<crate::engine::approval::AskVia>,
 }
 
 impl CallCtx {
@@ -52,6 +55,7 @@ impl CallCtx {
             subject: None,
             transport: super::Transport::Stdio,
             heartbeat: None,
+            approver: None,
         }
     }
 }
@@ -181,7 +185,7 @@ pub struct TurnView {
     pub seq: u32,
     /// Which answer of the audit loop (1 = the first).
     pub answer: u32,
-    /// `model` (the model asked for tools), `child_started`, `tool_result`.
+    /// `model` (the model asked for tools), `child_started`, `asked`, `tool_result`.
     pub kind: String,
     /// The model, for a model turn.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +208,12 @@ pub struct TurnView {
     /// The child task (`agent_run`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_task_id: Option<String>,
+    /// The question put to a human (`asked`), or the one a result answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
+    /// The human's answer to a call of a tool marked `ask`, and who gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::task::Approval>,
 }
 
 impl From<&crate::task::Turn> for TurnView {
@@ -220,6 +230,8 @@ impl From<&crate::task::Turn> for TurnView {
             latency_ms: None,
             error: None,
             child_task_id: None,
+            question: None,
+            approval: None,
         };
         match &t.event {
             TurnEvent::Model { model, calls, .. } => {
@@ -244,6 +256,7 @@ impl From<&crate::task::Turn> for TurnView {
                 bytes,
                 latency_ms,
                 child_task_id,
+                approval,
                 ..
             } => {
                 v.tool = Some(name.clone());
@@ -251,6 +264,11 @@ impl From<&crate::task::Turn> for TurnView {
                 v.latency_ms = Some(*latency_ms);
                 v.error = is_error.then(|| crate::provider::clip(content, 300));
                 v.child_task_id = child_task_id.clone();
+                v.approval = approval.clone();
+            }
+            TurnEvent::Asked { name, question, .. } => {
+                v.tool = Some(name.clone());
+                v.question = Some(question.clone());
             }
         }
         v
@@ -564,11 +582,11 @@ pub struct TaskListOutput {
 // ---------------------------------------------------------------------------
 // Handlers
 
-fn engine_error(e: crate::engine::EngineError) -> ToolError {
+pub(super) fn engine_error(e: crate::engine::EngineError) -> ToolError {
     ToolError::Engine(e.to_string())
 }
 
-fn wait_of(v: Option<f64>, default: f64) -> Result<Duration, ToolError> {
+pub(super) fn wait_of(v: Option<f64>, default: f64) -> Result<Duration, ToolError> {
     let secs = v.unwrap_or(default);
     if !secs.is_finite() || secs < 0.0 {
         return Err(ToolError::Engine(format!(
@@ -696,6 +714,7 @@ pub async fn start_agent_run(
             input: args.input,
             subject: ctx.subject.clone(),
             limits,
+            approver: ctx.approver.clone(),
             ..Submit::default()
         })
         .await
@@ -868,6 +887,7 @@ pub async fn start_delegate(
             id: None,
             limits: call_limits(args.budget_usd, args.max_depth)?,
             tree: None,
+            approver: ctx.approver.clone(),
         })
         .await
         .map_err(engine_error)?;

@@ -337,7 +337,7 @@ pub fn find(name: &str) -> Option<&'static ToolSpec> {
         .find(|t| t.name == name || t.legacy_name == name)
 }
 
-fn parse<T: DeserializeOwned>(
+pub(super) fn parse<T: DeserializeOwned>(
     tool: &'static str,
     args: Option<serde_json::Map<String, Value>>,
 ) -> Result<T, ToolError> {

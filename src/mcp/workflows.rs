@@ -132,6 +132,7 @@ pub async fn start(
             agent,
             subject: ctx.subject.clone(),
             limits,
+            approver: ctx.approver.clone(),
         })
         .await
         .map_err(engine_error)

@@ -1234,6 +1234,13 @@ async fn turns_round_trip_in_order_and_a_seq_is_taken_once() {
             bytes: 3,
             latency_ms: 7,
             child_task_id: None,
+            approval: Some(crate::task::Approval {
+                question: "write — ✓?".into(),
+                decision: crate::task::Decision::Declined,
+                by: Some("alice|ß".into()),
+                via: "elicitation".into(),
+                note: None,
+            }),
         },
         ..model.clone()
     };

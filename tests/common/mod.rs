@@ -327,3 +327,4 @@ pub mod auth_server;
 pub mod fake_provider;
 pub mod fixture;
 pub mod http;
+pub mod python;

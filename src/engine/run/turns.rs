@@ -15,7 +15,7 @@ use super::child;
 use super::ctx::{Answer, CallError, RunCtx};
 use crate::agent::{Agent, ModelRef};
 use crate::provider::{ChatRequest, Message, ToolCall, ToolResult};
-use crate::task::{AttemptKind, FailReason, TaskId, ToolCallRecord, TurnEvent};
+use crate::task::{Approval, AttemptKind, Decision, FailReason, TaskId, ToolCallRecord, TurnEvent};
 
 /// One answer to write.
 pub(super) struct Step<'a> {
@@ -110,6 +110,8 @@ impl Replay {
                         },
                     );
                 }
+                // A question without an answer is asked again.
+                TurnEvent::Asked { .. } => {}
             }
         }
         r
@@ -262,7 +264,18 @@ async fn run_call(
 ) -> ToolResult {
     let t0 = Instant::now();
     ctx.acting(format!("calling {}", crate::engine::echo(&call.name)));
-    let (out, child_id) = match tools.resolve(&call.name, &call.arguments) {
+    let resolved = tools.resolve(&call.name, &call.arguments);
+    let approval = match tools.asks(&resolved) {
+        true => Some(ask(ctx, number, call).await),
+        false => None,
+    };
+    let resolved = match &approval {
+        Some(a) if a.decision != Decision::Accepted => Resolved::Refused(ToolOutput::error(
+            crate::engine::approval::refusal(&call.name, a),
+        )),
+        _ => resolved,
+    };
+    let (out, child_id) = match resolved {
         Resolved::Refused(out) => (out, None),
         Resolved::Local(b, args) => (tools.run_local(b, args).await, None),
         Resolved::Remote { server, tool, args } => {
@@ -289,6 +302,7 @@ async fn run_call(
         bytes,
         latency_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
         child_task_id: child_id,
+        approval,
     };
     ctx.add_turn(number, event).await;
     ToolResult {
@@ -297,4 +311,32 @@ async fn run_call(
         content: out.content,
         is_error: out.is_error,
     }
+}
+
+/// Ask a human whether `call` may run: the question is stored (the task
+/// shows it is waiting) before it goes out; the answer is stored with the
+/// call's result.
+async fn ask(ctx: &RunCtx<'_>, number: u32, call: &ToolCall) -> Approval {
+    let question = crate::engine::approval::Question {
+        task_id: ctx.task.id.clone(),
+        root_id: ctx.task.root().to_string(),
+        call_id: call.id.clone(),
+        agent: ctx.task.agent.clone(),
+        tool: call.name.clone(),
+        arguments: call.arguments.clone(),
+    };
+    ctx.acting(format!(
+        "waiting for a human to approve {}",
+        crate::engine::echo(&call.name)
+    ));
+    ctx.add_turn(
+        number,
+        TurnEvent::Asked {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            question: question.text(),
+        },
+    )
+    .await;
+    ctx.engine.approve(&question).await
 }

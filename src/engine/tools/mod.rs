@@ -173,6 +173,10 @@ pub struct Policy {
     builtins: BTreeSet<Builtin>,
     /// `(server, tool)` grants of other MCP servers' tools; `None` is `NAME/*`.
     servers: BTreeSet<(String, Option<String>)>,
+    /// The granted tools marked `ask`: each call waits for a human's approval.
+    ask_builtins: BTreeSet<Builtin>,
+    /// The same for other servers' tools.
+    ask_servers: BTreeSet<(String, Option<String>)>,
 }
 
 /// `NAME/*` or `NAME/tool`, when it is not one of dispatch's own names.
@@ -200,18 +204,34 @@ impl Policy {
             .filter_map(|t| Builtin::named(t))
             .collect();
         let mut servers: BTreeSet<_> = agent.tools.iter().filter_map(|t| server_grant(t)).collect();
+        let (mut ask_builtins, mut ask_servers) = (BTreeSet::new(), BTreeSet::new());
         if let Some(Value::Object(perms)) = agent.extra.get("permissions") {
             for (key, v) in perms {
                 let value = v.as_str().unwrap_or("");
-                builtins.extend(granted(key, value));
-                if value == "allow"
+                // `ask` grants what `allow` would, every call asking first.
+                let asks = value == "ask";
+                let grant = if asks { "allow" } else { value };
+                let tools = granted(key, grant);
+                if asks {
+                    ask_builtins.extend(tools.iter().copied());
+                }
+                builtins.extend(tools);
+                if grant == "allow"
                     && let Some(g) = server_grant(key)
                 {
+                    if asks {
+                        ask_servers.insert(g.clone());
+                    }
                     servers.insert(g);
                 }
             }
         }
-        Policy { builtins, servers }
+        Policy {
+            builtins,
+            servers,
+            ask_builtins,
+            ask_servers,
+        }
     }
 
     /// True when the agent may call no tool: it answers in one call.
@@ -222,6 +242,18 @@ impl Policy {
     /// Whether `tool` of `server` is allowed.
     fn allows_server_tool(&self, server: &str, tool: &str) -> bool {
         self.servers
+            .iter()
+            .any(|(s, t)| s == server && t.as_deref().is_none_or(|t| t == tool))
+    }
+
+    /// Whether a call of `b` waits for a human's approval.
+    pub fn asks(&self, b: Builtin) -> bool {
+        self.ask_builtins.contains(&b)
+    }
+
+    /// Whether a call of `tool` of `server` waits for a human's approval.
+    fn asks_server_tool(&self, server: &str, tool: &str) -> bool {
+        self.ask_servers
             .iter()
             .any(|(s, t)| s == server && t.as_deref().is_none_or(|t| t == tool))
     }
@@ -459,6 +491,16 @@ impl Toolbox {
         }
     }
 
+    /// Whether running `resolved` waits for a human's approval.
+    pub fn asks(&self, resolved: &Resolved) -> bool {
+        match resolved {
+            Resolved::Local(b, _) => self.policy.asks(*b),
+            Resolved::Child(_) => self.policy.asks(Builtin::AgentRun),
+            Resolved::Remote { server, tool, .. } => self.policy.asks_server_tool(server, tool),
+            Resolved::Refused(_) => false,
+        }
+    }
+
     /// Call another server's tool (the client applies the server's timeout).
     pub async fn run_remote(&self, server: &str, tool: &str, args: Value) -> ToolOutput {
         match &self.external {
@@ -640,9 +682,16 @@ mod tests {
         assert!(p.allows_server_tool("github", "anything"));
         let p = Policy::of(&agent(&["docs/lookup"], None));
         assert!(p.allows_server_tool("docs", "lookup") && !p.allows_server_tool("docs", "other"));
-        // `ask` needs an approval this version cannot ask for: not granted.
-        let p = Policy::of(&agent(&[], Some(serde_json::json!({"kb_write": "ask"}))));
-        assert!(p.is_empty());
+        // `ask` grants the tool, each call waiting for a human.
+        let p = Policy::of(&agent(
+            &["kb_read"],
+            Some(serde_json::json!({"kb_write": "ask", "github/*": "ask", "docs/lookup": "allow"})),
+        ));
+        assert!(p.allows(Builtin::KbWrite) && p.asks(Builtin::KbWrite));
+        assert!(p.allows(Builtin::KbRead) && !p.asks(Builtin::KbRead));
+        assert!(p.allows_server_tool("github", "create_issue"));
+        assert!(p.asks_server_tool("github", "create_issue"));
+        assert!(p.allows_server_tool("docs", "lookup") && !p.asks_server_tool("docs", "lookup"));
     }
 
     #[test]
