@@ -259,6 +259,11 @@ async fn over_streamable_http_the_subject_answers_and_a_task_shows_input_require
     )
     .await;
     assert_eq!(out["asked"].as_array().unwrap().len(), 1, "{out:#}");
+    // The question says which task it belongs to.
+    assert_eq!(
+        out["asked"][0]["meta"]["io.modelcontextprotocol/related-task"]["taskId"], out["task_id"],
+        "{out:#}"
+    );
     assert_eq!(
         out["result"]["structuredContent"]["state"], "succeeded",
         "{out:#}"
@@ -404,4 +409,32 @@ async fn dispatch_run_answers_from_its_flags_and_without_a_terminal_refuses() {
     let (fx, seen) = cli_run(&[]).await;
     assert!(seen.contains("no terminal to ask on"), "{seen}");
     assert_eq!(note(&fx), None);
+}
+
+#[tokio::test]
+async fn a_workflow_step_asks_the_client_that_started_the_run() {
+    let Some(python) = python("approvals in a workflow") else {
+        return;
+    };
+    let flow = "---\ndescription: one step that writes\ndag:\n  steps:\n    - {id: write, agent: scribe, input: '{{input}}'}\n---\nWrite.\n";
+    let fx = Fx::new(&[("scribe", &scribe()), ("flow", flow)], TOML).await;
+    script(&fx);
+    let arg = json!({"answer": "accept", "arguments": {"agent": "flow", "input": "note this", "wait_seconds": 100}});
+    let out = pya(
+        &python,
+        &fx.spawn().env,
+        "run",
+        &stdio_target(&fx),
+        &arg.to_string(),
+    )
+    .await;
+    assert_eq!(out["asked"].as_array().unwrap().len(), 1, "{out:#}");
+    assert!(
+        out["asked"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kb_write")
+    );
+    assert_eq!(note(&fx).as_deref(), Some("written with approval"));
+    assert!(!tool_result_seen(&fx).contains("was not run"));
 }

@@ -372,7 +372,13 @@ async fn a_stateless_client_gets_a_task_for_long_work_and_its_result_from_tasks_
     assert_eq!(out["protocol"], "2026-07-28", "{out:#}");
     let handle = &out["handles"][0];
     let id = handle["taskId"].as_str().unwrap().to_string();
-    assert_eq!(handle["status"], "working", "{out:#}");
+    // A handle, whatever the work did meanwhile (the gate opens as soon as
+    // the provider has the request, which may be before the handle is sent).
+    assert_eq!(handle["resultType"], "task", "{out:#}");
+    assert!(
+        matches!(handle["status"].as_str(), Some("working" | "completed")),
+        "{out:#}"
+    );
     assert_eq!(handle["pollIntervalMs"], 1000);
     let polls = out["polls"][0].as_array().unwrap();
     let last = polls.last().unwrap();
@@ -457,4 +463,67 @@ async fn a_stateless_call_that_ends_in_time_is_answered_without_a_task() {
     assert_eq!(out["handles"], json!([]), "{out:#}");
     assert_eq!(out["result"]["structuredContent"]["output"], "at once");
     assert_eq!(out["result"]["structuredContent"]["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn the_methods_sep_2663_removed_are_unknown_to_a_2026_client() {
+    let Some(python) = python_2026("2026-07-28 removed methods") else {
+        return;
+    };
+    let fx = Fx::new(&[("quick", &agent("openai/gpt-4o-mini"))], "").await;
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let out = py26(&python, &[], "removed", &s.url("/mcp"), "01nosuchtask").await;
+    for m in ["list", "result"] {
+        assert_eq!(out[m]["code"], -32601, "{m}: {out:#}");
+        assert!(
+            out[m]["message"].as_str().unwrap().contains("tasks/get"),
+            "{out:#}"
+        );
+    }
+    // What it answers, it declares: prompts (none) included.
+    let caps = &out["capabilities"];
+    assert!(caps["prompts"].is_object(), "{out:#}");
+    assert!(
+        caps["extensions"]["io.modelcontextprotocol/tasks"].is_object(),
+        "{out:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_typescript_sdk_gets_a_task_polls_cancels_and_is_refused_an_update() {
+    let Some(node) = typescript("2026-07-28 tasks from the TypeScript SDK") else {
+        return;
+    };
+    let (auth, fx, s, gate) = modern_setup().await;
+    let url = s.url("/mcp");
+    let alice = token(&auth, "alice");
+    let spec =
+        json!({"tool": "agent_run", "arguments": {"agent": "slow", "input": "x"}}).to_string();
+    let (out, ()) = tokio::join!(ts(&node, &alice, "call", &url, &spec), async {
+        fx.fake.wait_in_flight(1).await;
+        gate.notify_waiters();
+    });
+    assert_eq!(out["protocol"], "2026-07-28", "{out:#}");
+    let handle = &out["handle"];
+    assert_eq!(handle["resultType"], "task", "{out:#}");
+    let id = handle["taskId"].as_str().unwrap().to_string();
+    let last = out["polls"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["status"], "completed", "{out:#}");
+    assert_eq!(last["result"]["structuredContent"]["task_id"], id);
+    assert_eq!(
+        out["result"]["structuredContent"]["output"],
+        "worth the wait"
+    );
+    // A second task, held at the provider: cancelled, then no update.
+    let started = ts(&node, &alice, "start", &url, &spec).await;
+    let id = started["taskId"].as_str().unwrap().to_string();
+    assert_eq!(started["status"], "working", "{started:#}");
+    let update = ts(&node, &alice, "update", &url, &id).await;
+    assert_eq!(update["error"]["code"], -32602, "{update:#}");
+    let bob = token(&auth, "bob");
+    let theirs = ts(&node, &bob, "get", &url, &id).await;
+    assert_eq!(theirs["error"]["code"], -32602, "{theirs:#}");
+    let cancelled = ts(&node, &alice, "cancel", &url, &id).await;
+    assert_eq!(cancelled["get"]["status"], "cancelled", "{cancelled:#}");
+    gate.notify_waiters();
 }

@@ -826,13 +826,13 @@ impl Engine {
             // Before the task: a driver that starts finds its tree.
             self.store.open_tree(tree).await?;
         }
-        // Before the task runs, so its first question finds whoever answers.
+        self.store.create_task(&task).await?;
+        // Before the driver starts, so its first question finds whoever answers.
         if let Some(via) = req.approver
             && task.root() == task.id
         {
             self.approvers.set(&task.id, via.0);
         }
-        self.store.create_task(&task).await?;
         // From here on the task exists: whatever fails, its driver must
         // start, or it would stay `queued`/`running` with nothing driving it.
         // A routing call that cannot be stored now is kept for the commit of

@@ -88,7 +88,21 @@ impl ClientApprover {
         let Some(peer) = &self.peer else {
             return Approval::unanswered(&text, "elicitation", "no session to ask on");
         };
-        match peer.create_elicitation(form(&text)).await {
+        let mut params = form(&text);
+        // A question of an MCP task says so (2025-11-25: related-task).
+        if let Ok(Some(t)) = self.engine.store().get_client_task(&q.root_id).await {
+            let mut meta = rmcp::model::JsonObject::new();
+            meta.insert(
+                super::client_tasks::RELATED_TASK.into(),
+                serde_json::json!({ "taskId": t.id }),
+            );
+            if let ElicitRequestParams::FormElicitationParams { meta: m, .. } = &mut params {
+                *m = Some(rmcp::model::RequestMetaObject(rmcp::model::MetaObject(
+                    meta,
+                )));
+            }
+        }
+        match peer.create_elicitation(params).await {
             Ok(r) => Approval {
                 decision: decision_of(&r.action, r.content.as_ref()),
                 question: text,

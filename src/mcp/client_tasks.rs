@@ -177,12 +177,16 @@ impl Tasks<'_> {
         }
         let (started, _) = self.start(&name, arguments).await?;
         let record = self.keep(&name, &started, ttl_ms).await?;
+        // 2025-11-25 status notifications (the 2026-07-28 extension has none
+        // of that shape: its clients poll).
+        if let Some(peer) = self.call.peer.clone() {
+            notify_changes(self.engine.clone(), peer, record.clone());
+        }
         let progress = self.progress(&record).await?;
         Ok(json!({ "task": task_json(&record, &progress) }))
     }
 
-    /// Records `started` as the caller's task and starts telling a connected
-    /// client of its changes.
+    /// Records `started` as the caller's task.
     async fn keep(
         &self,
         tool: &str,
@@ -202,9 +206,6 @@ impl Tasks<'_> {
             .put_client_task(&record)
             .await
             .map_err(|e| ToolError::Internal(e.to_string()))?;
-        if let Some(peer) = self.call.peer.clone() {
-            notify_changes(self.engine.clone(), peer, record.clone());
-        }
         Ok(record)
     }
 

@@ -263,6 +263,20 @@ impl DispatchServer {
             .map_err(|e| McpError::invalid_request(e, None))?;
         let params = request.params.unwrap_or(serde_json::Value::Null);
         let method = request.method.as_str();
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= "2026-07-28");
+        if modern && matches!(method, task_wire::RESULT | task_wire::LIST) {
+            // SEP-2663 removed them: tasks/get carries the result, and a
+            // client keeps its own list.
+            return Err(McpError::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!(
+                    "{method} is not part of the 2026-07-28 tasks extension: poll tasks/get, which carries the result once the task has ended"
+                ),
+                None,
+            ));
+        }
         // The HTTP layer checked the scope under the method's wire name; this
         // keeps the rule for every transport.
         if let Some(p) = &principal {
@@ -356,6 +370,9 @@ impl ServerHandler for DispatchServer {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                // rmcp answers prompts/list (with none): say so, as the
+                // 2026-07-28 revision requires of what a server answers.
+                .enable_prompts()
                 .enable_resources()
                 .enable_resources_list_changed()
                 .enable_tasks()

