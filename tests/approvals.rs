@@ -145,6 +145,19 @@ async fn an_accepted_elicitation_runs_the_call_and_is_recorded_with_it() {
     );
     assert_eq!(note(&fx).as_deref(), Some("written with approval"));
     assert!(!tool_result_seen(&fx).contains("was not run"));
+    // The model was told which tool asks, and only that one.
+    let first = &fx.fake.requests()[0].body;
+    let describe = |name: &str| {
+        first["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["function"]["name"] == name)
+            .map(|t| t["function"]["description"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{name} not offered: {first:#}"))
+    };
+    assert!(describe("kb_write").contains("needs a human's approval"));
+    assert!(!describe("kb_read").contains("approval"));
 
     let turns = turns(&fx, result["task_id"].as_str().unwrap()).await;
     let (asked_turn, approval) = approval_of(&turns);
@@ -437,4 +450,50 @@ async fn a_workflow_step_asks_the_client_that_started_the_run() {
     );
     assert_eq!(note(&fx).as_deref(), Some("written with approval"));
     assert!(!tool_result_seen(&fx).contains("was not run"));
+}
+
+/// `dispatch run scribe` on a pseudo-terminal whose user types `answer`.
+async fn tty_run(answer: &str) -> (Fx, Value) {
+    let fx = Fx::new(&[("scribe", &scribe())], TOML).await;
+    script(&fx);
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(repo_root().join("tests/fixtures/tty_answer.py"))
+        .arg(answer)
+        .arg(bin())
+        .args(["run", "scribe", "note this", "--root"])
+        .arg(fx.p.root());
+    for (k, v) in &fx.spawn().env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .await
+        .expect("python3 (tests/mcp_servers.rs needs it too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (fx, v)
+}
+
+#[tokio::test]
+async fn dispatch_run_on_a_terminal_asks_its_user() {
+    let (fx, out) = tty_run("y").await;
+    assert_eq!(out["status"], 0, "{out:#}");
+    let prompt = out["prompt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no prompt: {out:#}"));
+    assert!(
+        prompt.contains("kb_write") && prompt.contains("Allow this call?"),
+        "{prompt}"
+    );
+    assert_eq!(note(&fx).as_deref(), Some("written with approval"));
+
+    let (fx, out) = tty_run("n").await;
+    assert_eq!(out["status"], 0, "{out:#}");
+    assert!(out["prompt"].is_string(), "{out:#}");
+    assert!(tool_result_seen(&fx).contains("the human declined it"));
+    assert_eq!(note(&fx), None);
 }

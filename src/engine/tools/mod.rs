@@ -327,6 +327,10 @@ pub struct Toolbox {
     unavailable: Vec<(String, String)>,
 }
 
+/// Added to the description of a tool marked `ask`.
+const APPROVAL_NOTE: &str =
+    " Each call needs a human's approval first; a refused call says so, and then do without it.";
+
 /// One other server's tool as offered.
 #[derive(Clone)]
 struct Remote {
@@ -449,9 +453,22 @@ impl Toolbox {
 
     /// What the model is told it can call.
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.offered()
-            .map(Builtin::spec)
-            .chain(self.remote.iter().map(|r| r.spec.clone()))
+        let local = self
+            .offered()
+            .map(|b| (Builtin::spec(b), self.policy.asks(b)));
+        let remote = self.remote.iter().map(|r| {
+            let asks = self.policy.asks_server_tool(&r.server, &r.tool);
+            (r.spec.clone(), asks)
+        });
+        local
+            .chain(remote)
+            .map(|(mut spec, asks)| {
+                // The model plans better knowing a call may be refused.
+                if asks {
+                    spec.description.push_str(APPROVAL_NOTE);
+                }
+                spec
+            })
             .collect()
     }
 
