@@ -48,14 +48,19 @@ pub fn reach_of(context: &RequestContext<RoleServer>) -> Reach {
     let elicits = context
         .client_capabilities()
         .is_some_and(|c| c.elicitation.is_some());
-    let stateless = context
-        .protocol_version()
-        .is_some_and(|v| v.as_str() >= "2026-07-28");
-    match (elicits, stateless) {
+    match (elicits, speaks_2026(context)) {
         (false, _) => Reach::Nobody,
         (true, true) => Reach::InputRequests,
         (true, false) => Reach::Elicitation,
     }
+}
+
+/// Whether the request speaks the 2026-07-28 revision (or a later one), by
+/// its own `_meta` or its session's negotiated version.
+pub fn speaks_2026(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= "2026-07-28")
 }
 
 /// The approver of trees a client starts.

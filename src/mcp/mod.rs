@@ -263,10 +263,8 @@ impl DispatchServer {
             .map_err(|e| McpError::invalid_request(e, None))?;
         let params = request.params.unwrap_or(serde_json::Value::Null);
         let method = request.method.as_str();
-        let modern = context
-            .protocol_version()
-            .is_some_and(|v| v.as_str() >= "2026-07-28");
-        if modern && matches!(method, task_wire::RESULT | task_wire::LIST) {
+        if approvals::speaks_2026(&context) && matches!(method, task_wire::RESULT | task_wire::LIST)
+        {
             // SEP-2663 removed them: tasks/get carries the result, and a
             // client keeps its own list.
             return Err(McpError::new(
