@@ -120,6 +120,15 @@ pub struct RunArgs {
     /// Show the model chain, the messages and an estimated cost; call nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How calls of tools marked `ask` are answered.
+    #[command(flatten)]
+    pub approvals: ApprovalArgs,
+}
+
+/// How `dispatch run` and `dispatch workflow run` answer the questions of
+/// tools an agent file marks `ask`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ApprovalArgs {
     /// Approve every call of TOOL (a tool the agent file marks `ask`, as the
     /// model names it; `*` for all) without asking. Repeatable.
     #[arg(long, value_name = "TOOL")]
@@ -143,6 +152,9 @@ pub enum WorkflowAction {
         /// Print the run as JSON.
         #[arg(long)]
         json: bool,
+        /// How calls of tools marked `ask` are answered.
+        #[command(flatten)]
+        approvals: ApprovalArgs,
     },
     /// Show a run: every step's state, task and cost.
     Show {
@@ -263,12 +275,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     workflow,
                     input,
                     json,
+                    approvals,
                 },
         } => runtime()?.block_on(crate::cli_tasks::workflow_run(
             paths,
             &workflow,
             input.as_deref(),
             json,
+            &approvals,
         )),
         Command::Workflow {
             action:

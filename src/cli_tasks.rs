@@ -122,7 +122,7 @@ pub async fn run(paths: Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    engine.set_default_approver(crate::cli_approve::for_run(&args.approve, args.deny_all));
+    engine.set_default_approver(crate::cli_approve::for_run(&args.approvals));
     let (task, events) = engine
         .submit_watched(Submit {
             agent: args.agent.clone(),
@@ -485,6 +485,7 @@ pub async fn workflow_run(
     workflow: &str,
     input: Option<&str>,
     json: bool,
+    approvals: &crate::cli::ApprovalArgs,
 ) -> anyhow::Result<ExitCode> {
     let app = open(paths)?;
     let (def, agent) = workflow_def(&app, workflow)?;
@@ -493,6 +494,7 @@ pub async fn workflow_run(
         other => read_input(other)?,
     };
     let engine = app.engine(false).await?;
+    engine.set_default_approver(crate::cli_approve::for_run(approvals));
     let run = engine
         .start_run(crate::engine::RunRequest {
             def,

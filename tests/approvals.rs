@@ -296,6 +296,10 @@ async fn over_streamable_http_the_subject_answers_and_a_task_shows_input_require
 }
 
 async fn modern() -> (AuthServer, Fx, HttpServer, Vec<(String, String)>) {
+    modern_scripted(script).await
+}
+
+async fn modern_scripted(script: fn(&Fx)) -> (AuthServer, Fx, HttpServer, Vec<(String, String)>) {
     let auth = AuthServer::start().await;
     let toml = format!(
         "{TOML}answer_within_ms = 0\n[auth]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n",
@@ -412,11 +416,17 @@ async fn dispatch_run_answers_from_its_flags_and_without_a_terminal_refuses() {
     assert_eq!(note(&fx).as_deref(), Some("written with approval"));
 
     let (fx, seen) = cli_run(&["--approve", "kb_read"]).await;
-    assert!(seen.contains("the human declined it"), "{seen}");
+    assert!(
+        seen.contains("declined (not approved by --approve (which approves only kb_read))"),
+        "{seen}"
+    );
     assert_eq!(note(&fx), None);
 
     let (fx, seen) = cli_run(&["--deny-all"]).await;
-    assert!(seen.contains("the human declined it"), "{seen}");
+    assert!(
+        seen.contains("declined (--deny-all refuses every call)"),
+        "{seen}"
+    );
     assert_eq!(note(&fx), None);
 
     let (fx, seen) = cli_run(&[]).await;
@@ -453,8 +463,8 @@ async fn a_workflow_step_asks_the_client_that_started_the_run() {
 }
 
 /// `dispatch run scribe` on a pseudo-terminal whose user types `answer`.
-async fn tty_run(answer: &str) -> (Fx, Value) {
-    let fx = Fx::new(&[("scribe", &scribe())], TOML).await;
+async fn tty_run(answer: &str, toml: &str) -> (Fx, Value) {
+    let fx = Fx::new(&[("scribe", &scribe())], toml).await;
     script(&fx);
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(repo_root().join("tests/fixtures/tty_answer.py"))
@@ -480,7 +490,7 @@ async fn tty_run(answer: &str) -> (Fx, Value) {
 
 #[tokio::test]
 async fn dispatch_run_on_a_terminal_asks_its_user() {
-    let (fx, out) = tty_run("y").await;
+    let (fx, out) = tty_run("y", TOML).await;
     assert_eq!(out["status"], 0, "{out:#}");
     let prompt = out["prompt"]
         .as_str()
@@ -491,9 +501,206 @@ async fn dispatch_run_on_a_terminal_asks_its_user() {
     );
     assert_eq!(note(&fx).as_deref(), Some("written with approval"));
 
-    let (fx, out) = tty_run("n").await;
+    let (fx, out) = tty_run("n", TOML).await;
     assert_eq!(out["status"], 0, "{out:#}");
     assert!(out["prompt"].is_string(), "{out:#}");
     assert!(tool_result_seen(&fx).contains("the human declined it"));
     assert_eq!(note(&fx), None);
+}
+
+/// A question nobody answers on the terminal times out, and the command
+/// still exits: the abandoned read of the terminal does not hold it.
+#[tokio::test]
+async fn an_unanswered_terminal_question_times_out_and_the_command_exits() {
+    let (fx, out) = tty_run("-", "[limits]\napproval_timeout_secs = 1\n").await;
+    assert_eq!(out["status"], 0, "{out:#}");
+    assert!(out["prompt"].is_string(), "{out:#}");
+    assert!(
+        tool_result_seen(&fx).contains("no answer within 1s"),
+        "{}",
+        tool_result_seen(&fx)
+    );
+    assert_eq!(note(&fx), None);
+}
+
+/// `dispatch workflow run` answers from the same flags as `dispatch run`.
+#[tokio::test]
+async fn dispatch_workflow_run_answers_from_its_flags() {
+    let flow = "---\ndescription: one step that writes\ndag:\n  steps:\n    - {id: write, agent: scribe, input: '{{input}}'}\n---\nWrite.\n";
+    for (flags, approved) in [
+        (&["--approve", "kb_write"][..], true),
+        (&["--deny-all"][..], false),
+    ] {
+        let fx = Fx::new(&[("scribe", &scribe()), ("flow", flow)], TOML).await;
+        script(&fx);
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(["workflow", "run", "flow", "note this", "--root"])
+            .arg(fx.p.root())
+            .args(flags)
+            .stdin(std::process::Stdio::null());
+        for (k, v) in &fx.spawn().env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = tool_result_seen(&fx);
+        if approved {
+            assert_eq!(
+                note(&fx).as_deref(),
+                Some("written with approval"),
+                "{seen}"
+            );
+        } else {
+            assert!(seen.contains("--deny-all refuses every call"), "{seen}");
+            assert_eq!(note(&fx), None);
+        }
+    }
+}
+
+/// A 2026-07-28 client with the Tasks extension calls agent_delegate: no
+/// task of the client's carries the question, so it is refused at once (not
+/// left to wait out approval_timeout_secs, 900 s here).
+#[tokio::test]
+async fn a_delegated_question_from_a_stateless_client_is_refused_at_once() {
+    let Some(python) = python_2026("approvals with nowhere to go") else {
+        return;
+    };
+    let (_auth, fx, s, alice) = modern().await;
+    let spec = json!({"tool": "agent_delegate", "tasks_ext": true,
+        "arguments": {"agent": "scribe", "input": "note this"}});
+    let out = py26(
+        &python,
+        &alice,
+        "then_result",
+        &s.url("/mcp"),
+        &spec.to_string(),
+    )
+    .await;
+    assert_eq!(
+        out["result"]["structuredContent"]["state"], "succeeded",
+        "{out:#}"
+    );
+    assert_eq!(out["asked"], json!([]), "{out:#}");
+    let seen = tool_result_seen(&fx);
+    assert!(seen.contains("outside agent_run or an MCP task"), "{seen}");
+    assert!(seen.contains("was not run"), "{seen}");
+}
+
+/// The model asks for kb_write only after a while.
+fn script_late(fx: &Fx) {
+    fx.fake.queue_model(
+        "scribe",
+        [
+            Behavior::Delay {
+                by: std::time::Duration::from_millis(300),
+                then: Box::new(Behavior::call(
+                    "kb_write",
+                    json!({"path": "notes/approved.md", "content": "written with approval"}),
+                )),
+            },
+            Behavior::reply("done"),
+        ],
+    );
+}
+
+/// A plain 2026-07-28 agent_run whose wait ended (wait_seconds 0) before
+/// its task asked: the client has its answer and will not retry, so the
+/// question is refused at once.
+#[tokio::test]
+async fn a_question_after_a_stateless_agent_run_has_answered_is_refused_at_once() {
+    let Some(python) = python_2026("approvals after the wait") else {
+        return;
+    };
+    let (_auth, fx, s, alice) = modern_scripted(script_late).await;
+    let spec = json!({"tool": "agent_run",
+        "arguments": {"agent": "scribe", "input": "note this", "wait_seconds": 0}});
+    let out = py26(
+        &python,
+        &alice,
+        "then_result",
+        &s.url("/mcp"),
+        &spec.to_string(),
+    )
+    .await;
+    assert_ne!(
+        out["first"]["structuredContent"]["state"], "succeeded",
+        "{out:#}"
+    );
+    assert_eq!(
+        out["result"]["structuredContent"]["state"], "succeeded",
+        "{out:#}"
+    );
+    assert_eq!(out["asked"], json!([]), "{out:#}");
+    let seen = tool_result_seen(&fx);
+    assert!(seen.contains("has answered (its wait ended)"), "{seen}");
+    assert!(seen.contains("was not run"), "{seen}");
+}
+
+/// The retry of an input_required agent_run carries the right answer and
+/// one for a question that no longer waits: the right one is taken, the
+/// other ignored, and the call goes on to its result.
+#[tokio::test]
+async fn a_retry_with_a_stale_answer_still_delivers_the_right_one() {
+    let Some(python) = python_2026("approvals with a stale key") else {
+        return;
+    };
+    let (_auth, fx, s, alice) = modern().await;
+    let spec = json!({"tool": "agent_run", "arguments": serde_json::from_str::<Value>(&run_args()).unwrap()});
+    let out = py26(
+        &python,
+        &alice,
+        "mrtr_stale",
+        &s.url("/mcp"),
+        &spec.to_string(),
+    )
+    .await;
+    let rounds = out["rounds"].as_array().unwrap();
+    assert_eq!(rounds[0]["resultType"], "input_required", "{out:#}");
+    let last = rounds.last().unwrap();
+    assert_eq!(last["structuredContent"]["state"], "succeeded", "{out:#}");
+    let seen = tool_result_seen(&fx);
+    assert!(seen.contains("\"bytes_written\":21"), "{seen}");
+    let (_, approval) =
+        approval_of(&turns(&fx, last["structuredContent"]["task_id"].as_str().unwrap()).await);
+    assert_eq!(approval["decision"], "accepted");
+}
+
+/// A task waiting for a human gives its concurrency slot up: with one slot
+/// in all, another agent's run goes to its end meanwhile.
+#[tokio::test]
+async fn a_task_waiting_for_a_human_leaves_its_slot_to_others() {
+    let Some(python) = python_2026("approvals and slots") else {
+        return;
+    };
+    let auth = AuthServer::start().await;
+    let toml = format!(
+        "[limits]\napproval_timeout_secs = 900\nglobal = 1\n[tasks]\npoll_interval_ms = 20\nanswer_within_ms = 0\n[auth]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n",
+        auth.issuer()
+    );
+    let plain = "---\ndescription: answers\nmodel: openai/plain\n---\nAnswer.\n";
+    let fx = Fx::new(&[("scribe", &scribe()), ("plain", plain)], &toml).await;
+    script(&fx);
+    fx.fake
+        .queue_model("plain", [Behavior::reply("plain answer")]);
+    let s = HttpServer::start(&fx.p, fx.spawn(), 0).await;
+    let alice = vec![(
+        "DISPATCH_TEST_TOKEN".to_string(),
+        auth.valid("alice", &ALL_SCOPES),
+    )];
+    let spec = json!({"tool": "agent_run",
+        "arguments": serde_json::from_str::<Value>(&run_args()).unwrap(),
+        "other": {"agent": "plain", "input": "hi", "wait_seconds": 30}});
+    let out = py26(&python, &alice, "hold", &s.url("/mcp"), &spec.to_string()).await;
+    assert_eq!(
+        out["other"]["structuredContent"]["state"], "succeeded",
+        "{out:#}"
+    );
+    let last = out["polls"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["status"], "completed", "{out:#}");
+    let seen = tool_result_seen(&fx);
+    assert!(seen.contains("\"bytes_written\":21"), "{seen}");
 }

@@ -424,6 +424,18 @@ async fn kb_files_are_resources() {
             .await;
         assert!(e.is_err(), "{bad} should fail");
     }
+    // SEP-2164: not found is -32602, with the URI asked for.
+    match c
+        .service
+        .read_resource(ReadResourceRequestParams::new("kb://nope.md"))
+        .await
+    {
+        Err(rmcp::ServiceError::McpError(e)) => {
+            assert_eq!(e.code.0, -32602, "{e:?}");
+            assert_eq!(e.data.unwrap()["uri"], "kb://nope.md");
+        }
+        other => panic!("{other:?}"),
+    }
 
     let templates = c.service.list_resource_templates(None).await.unwrap();
     assert_eq!(templates.resource_templates[0].uri_template, "kb://{+path}");

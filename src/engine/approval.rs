@@ -118,8 +118,14 @@ impl Approvers {
 pub fn refusal(tool: &str, approval: &Approval) -> String {
     let why = match approval.decision {
         Decision::Accepted => return String::new(),
-        Decision::Declined => "the human declined it".to_string(),
-        Decision::Cancelled => "the human dismissed the question without approving".to_string(),
+        Decision::Declined => match &approval.note {
+            Some(why) => format!("it was declined ({why})"),
+            None => "the human declined it".to_string(),
+        },
+        Decision::Cancelled => match &approval.note {
+            Some(why) => format!("the question was dismissed without approving ({why})"),
+            None => "the human dismissed the question without approving".to_string(),
+        },
         Decision::Unanswered => format!(
             "no one could approve it: {}",
             approval.note.as_deref().unwrap_or("no answer")
@@ -133,10 +139,37 @@ pub fn refusal(tool: &str, approval: &Approval) -> String {
 /// Answers from a fixed list, as `dispatch run --approve TOOL` and
 /// `--deny-all` do.
 pub struct FixedAnswers {
-    /// Tools (as the model names them) approved without asking.
-    pub approve: Vec<String>,
-    /// Who answers for the record (`--approve`).
-    pub by: String,
+    /// Tools (as the model names them) approved without asking; `*` is all.
+    approve: Vec<String>,
+    /// Who answers, for the record (`--approve`).
+    by: String,
+}
+
+impl FixedAnswers {
+    /// Approve the calls of `tools` (`*`: all), refuse the rest.
+    pub fn only(tools: Vec<String>, by: &str) -> FixedAnswers {
+        FixedAnswers {
+            approve: tools,
+            by: by.to_string(),
+        }
+    }
+
+    /// Refuse every call.
+    pub fn none(by: &str) -> FixedAnswers {
+        FixedAnswers::only(Vec::new(), by)
+    }
+
+    /// Why a call of a tool not on the list is refused, for the record.
+    fn why_not(&self) -> String {
+        match self.approve.is_empty() {
+            true => format!("{} refuses every call", self.by),
+            false => format!(
+                "not approved by {} (which approves only {})",
+                self.by,
+                self.approve.join(", ")
+            ),
+        }
+    }
 }
 
 impl Approver for FixedAnswers {
@@ -151,7 +184,7 @@ impl Approver for FixedAnswers {
             },
             by: Some(self.by.clone()),
             via: "flag".into(),
-            note: None,
+            note: (!yes).then(|| self.why_not()),
         }))
     }
 }
@@ -183,10 +216,19 @@ struct Waiter {
     answer: tokio::sync::oneshot::Sender<Approval>,
 }
 
+/// One tree's questions, and whether it still takes any.
+#[derive(Default)]
+struct RootBox {
+    waiting: Vec<Waiter>,
+    /// Set once no one will answer this tree's questions: why. New ones are
+    /// refused with it at once.
+    shut: Option<String>,
+}
+
 /// The questions of this process's trees that wait for an answer, per root.
 /// Each is removed when it is answered or its asker stops waiting.
 pub struct Inbox {
-    by_root: Mutex<HashMap<TaskId, Vec<Waiter>>>,
+    by_root: Mutex<HashMap<TaskId, RootBox>>,
     /// Bumped whenever a question is opened, so a waiting call can answer
     /// `input_required` at once.
     opened: tokio::sync::watch::Sender<u64>,
@@ -244,38 +286,46 @@ impl Drop for Ticket<'_> {
 }
 
 impl Inbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<Waiter>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, RootBox>> {
         self.by_root.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Put `question` in the inbox until it is answered or the ticket drops.
+    /// In a tree no one answers for any more, it is refused at once.
     pub fn open(&self, question: &Question) -> Ticket<'_> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let key = question.key();
-        self.lock()
-            .entry(question.root_id.clone())
+        let ticket = Ticket {
+            inbox: self,
+            root: question.root_id.clone(),
+            key: key.clone(),
+            answer: rx,
+        };
+        let mut map = self.lock();
+        if let Some(why) = map.get(&question.root_id).and_then(|b| b.shut.clone()) {
+            let _ = tx.send(Approval::unanswered(&question.text(), "none", why));
+            return ticket;
+        }
+        map.entry(question.root_id.clone())
             .or_default()
+            .waiting
             .push(Waiter {
                 open: Open {
-                    key: key.clone(),
+                    key,
                     question: question.clone(),
                 },
                 answer: tx,
             });
+        drop(map);
         self.opened.send_modify(|n| *n = n.wrapping_add(1));
-        Ticket {
-            inbox: self,
-            root: question.root_id.clone(),
-            key,
-            answer: rx,
-        }
+        ticket
     }
 
     fn close(&self, root: &str, key: &str) {
         let mut map = self.lock();
-        if let Some(list) = map.get_mut(root) {
-            list.retain(|w| w.open.key != key);
-            if list.is_empty() {
+        if let Some(b) = map.get_mut(root) {
+            b.waiting.retain(|w| w.open.key != key);
+            if b.waiting.is_empty() && b.shut.is_none() {
                 map.remove(root);
             }
         }
@@ -285,27 +335,65 @@ impl Inbox {
     pub fn questions(&self, root: &str) -> Vec<Open> {
         self.lock()
             .get(root)
-            .map(|l| l.iter().map(|w| w.open.clone()).collect())
+            .map(|b| b.waiting.iter().map(|w| w.open.clone()).collect())
             .unwrap_or_default()
     }
 
     /// Answer the question `key` of the tree rooted at `root`.
     pub fn answer(&self, root: &str, key: &str, approval: Approval) -> Result<(), AnswerError> {
+        let gone = self.answer_all(root, vec![(key.to_string(), approval)]);
+        match gone.into_iter().next() {
+            Some(key) => Err(AnswerError::NotOpen(key)),
+            None => Ok(()),
+        }
+    }
+
+    /// Answer several questions of the tree rooted at `root` at once; the
+    /// keys that name no waiting question (answered already, timed out) are
+    /// returned, the others all delivered.
+    pub fn answer_all(&self, root: &str, answers: Vec<(String, Approval)>) -> Vec<String> {
         let mut map = self.lock();
-        let list = map
-            .get_mut(root)
-            .ok_or_else(|| AnswerError::NotOpen(key.to_string()))?;
-        let at = list
-            .iter()
-            .position(|w| w.open.key == key)
-            .ok_or_else(|| AnswerError::NotOpen(key.to_string()))?;
-        let w = list.remove(at);
-        if list.is_empty() {
+        let Some(b) = map.get_mut(root) else {
+            return answers.into_iter().map(|(k, _)| k).collect();
+        };
+        let mut gone = Vec::new();
+        for (key, approval) in answers {
+            match b.waiting.iter().position(|w| w.open.key == key) {
+                // The asker may have stopped waiting a moment ago: then it is refused.
+                Some(at) => {
+                    let _ = b.waiting.remove(at).answer.send(approval);
+                }
+                None => gone.push(key),
+            }
+        }
+        if b.waiting.is_empty() && b.shut.is_none() {
             map.remove(root);
         }
-        // The asker may have stopped waiting a moment ago: then it is refused.
-        let _ = w.answer.send(approval);
-        Ok(())
+        gone
+    }
+
+    /// No one will answer the questions of the tree rooted at `root` any
+    /// more (the client that could has gone its way): those waiting and any
+    /// asked later are refused with `why`. Only while `is_live()` says the
+    /// tree still runs here, so a tree that has ended leaves nothing behind;
+    /// [`Inbox::forget`] clears the mark when it ends.
+    pub fn shut(&self, root: &str, why: &str, is_live: impl FnOnce() -> bool) {
+        let mut map = self.lock();
+        if !is_live() {
+            return;
+        }
+        let b = map.entry(root.to_string()).or_default();
+        b.shut = Some(why.to_string());
+        for w in b.waiting.drain(..) {
+            let _ = w
+                .answer
+                .send(Approval::unanswered(&w.open.question.text(), "none", why));
+        }
+    }
+
+    /// The tree rooted at `root` has ended here.
+    pub fn forget(&self, root: &str) {
+        self.lock().remove(root);
     }
 
     /// Changes whenever a question is opened.
@@ -357,6 +445,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shut_tree_refuses_its_waiting_and_later_questions_until_forgotten() {
+        let inbox = Inbox::default();
+        let mut waiting = inbox.open(&question("root", "c1"));
+        inbox.shut("root", "no one listens", || false);
+        assert_eq!(
+            inbox.questions("root").len(),
+            1,
+            "an ended tree is not marked"
+        );
+        inbox.shut("root", "no one listens", || true);
+        let a = waiting.answer().await;
+        assert_eq!(a.decision, Decision::Unanswered);
+        assert_eq!(a.note.as_deref(), Some("no one listens"));
+        let mut later = inbox.open(&question("root", "c2"));
+        assert_eq!(later.answer().await.decision, Decision::Unanswered);
+        assert!(inbox.questions("root").is_empty());
+        inbox.forget("root");
+        let _fresh = inbox.open(&question("root", "c3"));
+        assert_eq!(inbox.questions("root").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_answers_delivers_the_open_ones_and_names_the_rest() {
+        let inbox = Inbox::default();
+        let mut one = inbox.open(&question("root", "c1"));
+        let mut two = inbox.open(&question("root", "c2"));
+        let yes = |_: ()| Approval {
+            question: String::new(),
+            decision: Decision::Accepted,
+            by: None,
+            via: "test".into(),
+            note: None,
+        };
+        let gone = inbox.answer_all(
+            "root",
+            vec![
+                ("t1.c1".into(), yes(())),
+                ("t1.old".into(), yes(())),
+                ("t1.c2".into(), yes(())),
+            ],
+        );
+        assert_eq!(gone, ["t1.old"]);
+        assert_eq!(one.answer().await.decision, Decision::Accepted);
+        assert_eq!(two.answer().await.decision, Decision::Accepted);
+        assert!(inbox.questions("root").is_empty());
+    }
+
+    #[tokio::test]
     async fn no_approver_and_a_slow_one_are_refusals_not_hangs() {
         let approvers = Approvers::default();
         let q = question("r", "c");
@@ -372,10 +508,11 @@ mod tests {
         let a = approvers.ask(&q, Duration::from_millis(1)).await;
         assert_eq!(a.decision, Decision::Unanswered);
         assert!(a.note.unwrap().contains("approval_timeout_secs"));
-        let fixed = FixedAnswers {
-            approve: vec!["kb_write".into()],
-            by: "--approve".into(),
-        };
+        let fixed = FixedAnswers::only(vec!["kb_write".into()], "--approve");
         assert_eq!(fixed.ask(&q).await.decision, Decision::Accepted);
+        let other = FixedAnswers::only(vec!["kb_read".into()], "--approve");
+        let no = other.ask(&q).await;
+        assert_eq!(no.decision, Decision::Declined);
+        assert!(no.note.unwrap().contains("approves only kb_read"));
     }
 }

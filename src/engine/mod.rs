@@ -564,6 +564,20 @@ impl Engine {
         &self.inbox
     }
 
+    /// No one will answer the questions of the tree rooted at `root_id` any
+    /// more: those waiting in the inbox and any asked later are refused,
+    /// the model told `why`.
+    pub fn stop_asking(&self, root_id: &str, why: &str) {
+        self.inbox.shut(root_id, why, || {
+            let task = self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(root_id);
+            task || self.live_run(root_id).is_some()
+        });
+    }
+
     /// Ask whoever answers for the question's tree.
     pub(crate) async fn approve(&self, question: &approval::Question) -> crate::task::Approval {
         self.approvers
@@ -759,35 +773,7 @@ impl Engine {
         self: &Arc<Self>,
         req: Submit,
     ) -> Result<(Task, broadcast::Receiver<TaskEvent>), EngineError> {
-        if self.is_stopping() {
-            return Err(EngineError::ShuttingDown);
-        }
-        let agent = self.agent(&req.agent)?;
-        if let Some(why) = self.key_check(&agent).blocking() {
-            return Err(EngineError::MissingKey(why));
-        }
-        input::validate(&req.input)?;
-        let (depth, root) = match &req.parent_id {
-            None => (0, None),
-            Some(parent) => {
-                let p = self.visible_task(parent, req.subject.as_deref()).await?;
-                if p.depth + 1 > self.cfg.max_depth {
-                    return Err(EngineError::TooDeep {
-                        parent: p.id,
-                        depth: p.depth,
-                        limit: self.cfg.max_depth,
-                    });
-                }
-                (p.depth + 1, p.root_id.clone())
-            }
-        };
-        let waiting = self.waiting.load(Ordering::Relaxed);
-        if waiting >= self.cfg.queue_capacity {
-            return Err(EngineError::QueueFull {
-                waiting,
-                capacity: self.cfg.queue_capacity,
-            });
-        }
+        let (agent, depth, root) = self.admissible(&req).await?;
         let mut task = Task::new(&req.agent, req.input);
         if let Some(id) = req.id {
             task.id = id;
@@ -847,6 +833,44 @@ impl Engine {
         Ok((task, events))
     }
 
+    /// Whether `req` may become a task: the agent, the task's depth and its
+    /// tree's root (for a child), or why not.
+    async fn admissible(
+        &self,
+        req: &Submit,
+    ) -> Result<(Arc<crate::agent::Agent>, u32, Option<TaskId>), EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let agent = self.agent(&req.agent)?;
+        if let Some(why) = self.key_check(&agent).blocking() {
+            return Err(EngineError::MissingKey(why));
+        }
+        input::validate(&req.input)?;
+        let (depth, root) = match &req.parent_id {
+            None => (0, None),
+            Some(parent) => {
+                let p = self.visible_task(parent, req.subject.as_deref()).await?;
+                if p.depth + 1 > self.cfg.max_depth {
+                    return Err(EngineError::TooDeep {
+                        parent: p.id,
+                        depth: p.depth,
+                        limit: self.cfg.max_depth,
+                    });
+                }
+                (p.depth + 1, p.root_id.clone())
+            }
+        };
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if waiting >= self.cfg.queue_capacity {
+            return Err(EngineError::QueueFull {
+                waiting,
+                capacity: self.cfg.queue_capacity,
+            });
+        }
+        Ok((agent, depth, root))
+    }
+
     /// Choose an agent for `input` with the router (keywords, patterns, then
     /// the orchestrator's model).
     pub async fn route(&self, input: &serde_json::Value) -> Result<RouteDecision, EngineError> {
@@ -900,6 +924,7 @@ impl Engine {
                 .remove(&id);
             // A root's approver serves its tree while the root runs here.
             me.approvers.forget(&id);
+            me.inbox.forget(&id);
             // Wake waiters even if the driver died before saying so.
             handle_live.state.send_modify(|_| {});
         });

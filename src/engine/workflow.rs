@@ -130,9 +130,6 @@ impl Engine {
                 .await?;
         }
         self.store.put_run(&run).await?;
-        if let Some(via) = req.approver {
-            self.approvers.set(&run.id, via.0);
-        }
         let mut steps = Vec::with_capacity(plan.len());
         for (i, id) in plan.ids().iter().enumerate() {
             let s = StepRecord {
@@ -149,6 +146,11 @@ impl Engine {
             };
             self.store.put_step(&s).await?;
             steps.push(s);
+        }
+        // Just before its coordinator starts (whose end forgets it), so a run
+        // that failed to start leaves no approver behind.
+        if let Some(via) = req.approver {
+            self.approvers.set(&run.id, via.0);
         }
         self.spawn_run(run.clone(), plan, steps);
         Ok(run)
@@ -186,11 +188,12 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             me.approvers.forget(&id);
+            me.inbox.forget(&id);
             live.state.send_modify(|_| {});
         });
     }
 
-    fn live_run(&self, id: &str) -> Option<Arc<LiveRun>> {
+    pub(super) fn live_run(&self, id: &str) -> Option<Arc<LiveRun>> {
         self.runs
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -206,9 +206,6 @@ pub fn input_requests(engine: &Engine, root: &str) -> InputRequests {
 /// Why `inputResponses` were not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseError {
-    /// A key names no waiting question.
-    #[error(transparent)]
-    NotOpen(#[from] crate::engine::approval::AnswerError),
     /// A response is not an elicitation result.
     #[error(
         "inputResponses[\"{key}\"] is not an elicitation result ({{\"action\": \"accept\"|\"decline\"|\"cancel\", \"content\": {{\"approve\": true|false}}}}): {why}"
@@ -221,46 +218,62 @@ pub enum ResponseError {
     },
 }
 
+/// What became of a batch of `inputResponses`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// How many answers reached their questions.
+    pub taken: usize,
+    /// The keys whose questions no longer wait (answered already, timed
+    /// out), clipped.
+    pub gone: Vec<String>,
+}
+
 /// Deliver `responses` to the questions of the tree rooted at `root`; `by`
-/// and `via` are recorded. All are checked before any is delivered.
+/// and `via` are recorded. Every response is checked before any is
+/// delivered; those that name a waiting question are all delivered at once,
+/// the rest reported in [`Delivered::gone`].
 pub fn answer(
     engine: &Engine,
     root: &str,
     responses: &InputResponses,
     by: &str,
     via: &str,
-) -> Result<usize, ResponseError> {
+) -> Result<Delivered, ResponseError> {
     let open = engine.inbox().questions(root);
     let mut answers = Vec::with_capacity(responses.len());
+    let mut gone = Vec::new();
     for (key, value) in responses {
-        let Some(o) = open.iter().find(|o| &o.key == key) else {
-            return Err(crate::engine::approval::AnswerError::NotOpen(clip(key)).into());
-        };
         let r: rmcp::model::ElicitResult =
             serde_json::from_value(value.clone()).map_err(|e| ResponseError::Shape {
                 key: clip(key),
                 why: e.to_string(),
             })?;
-        answers.push((
-            key,
-            Approval {
-                question: o.question.text(),
-                decision: decision_of(&r.action, r.content.as_ref()),
-                by: Some(by.to_string()),
-                via: via.to_string(),
-                note: None,
-            },
-        ));
+        let Some(o) = open.iter().find(|o| &o.key == key) else {
+            gone.push(clip(key));
+            continue;
+        };
+        let approval = Approval {
+            question: o.question.text(),
+            decision: decision_of(&r.action, r.content.as_ref()),
+            by: Some(by.to_string()),
+            via: via.to_string(),
+            note: None,
+        };
+        answers.push((key.clone(), approval));
     }
-    let n = answers.len();
-    for (key, a) in answers {
-        engine.inbox().answer(root, key, a)?;
+    let tried = answers.len();
+    let late = engine.inbox().answer_all(root, answers);
+    let taken = tried - late.len();
+    gone.extend(late.iter().map(|k| clip(k)));
+    if !gone.is_empty() {
+        tracing::debug!(root, gone = ?gone, "answers to questions that no longer wait were ignored");
     }
-    Ok(n)
+    Ok(Delivered { taken, gone })
 }
 
-fn clip(s: &str) -> String {
-    s.chars().take(120).collect()
+/// A client's key, as an error quotes it.
+fn clip(key: &str) -> String {
+    crate::provider::clip(key, 120)
 }
 
 #[cfg(test)]

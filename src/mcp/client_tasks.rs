@@ -444,7 +444,7 @@ pub struct Detailed {
 pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 
 fn clip(id: &str) -> String {
-    id.chars().take(80).collect()
+    crate::provider::clip(id, 80)
 }
 
 /// The task as the protocol shows it.
@@ -568,7 +568,7 @@ fn finished_message(status: Status, error: Option<&str>) -> String {
     match (status, error) {
         (Status::Completed, _) => "completed".into(),
         (Status::Cancelled, _) => "cancelled".into(),
-        (_, Some(e)) => format!("failed: {}", e.chars().take(300).collect::<String>()),
+        (_, Some(e)) => format!("failed: {}", crate::provider::clip(e, 300)),
         _ => "failed".into(),
     }
 }

@@ -263,38 +263,8 @@ impl DispatchServer {
             .map_err(|e| McpError::invalid_request(e, None))?;
         let params = request.params.unwrap_or(serde_json::Value::Null);
         let method = request.method.as_str();
-        if approvals::speaks_2026(&context) && matches!(method, task_wire::RESULT | task_wire::LIST)
-        {
-            // SEP-2663 removed them: tasks/get carries the result, and a
-            // client keeps its own list.
-            return Err(McpError::new(
-                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
-                format!(
-                    "{method} is not part of the 2026-07-28 tasks extension: poll tasks/get, which carries the result once the task has ended"
-                ),
-                None,
-            ));
-        }
-        // The HTTP layer checked the scope under the method's wire name; this
-        // keeps the rule for every transport.
-        if let Some(p) = &principal {
-            let needed = match method {
-                task_wire::CALL => Some(crate::auth::required_scope(
-                    params.get("name").and_then(|n| n.as_str()).unwrap_or(""),
-                )),
-                task_wire::CANCEL => Some(crate::auth::Scope::Run),
-                _ => Some(crate::auth::Scope::Read),
-            };
-            if let Some(needed) = needed.filter(|s| !p.has(*s)) {
-                return Err(McpError::invalid_request(
-                    format!(
-                        "insufficient_scope: {method} needs the scope {}",
-                        needed.as_str()
-                    ),
-                    None,
-                ));
-            }
-        }
+        removed_in_2026(method, &context)?;
+        task_scope(principal.as_ref(), method, &params)?;
         let progress_token = params
             .get("_meta")
             .and_then(|m| m.get("progressToken"))
@@ -306,44 +276,17 @@ impl DispatchServer {
             config: &self.app.config.tasks,
             call: &call,
         };
-        let task_id = || -> Result<String, McpError> {
-            params
-                .get("taskId")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    McpError::invalid_params(
-                        format!("{method} needs params.taskId (a string)"),
-                        None,
-                    )
-                })
-        };
         let answer = match method {
             task_wire::CALL => {
-                let name = params.get("name").and_then(|n| n.as_str()).unwrap_or("");
-                let arguments = match params.get("arguments") {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(serde_json::Value::Object(o)) => Some(o.clone()),
-                    Some(_) => {
-                        return Err(McpError::invalid_params(
-                            "tools/call params.arguments must be an object",
-                            None,
-                        ));
-                    }
-                };
-                let ttl = params
-                    .get("task")
-                    .and_then(|t| t.get("ttl"))
-                    .and_then(serde_json::Value::as_u64);
-                let create = api.create(name, arguments, ttl);
+                let create = create_task(&api, &params)?;
                 match &self.calls {
                     Some(t) => t.track_future(create).await,
                     None => create.await,
                 }
             }
-            task_wire::GET => api.get(&task_id()?).await,
-            task_wire::RESULT => api.result(&task_id()?).await,
-            task_wire::CANCEL => api.cancel(&task_id()?).await,
+            task_wire::GET => api.get(&task_id_of(method, &params)?).await,
+            task_wire::RESULT => api.result(&task_id_of(method, &params)?).await,
+            task_wire::CANCEL => api.cancel(&task_id_of(method, &params)?).await,
             task_wire::LIST => {
                 let cursor = params.get("cursor").and_then(|c| c.as_str());
                 api.list(cursor).await
@@ -351,16 +294,98 @@ impl DispatchServer {
             other => {
                 return Err(McpError::new(
                     rmcp::model::ErrorCode::METHOD_NOT_FOUND,
-                    format!(
-                        "method not found: {}",
-                        other.chars().take(80).collect::<String>()
-                    ),
+                    format!("method not found: {}", crate::provider::clip(other, 80)),
                     None,
                 ));
             }
         };
         answer.map_err(|e| McpError::new(e.code(), clip_error(e.to_string()), None))
     }
+}
+
+/// SEP-2663 removed `tasks/result` and `tasks/list` from the 2026-07-28
+/// revision: `tasks/get` carries the result, and a client keeps its own list.
+fn removed_in_2026(method: &str, context: &RequestContext<RoleServer>) -> Result<(), McpError> {
+    if approvals::speaks_2026(context) && matches!(method, task_wire::RESULT | task_wire::LIST) {
+        return Err(McpError::new(
+            rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+            format!(
+                "{method} is not part of the 2026-07-28 tasks extension: poll tasks/get, which carries the result once the task has ended"
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// The scope a task method needs. The HTTP layer checked it under the
+/// method's wire name; this keeps the rule for every transport.
+fn task_scope(
+    principal: Option<&Principal>,
+    method: &str,
+    params: &serde_json::Value,
+) -> Result<(), McpError> {
+    let Some(p) = principal else {
+        return Ok(());
+    };
+    let needed = match method {
+        task_wire::CALL => {
+            crate::auth::required_scope(params.get("name").and_then(|n| n.as_str()).unwrap_or(""))
+        }
+        task_wire::CANCEL => crate::auth::Scope::Run,
+        _ => crate::auth::Scope::Read,
+    };
+    if p.has(needed) {
+        return Ok(());
+    }
+    Err(McpError::invalid_request(
+        format!(
+            "insufficient_scope: {method} needs the scope {}",
+            needed.as_str()
+        ),
+        None,
+    ))
+}
+
+/// A 2025-11-25 task-augmented `tools/call`, its params checked.
+fn create_task<'a>(
+    api: &'a client_tasks::Tasks<'a>,
+    params: &serde_json::Value,
+) -> Result<
+    impl std::future::Future<Output = Result<serde_json::Value, client_tasks::TaskError>> + 'a,
+    McpError,
+> {
+    let name = params
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_string();
+    let arguments = match params.get("arguments") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(o)) => Some(o.clone()),
+        Some(_) => {
+            return Err(McpError::invalid_params(
+                "tools/call params.arguments must be an object",
+                None,
+            ));
+        }
+    };
+    let ttl = params
+        .get("task")
+        .and_then(|t| t.get("ttl"))
+        .and_then(serde_json::Value::as_u64);
+    Ok(async move { api.create(&name, arguments, ttl).await })
+}
+
+/// `params.taskId` of a task method.
+fn task_id_of(method: &str, params: &serde_json::Value) -> Result<String, McpError> {
+    params
+        .get("taskId")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            McpError::invalid_params(format!("{method} needs params.taskId (a string)"), None)
+        })
 }
 
 impl ServerHandler for DispatchServer {
@@ -455,7 +480,8 @@ impl ServerHandler for DispatchServer {
             .is_some_and(|c| c.supports_tasks());
         let mut caller = self.call_ctx(principal, progress_token, &context);
         let tool = name.replacen('/', "_", 1);
-        if approvals::reach_of(&context) == approvals::Reach::InputRequests && !client_does_tasks {
+        let becomes_task = client_does_tasks && task_ext::may_become_a_task(&name);
+        if approvals::reach_of(&context) == approvals::Reach::InputRequests && !becomes_task {
             // Without a task or a session, only agent_run's own result
             // (input_required) can carry a question back.
             if tool == "agent_run" {
@@ -473,7 +499,7 @@ impl ServerHandler for DispatchServer {
                 "the task was started by a 2026-07-28 client outside agent_run or an MCP task, so no question can reach its user",
             ));
         }
-        if client_does_tasks && task_ext::may_become_a_task(&name) {
+        if becomes_task {
             let api = client_tasks::Tasks {
                 engine: &self.engine,
                 config: &self.app.config.tasks,
@@ -580,12 +606,19 @@ impl ServerHandler for DispatchServer {
     ) -> Result<ReadResourceResponse, McpError> {
         let view = self.kb_view_of(&context.extensions)?;
         let uri = request.uri;
-        let path =
-            resources::path_of(&uri).map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+        // SEP-2164: a resource that is not there is -32602 with its URI.
+        let not_found = |text: String, uri: &str| {
+            McpError::invalid_params(text, Some(serde_json::json!({ "uri": uri })))
+        };
+        let path = resources::path_of(&uri).map_err(|e| not_found(e.to_string(), &uri))?;
+        let asked = uri.clone();
         let contents = tokio::task::spawn_blocking(move || resources::read(&view, &uri, &path))
             .await
             .map_err(|e| McpError::internal_error(format!("read failed: {e}"), None))?
-            .map_err(kb_error_to_mcp)?;
+            .map_err(|e| match e.is_user_error() {
+                true => not_found(e.to_string(), &asked),
+                false => McpError::internal_error(e.to_string(), None),
+            })?;
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
 

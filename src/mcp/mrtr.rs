@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use rmcp::model::{CallToolRequestParams, CallToolResponse, InputRequiredResult};
 
-use super::tasks::{
-    self, AgentRunArgs, CallCtx, DEFAULT_WAIT_SECS, Started, TaskView, engine_error, wait_of,
-};
+use super::tasks::{self, AgentRunArgs, CallCtx, DEFAULT_WAIT_SECS, Started, TaskView, wait_of};
 use super::tools::ToolError;
 use super::workflows::is_run_id;
 use crate::engine::Engine;
@@ -35,29 +33,34 @@ pub async fn agent_run(
             Started::Run(r) => r.id,
         },
     };
-    let subject = ctx.subject.as_deref();
     let reply = async {
         if is_run_id(&id) {
             let v = super::workflows::wait_and_view(engine, &id, wait, ctx).await?;
             tasks::reply_task(tasks::run_task_view(engine, v, ctx).await?)
         } else {
-            let t = tokio::select! {
-                t = engine.wait(&id, subject, wait) => t.map_err(engine_error)?,
-                () = ctx.cancelled.cancelled() => {
-                    let _ = engine.cancel(&id, subject).await;
-                    engine.visible_task(&id, subject).await.map_err(engine_error)?
-                }
-            };
+            let t = tasks::wait_or_cancel(engine, &id, wait, ctx).await?;
             tasks::reply_task(TaskView::of(&t, true))
         }
     };
-    tokio::select! {
-        r = reply => Ok(super::call_result("agent_run", r).into()),
-        () = asked(engine, &id) => Ok(CallToolResponse::InputRequired(InputRequiredResult::new(
-            Some(super::approvals::input_requests(engine, &id)),
-            Some(format!("{STATE_PREFIX}{id}")),
-        ))),
-    }
+    // A question open when the wait ends is still the client's to answer.
+    let reply = tokio::select! {
+        biased;
+        () = asked(engine, &id) => {
+            return Ok(CallToolResponse::InputRequired(InputRequiredResult::new(
+                Some(super::approvals::input_requests(engine, &id)),
+                Some(format!("{STATE_PREFIX}{id}")),
+            )));
+        }
+        r = reply => r,
+    };
+    // The client has its answer and will not retry: whatever the work asks
+    // from now on has no one to reach, and is refused rather than left to
+    // wait out the approval timeout.
+    engine.stop_asking(
+        &id,
+        "the agent_run that started this task has answered (its wait ended), so no question can reach the client's user",
+    );
+    Ok(super::call_result("agent_run", reply).into())
 }
 
 /// The work a retry names, after its answers are delivered.
@@ -84,6 +87,8 @@ async fn resume(
         return Err(bad());
     }
     if let Some(responses) = &request.input_responses {
+        // Answers to questions that are gone (answered, timed out) are
+        // ignored: the retry waits on, and shows what is open now.
         let by = subject.unwrap_or("the client's user");
         super::approvals::answer(engine, id, responses, by, "input_required")
             .map_err(|e| ToolError::Engine(e.to_string()))?;

@@ -130,7 +130,7 @@ pub async fn update_task(
             ErrorCode::INVALID_PARAMS,
             format!(
                 "task `{}` is not waiting for input (its status is not input_required): nothing to update",
-                id.chars().take(80).collect::<String>()
+                crate::provider::clip(id, 80)
             ),
             None,
         ));
@@ -140,7 +140,17 @@ pub async fn update_task(
         .subject
         .clone()
         .unwrap_or_else(|| "the client's user".into());
-    super::approvals::answer(api.engine, &record.id, responses, &by, "tasks/update")
-        .map(|_| ())
-        .map_err(|e| McpError::new(ErrorCode::INVALID_PARAMS, e.to_string(), None))
+    let delivered =
+        super::approvals::answer(api.engine, &record.id, responses, &by, "tasks/update")
+            .map_err(|e| McpError::new(ErrorCode::INVALID_PARAMS, e.to_string(), None))?;
+    // Answers to questions that have gone since the client looked are
+    // ignored; an update none of whose answers fit is the client's mistake.
+    match (delivered.taken, delivered.gone.first()) {
+        (0, Some(key)) => Err(McpError::new(
+            ErrorCode::INVALID_PARAMS,
+            crate::engine::approval::AnswerError::NotOpen(key.clone()).to_string(),
+            None,
+        )),
+        _ => Ok(()),
+    }
 }

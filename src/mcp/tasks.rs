@@ -768,32 +768,38 @@ async fn wait_for_task(
     ctx: &CallCtx,
 ) -> Result<Task, ToolError> {
     let progress = spawn_progress(events, task, ctx);
-    let waited = tokio::select! {
-        t = engine.wait(&task.id, ctx.subject.as_deref(), wait) => Some(t),
-        _ = ctx.cancelled.cancelled() => None,
-    };
+    let waited = wait_or_cancel(engine, &task.id, wait, ctx).await;
     if let Some(mut p) = progress {
         // A finished task's events are all in the channel, which closes once
         // its driver lets go: forward them before the result, so the client
         // sees the whole story. Otherwise (still running, or given up) stop.
-        let finished = matches!(&waited, Some(Ok(t)) if t.state.is_terminal());
+        let finished =
+            !ctx.cancelled.is_cancelled() && matches!(&waited, Ok(t) if t.state.is_terminal());
         if !finished || tokio::time::timeout(PROGRESS_DRAIN, &mut p).await.is_err() {
             p.abort();
         }
     }
-    match waited {
-        Some(t) => t.map_err(engine_error),
-        None => {
-            // The client gave up on this request: stop the work it started,
-            // unless the server is stopping (the connection closing cancels
-            // every request then, and the task is to finish or resume).
+    waited
+}
+
+/// Wait up to `wait` for the task `id`. A client that gives up on the
+/// request stops the work it started, unless the server is stopping (the
+/// connection closing cancels every request then, and the task is to finish
+/// or resume): the task as it is then.
+pub(super) async fn wait_or_cancel(
+    engine: &Arc<Engine>,
+    id: &str,
+    wait: Duration,
+    ctx: &CallCtx,
+) -> Result<Task, ToolError> {
+    let subject = ctx.subject.as_deref();
+    tokio::select! {
+        t = engine.wait(id, subject, wait) => t.map_err(engine_error),
+        () = ctx.cancelled.cancelled() => {
             if !engine.is_stopping() {
-                let _ = engine.cancel(&task.id, ctx.subject.as_deref()).await;
+                let _ = engine.cancel(id, subject).await;
             }
-            engine
-                .visible_task(&task.id, ctx.subject.as_deref())
-                .await
-                .map_err(engine_error)
+            engine.visible_task(id, subject).await.map_err(engine_error)
         }
     }
 }

@@ -66,12 +66,13 @@ pub(super) struct RunCtx<'a> {
     pub tree: Option<Tree>,
     /// Every turn of the task's tool loops so far (earlier runs' too).
     pub turns: Arc<Mutex<Vec<Turn>>>,
-    /// The concurrency slots held, given up while the task waits on children.
+    /// The concurrency slots held, given up while the task waits on children
+    /// or on a human's approval.
     pub slots: Slots,
 }
 
 /// A task's concurrency slots, which it gives up while it waits on its
-/// children: the first child waited on takes them away, the last one done
+/// children (or a human): the first child waited on takes them away, the last one done
 /// brings them back, so a task holds one slot however many children it
 /// waits on at once (taking one back per child would wait on itself).
 pub(super) struct Slots {

@@ -70,6 +70,10 @@ impl Replay {
             match &t.event {
                 TurnEvent::Model { model, text, calls } => {
                     r.close_pending();
+                    // Call ids are unique within a turn only (a model may
+                    // number each turn's calls from 0 again).
+                    r.results.clear();
+                    r.children.clear();
                     let calls: Vec<ToolCall> = calls
                         .iter()
                         .map(|c| ToolCall {
@@ -195,6 +199,8 @@ pub(super) async fn answer(
             return Ok(ans);
         }
         replay.turns += 1;
+        let mut ans = ans;
+        distinct_ids(&mut ans.tool_calls);
         let calls = ans.tool_calls.clone();
         let text = ans.text.clone();
         if !text.is_empty() {
@@ -204,6 +210,21 @@ pub(super) async fn answer(
         req.messages
             .push(Message::assistant_calls(text, calls.clone()));
         replay.pending = calls;
+    }
+}
+
+/// Give each call of a turn its own id: a model that repeats one (or whose
+/// provider numbered them) gets `<id>_2`, `<id>_3`, ... for the later ones,
+/// so each call has its own result, child and question.
+fn distinct_ids(calls: &mut [ToolCall]) {
+    let mut seen = std::collections::HashSet::new();
+    for c in calls.iter_mut() {
+        let mut n = 1;
+        let base = c.id.clone();
+        while !seen.insert(c.id.clone()) {
+            n += 1;
+            c.id = format!("{base}_{n}");
+        }
     }
 }
 
@@ -266,7 +287,13 @@ async fn run_call(
     ctx.acting(format!("calling {}", crate::engine::echo(&call.name)));
     let resolved = tools.resolve(&call.name, &call.arguments);
     let approval = match tools.asks(&resolved) {
-        true => Some(ask(ctx, number, call).await),
+        true => {
+            let a = ask(ctx, number, call).await;
+            if a.decision == Decision::Accepted {
+                ctx.acting(format!("calling {}", crate::engine::echo(&call.name)));
+            }
+            Some(a)
+        }
         false => None,
     };
     let resolved = match &approval {
@@ -338,5 +365,32 @@ async fn ask(ctx: &RunCtx<'_>, number: u32, call: &ToolCall) -> Approval {
         },
     )
     .await;
-    ctx.engine.approve(&question).await
+    // An answer that is there at once (flags) keeps the task's slots; one
+    // that waits for a human waits without them, as a wait on a child does.
+    let mut answer = std::pin::pin!(ctx.engine.approve(&question));
+    if let Some(a) = futures_util::FutureExt::now_or_never(&mut answer) {
+        return a;
+    }
+    ctx.slots.release();
+    let a = answer.await;
+    ctx.slots.regain(ctx.engine, &ctx.task.agent).await;
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_call_ids_are_made_distinct_in_order() {
+        let call = |id: &str| ToolCall {
+            id: id.into(),
+            name: "kb_read".into(),
+            arguments: "{}".into(),
+        };
+        let mut calls = vec![call("a"), call("a"), call("b"), call("a_2"), call("a")];
+        distinct_ids(&mut calls);
+        let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "a_2", "b", "a_2_2", "a_3"]);
+    }
 }
