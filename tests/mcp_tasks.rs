@@ -380,10 +380,19 @@ async fn a_stateless_client_gets_a_task_for_long_work_and_its_result_from_tasks_
         "{out:#}"
     );
     assert_eq!(handle["pollIntervalMs"], 1000);
+    sep_2663_wire_fields(handle);
     let polls = out["polls"][0].as_array().unwrap();
     let last = polls.last().unwrap();
     assert_eq!(last["status"], "completed", "{out:#}");
     assert_eq!(last["resultType"], "complete");
+    // The task id is at the root: the v1 related-task key is not repeated.
+    assert!(
+        last["result"]["_meta"]
+            .get("io.modelcontextprotocol/related-task")
+            .is_none(),
+        "{last:#}"
+    );
+    assert!(last.get("requestState").is_none(), "{last:#}");
     assert_eq!(last["result"]["structuredContent"]["task_id"], id);
     let text = out["result"]["content"][0]["text"].as_str().unwrap();
     assert!(text.starts_with("worth the wait"), "{out:#}");
@@ -433,9 +442,14 @@ async fn a_stateless_task_is_cancelled_refuses_updates_and_is_its_subjects_alone
         "{update:#}"
     );
     let ack = py26(&python, &alice, "cancel", &url, &id).await;
-    assert!(ack.get("error").is_none(), "{ack:#}");
+    // An empty acknowledgement (SEP-2322's discriminator), no task fields.
+    assert_eq!(ack, json!({"resultType": "complete"}), "{ack:#}");
     let got = py26(&python, &alice, "get", &url, &id).await;
     assert_eq!(got["status"], "cancelled", "{got:#}");
+    assert!(got.get("requestState").is_none(), "{got:#}");
+    // Cancelling an ended task acknowledges the same way (idempotent).
+    let again = py26(&python, &alice, "cancel", &url, &id).await;
+    assert_eq!(again, json!({"resultType": "complete"}), "{again:#}");
     // The 2025-11-25 client of the same user sees the same task.
     if let Some(old) = crate::python("2025-11-25 view of a 2026 task") {
         let seen = py(&old, &alice, "get", &url, &id).await;
@@ -526,4 +540,42 @@ async fn the_typescript_sdk_gets_a_task_polls_cancels_and_is_refused_an_update()
     let cancelled = ts(&node, &alice, "cancel", &url, &id).await;
     assert_eq!(cancelled["get"]["status"], "cancelled", "{cancelled:#}");
     gate.notify_waiters();
+}
+
+/// What SEP-2663 asks of a `CreateTaskResult`: flat (no `task` wrapper),
+/// ISO-8601 times, `ttlMs` (null or a positive integer) and integer
+/// `pollIntervalMs` in place of v1's `ttl` and `pollInterval`, and none of
+/// `result`, `error`, `inputRequests` or `requestState`.
+fn sep_2663_wire_fields(handle: &Value) {
+    for gone in [
+        "task",
+        "ttl",
+        "pollInterval",
+        "result",
+        "error",
+        "inputRequests",
+        "requestState",
+    ] {
+        assert!(handle.get(gone).is_none(), "{gone} in {handle:#}");
+    }
+    for time in ["createdAt", "lastUpdatedAt"] {
+        let t = handle[time]
+            .as_str()
+            .unwrap_or_else(|| panic!("{time}: {handle:#}"));
+        assert!(
+            humantime::parse_rfc3339_weak(t).is_ok(),
+            "{time} {t} is not ISO-8601"
+        );
+    }
+    let ttl = handle
+        .get("ttlMs")
+        .unwrap_or_else(|| panic!("no ttlMs: {handle:#}"));
+    assert!(
+        ttl.is_null() || ttl.as_u64().is_some_and(|t| t > 0),
+        "{handle:#}"
+    );
+    assert!(
+        handle["pollIntervalMs"].as_u64().is_some_and(|p| p > 0),
+        "{handle:#}"
+    );
 }

@@ -113,9 +113,14 @@ pub async fn get_task(api: &Tasks<'_>, id: &str) -> Result<GetTaskResult, McpErr
     Ok(GetTaskResult::new(DetailedTask::new(task, payload)))
 }
 
-/// `tasks/cancel`.
+/// `tasks/cancel`: an empty acknowledgement, also for a task that has
+/// already ended (idempotent in this generation; only an unknown task is
+/// an error).
 pub async fn cancel_task(api: &Tasks<'_>, id: &str) -> Result<(), McpError> {
-    api.cancel(id).await.map(|_| ()).map_err(to_mcp)
+    match api.cancel(id).await {
+        Ok(_) | Err(TaskError::Finished { .. }) => Ok(()),
+        Err(e) => Err(to_mcp(e)),
+    }
 }
 
 /// `tasks/update`: answers to the questions `tasks/get` showed.
