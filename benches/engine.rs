@@ -21,7 +21,9 @@
 //!
 //! Loopback only; stops by itself in a few minutes.
 //! Run: `cargo bench --bench engine` (or `-- overhead|throughput|memory|idle`
-//! for one part).
+//! for one part). With `DISPATCH_BENCH_POSTGRES_URL=postgres://USER@HOST/DB`
+//! (a user that may create databases) the throughput runs store on that
+//! PostgreSQL server, each in a new database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -627,10 +629,35 @@ async fn overhead() {
 // ---------------------------------------------------------------------------
 // Throughput
 
+/// `DISPATCH_BENCH_POSTGRES_URL`: a PostgreSQL server (a URL to a database
+/// its user may create databases from) that the throughput runs store on,
+/// each in a database of its own; unset, they store on SQLite.
+const POSTGRES_ENV: &str = "DISPATCH_BENCH_POSTGRES_URL";
+
+/// A new database on the bench's PostgreSQL server: `[store] url = ...`
+/// for the project's dispatch.toml; empty without a server.
+async fn store_section() -> String {
+    use sqlx::{Connection, Executor};
+    let Ok(admin) = std::env::var(POSTGRES_ENV) else {
+        return String::new();
+    };
+    let name = format!("bench_{:016x}", rand::random::<u64>());
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("the bench's PostgreSQL");
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create the bench database");
+    c.close().await.expect("close");
+    let (base, _) = admin.rsplit_once('/').expect("a URL with a database");
+    format!("\n[store]\nurl = \"{base}/{name}\"\npool_size = 16\n")
+}
+
 async fn throughput_run(limits: &str, n: usize) -> (f64, Duration) {
     let fake = fake_provider::FakeProvider::start().await;
     fake.set_default(fake_provider::Behavior::reply("ok"));
-    let dir = project(&fake.base_url_openai(), limits);
+    let limits = format!("{limits}{}", store_section().await);
+    let dir = project(&fake.base_url_openai(), &limits);
     let app = App::open(Paths::new(dir.path(), None, None)).expect("open");
     let engine = app.engine(false).await.expect("engine");
     let cpu0 = cpu_time();
@@ -662,8 +689,12 @@ async fn throughput() {
         ),
         ("limits raised to 256", RAISED),
     ] {
+        let store = match std::env::var(POSTGRES_ENV) {
+            Ok(_) => "PostgreSQL",
+            Err(_) => "SQLite",
+        };
         println!(
-            "== throughput, {THROUGHPUT_TASKS} tasks submitted at once, {name}, median of {RUNS}"
+            "== throughput on {store}, {THROUGHPUT_TASKS} tasks submitted at once, {name}, median of {RUNS}"
         );
         let mut rates = Vec::new();
         let mut cpus = Vec::new();

@@ -14,7 +14,7 @@ use crate::provider::{
     Price, PriceTable, ProviderKind, ProviderSettings, Providers, ResilienceConfig,
 };
 use crate::registry::Registry;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::watch::{DEFAULT_DEBOUNCE, DirWatcher, watch_dir};
 
 /// The least time between two notices that the KB's file list changed.
@@ -87,18 +87,21 @@ impl App {
     }
 
     /// Where the task store lives: `DISPATCH_DATABASE_URL`, else
-    /// `ROOT/.dispatch/dispatch.db`.
+    /// `[store] url`, else `ROOT/.dispatch/dispatch.db`.
     pub fn database_url(&self) -> String {
-        match std::env::var(DATABASE_URL_ENV) {
-            Ok(url) if !url.trim().is_empty() => url,
-            _ => self
-                .paths
-                .root
-                .join(".dispatch")
-                .join("dispatch.db")
-                .display()
-                .to_string(),
+        let given = |u: &String| !u.trim().is_empty();
+        if let Some(url) = std::env::var(DATABASE_URL_ENV).ok().filter(given) {
+            return url;
         }
+        if let Some(url) = self.config.store.url.clone().filter(given) {
+            return url;
+        }
+        self.paths
+            .root
+            .join(".dispatch")
+            .join("dispatch.db")
+            .display()
+            .to_string()
     }
 
     /// The provider clients configured by dispatch.toml and the environment.
@@ -156,11 +159,21 @@ impl App {
         })
     }
 
+    /// Open the task store (`database_url`, `[store]` pool settings),
+    /// bringing its schema up to date.
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>, StoreError> {
+        let pg = crate::store::PostgresOptions {
+            max_connections: self.config.store.pool_size,
+            acquire_timeout: std::time::Duration::from_secs(self.config.store.connect_timeout_secs),
+        };
+        crate::store::open_with(&self.database_url(), &pg).await
+    }
+
     /// Open the store and build the engine. With `recover`, tasks a crash left
     /// behind are re-queued or failed (the server does this; one-shot CLI
     /// commands do not, so they never touch a running server's tasks).
     pub async fn engine(&self, recover: bool) -> Result<Arc<Engine>, OpenError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&self.database_url()).await?);
+        let store = self.open_store().await?;
         let providers = Arc::new(self.providers()?);
         let engine = Engine::new(
             store,

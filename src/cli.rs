@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         action: WorkflowAction,
     },
+    /// The task store: check its schema, or bring it up to date.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Tokens and cost per agent and model, and the saving against a baseline model.
     Report {
         /// Window start: a duration ago (`7d`, `24h`) or an RFC 3339 time.
@@ -170,6 +175,20 @@ pub enum WorkflowAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `dispatch store ...`
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Say which store `serve` would use and whether its schema is this
+    /// binary's, changing nothing; exit 1 when it is unreachable, behind or newer.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the store's schema up to date (`serve` does this at start too).
+    Migrate,
 }
 
 /// `dispatch tasks`
@@ -295,6 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => runtime()?.block_on(crate::cli_tasks::workflow_show(
             paths, &run, mermaid, dot, json,
         )),
+        Command::Store { action } => runtime()?.block_on(crate::cli_store::run(paths, action)),
         Command::Report {
             since,
             baseline,

@@ -247,6 +247,9 @@ pub struct Config {
     /// MCP tasks (task-augmented `tools/call`).
     #[serde(default)]
     pub tasks: TasksSection,
+    /// The task store (SQLite file or PostgreSQL server).
+    #[serde(default)]
+    pub store: StoreSection,
     /// OAuth2 resource server for HTTP: without it, HTTP is unauthenticated.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
@@ -452,6 +455,45 @@ impl Default for TasksSection {
             max_ttl_secs: 7 * 24 * 3600,
             poll_interval_ms: 1_000,
             answer_within_ms: 2_000,
+        }
+    }
+}
+
+/// `[store]`: where tasks, runs and usage are kept. `DISPATCH_DATABASE_URL`
+/// overrides `url`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `postgres://user@host/db` for a PostgreSQL server, or a SQLite file
+    /// (`sqlite://PATH` or a path); default `ROOT/.dispatch/dispatch.db`.
+    /// Keep a password out of this file: put the URL in
+    /// `DISPATCH_DATABASE_URL`, or use `~/.pgpass` / `PGPASSWORD`.
+    pub url: Option<String>,
+    /// PostgreSQL: connections in the pool.
+    pub pool_size: u32,
+    /// PostgreSQL: longest wait for a connection (to connect, or a free one
+    /// in the pool), seconds.
+    pub connect_timeout_secs: u64,
+}
+
+impl StoreSection {
+    /// What is wrong with it, if anything.
+    fn check(&self) -> Result<(), String> {
+        if self.pool_size == 0 || self.connect_timeout_secs == 0 {
+            return Err(
+                "[store] pool_size and connect_timeout_secs must be at least 1".to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            url: None,
+            pool_size: 8,
+            connect_timeout_secs: 10,
         }
     }
 }
@@ -666,6 +708,9 @@ impl Config {
                 return Err(at(Some(name.span()), message));
             }
         }
+        if let Err(message) = config.store.check() {
+            return Err(at(None, message));
+        }
         Ok(config)
     }
 
@@ -721,6 +766,24 @@ fn check_alias(alias: &str, target: &str, known: &BTreeSet<String>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_section_has_defaults_and_refuses_an_empty_pool() {
+        let c = Config::parse("", Path::new("dispatch.toml")).unwrap();
+        assert_eq!(c.store, StoreSection::default());
+        let c = Config::parse(
+            "[store]\nurl = \"postgres://dispatch@db/dispatch\"\npool_size = 3\n",
+            Path::new("dispatch.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.url.as_deref(),
+            Some("postgres://dispatch@db/dispatch")
+        );
+        assert_eq!(c.store.pool_size, 3);
+        let e = Config::parse("[store]\npool_size = 0\n", Path::new("dispatch.toml")).unwrap_err();
+        assert!(e.to_string().contains("pool_size"), "{e}");
+    }
 
     #[test]
     fn custom_providers_are_known() {

@@ -39,6 +39,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 mod cli_approve;
+mod cli_store;
 mod cli_tasks;
 pub mod config;
 pub mod diag;

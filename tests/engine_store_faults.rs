@@ -160,6 +160,12 @@ impl Store for Faulty {
     ) -> StoreFuture<'a, ClientTaskPage> {
         self.inner.list_client_tasks(subject, cursor, limit)
     }
+    fn backend(&self) -> dispatch::store::Backend {
+        self.inner.backend()
+    }
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.inner.ping()
+    }
     fn close(&self) -> StoreFuture<'_, ()> {
         self.inner.close()
     }

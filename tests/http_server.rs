@@ -217,6 +217,8 @@ async fn health_answers_for_any_host() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "ok");
     assert_eq!(v["agents"], 1);
+    assert_eq!(v["store"]["backend"], "sqlite", "{v:#}");
+    assert_eq!(v["store"]["ok"], true, "{v:#}");
     // Without [auth] there is no protected-resource metadata to advertise.
     let r = common::http::client()
         .get(s.url("/.well-known/oauth-protected-resource"))

@@ -4,7 +4,7 @@
 //!
 //! - only `src/mcp/` and `src/transport/` use `rmcp` (MCP and JSON-RPC);
 //! - only `src/store/` knows SQL (`sqlx`, `rusqlite`, SQL statements);
-//! - `anyhow` only at the binary's edge (`main.rs`, `cli.rs`, `cli_tasks.rs`);
+//! - `anyhow` only at the binary's edge (`main.rs`, `cli.rs`, `cli_tasks.rs`, `cli_store.rs`);
 //! - no `print!`/`println!` in the library (stdout is JSON-RPC in `serve`),
 //!   no `eprint!`/`eprintln!` outside the command line (logs use `tracing`),
 //!   no `dbg!`;
@@ -85,10 +85,10 @@ const RULES: &[Rule] = &[
     },
     Rule {
         name: "anyhow outside the binary's edge",
-        exempt: &["main.rs", "cli.rs", "cli_tasks.rs"],
+        exempt: &["main.rs", "cli.rs", "cli_tasks.rs", "cli_store.rs"],
         breaks: |l| has_word(l, "anyhow"),
         in_strings: false,
-        fix: "use a thiserror enum; anyhow belongs to main.rs, cli.rs and cli_tasks.rs",
+        fix: "use a thiserror enum; anyhow belongs to main.rs, cli.rs, cli_tasks.rs and cli_store.rs",
     },
     Rule {
         name: "print!/println! in the library",
@@ -99,7 +99,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         name: "eprint!/eprintln! outside the command line",
-        exempt: &["main.rs", "cli.rs", "cli_tasks.rs"],
+        exempt: &["main.rs", "cli.rs", "cli_tasks.rs", "cli_store.rs"],
         breaks: |l| has_macro(l, "eprintln") || has_macro(l, "eprint"),
         in_strings: false,
         fix: "log with tracing (to stderr)",

@@ -33,7 +33,8 @@ fn hidden_files(dir: &Path) -> Vec<String> {
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            // The appends' lock file is meant to stay.
+            if name.starts_with('.') && name != super::write::APPEND_LOCK {
                 out.push(name.clone());
             }
             if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -19,10 +19,11 @@ use super::error::io_message;
 use super::path::RelPath;
 use super::{Kb, KbError, MAX_DERIVED_BYTES, MAX_WRITE_BYTES, WriteMode, WriteOutcome};
 
-/// Serialises writes made by this process. Append is read-modify-write, so
+/// Serialises appends made by this process. Append is read-modify-write, so
 /// two concurrent appends (two agents logging to one file) would otherwise
 /// lose one of the additions; KB writes are small and rare enough that one
-/// lock costs nothing. Other processes are not covered.
+/// lock costs nothing. Other processes (several dispatch instances on one
+/// shared `_kb/`) are kept out by [`FolderLock`].
 static WRITE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Who a write is for, which sets its size limit and durability.
@@ -53,6 +54,14 @@ pub(super) fn write(
     // means another write panicked; the guarded data is `()`.
     let _guard = (mode == WriteMode::Append)
         .then(|| WRITE_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
+    // Another process appending to this KB waits for us (and we for it) from
+    // the read of the old content to the rename.
+    let _others = match mode {
+        WriteMode::Append => Some(
+            AppendLock::take(kb.dir()).map_err(|e| KbError::from_io(&e, "lock", APPEND_LOCK))?,
+        ),
+        _ => None,
+    };
     write_at(kb, rel, content, mode, origin, 0)
 }
 
@@ -181,6 +190,29 @@ fn write_at(
         created: existing.is_none(),
         mode,
     })
+}
+
+/// The hidden, empty file at the KB's root whose lock appends take (folder
+/// handles are opened `O_PATH`, which cannot be locked themselves).
+pub(super) const APPEND_LOCK: &str = ".kb-append.lock";
+
+/// An exclusive advisory lock (`flock`) on the KB's [`APPEND_LOCK`] file,
+/// held by an append from the read of a file's old content to the rename of
+/// its new one, so that appends of several processes (dispatch instances on
+/// one shared `_kb/`) each keep the others'. Released when dropped (the
+/// descriptor closes); a process that dies releases it too.
+struct AppendLock {
+    _held: std::fs::File,
+}
+
+impl AppendLock {
+    fn take(root: &Dir) -> io::Result<AppendLock> {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true);
+        let file = root.open_with(APPEND_LOCK, &opts)?.into_std();
+        file.lock()?;
+        Ok(AppendLock { _held: file })
+    }
 }
 
 /// Opens the folder `parts` beneath `root`, creating what is missing; a
@@ -362,6 +394,61 @@ pub(super) fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::WriteMode;
+
+    /// Lines each process appends in the test below.
+    const APPENDS: usize = 150;
+
+    /// The child side of the test below: appends when asked to.
+    #[test]
+    #[ignore = "run by appends_of_two_processes_keep_each_others"]
+    fn append_worker() {
+        let (Ok(dir), Ok(who)) = (
+            std::env::var("DISPATCH_TEST_APPEND_KB"),
+            std::env::var("DISPATCH_TEST_APPEND_WHO"),
+        ) else {
+            return;
+        };
+        let kb = super::Kb::open(std::path::Path::new(&dir)).unwrap();
+        for i in 0..APPENDS {
+            kb.write("notes/log.md", &format!("{who} {i}\n"), WriteMode::Append)
+                .unwrap();
+        }
+    }
+
+    /// Two processes (two dispatch instances on one shared `_kb/`) append
+    /// to one file at once: every line of both is there.
+    #[test]
+    fn appends_of_two_processes_keep_each_others() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|who| {
+                std::process::Command::new(&exe)
+                    .args(["--exact", "kb::write::tests::append_worker", "--ignored"])
+                    .env("DISPATCH_TEST_APPEND_KB", d.path())
+                    .env("DISPATCH_TEST_APPEND_WHO", who)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let text = std::fs::read_to_string(d.path().join("notes/log.md")).unwrap();
+        for who in ["a", "b"] {
+            let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(who)).collect();
+            assert_eq!(mine.len(), APPENDS, "{who} lost appends");
+            assert!(
+                mine.iter()
+                    .enumerate()
+                    .all(|(i, l)| *l == format!("{who} {i}"))
+            );
+        }
+    }
+
     #[test]
     fn folders_can_be_synced() {
         let d = tempfile::tempdir().unwrap();

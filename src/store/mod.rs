@@ -5,9 +5,12 @@
 //! after a crash [`Store::tasks_in_state`] says exactly what was in flight.
 //!
 //! The trait speaks only in crate types: timestamps are [`Millis`], JSON goes
-//! in and out as `serde_json::Value`, paging cursors are opaque strings. That
-//! keeps a second backend (PostgreSQL) a matter of one more `impl Store`.
-//! [`SqliteStore`] is the one there is.
+//! in and out as `serde_json::Value`, paging cursors are opaque strings, so
+//! that backends are interchangeable. There are two: [`SqliteStore`], one
+//! file beside the project (the default), and [`PostgresStore`], a database
+//! on a server. [`open`] picks one from the URL. Both convert values to
+//! columns and rows back to values through the same code (`rows`, `read`), so they
+//! store and return the same things, and one test suite runs against each.
 //!
 //! Updates are compare-and-set on the task's state ([`Store::update_task`]):
 //! two writers racing on one task cannot both win, and the loser learns what
@@ -16,6 +19,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,12 +29,77 @@ use crate::task::{
     TaskId, TaskState, Tree, TreeCharge, Turn,
 };
 
+#[cfg(test)]
+mod pg_test;
+mod postgres;
+mod postgres_open;
+mod postgres_sql;
+mod read;
+mod rows;
+mod schema;
 mod sqlite;
 mod sqlite_write;
 #[cfg(test)]
 mod tests;
 
+pub use postgres::PostgresStore;
+pub use postgres_open::PostgresOptions;
+pub use schema::{Backend, SchemaReport, SchemaState, check};
 pub use sqlite::SqliteStore;
+
+/// Opens the store that `url` names, bringing its schema up to date:
+/// `postgres://…` or `postgresql://…` on PostgreSQL ([`PostgresStore::open`]),
+/// `sqlite:…` or a plain file path on SQLite ([`SqliteStore::open`]).
+///
+/// Any other `scheme://` is refused ([`StoreError::Open`]) rather than taken
+/// for a file name.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &PostgresOptions::default()).await
+}
+
+/// Like [`open`], with the pool settings a PostgreSQL store uses
+/// (`[store] pool_size`, `connect_timeout_secs`).
+pub async fn open_with(url: &str, pg: &PostgresOptions) -> Result<Arc<dyn Store>, StoreError> {
+    // SqliteStore knows `sqlite:` in lower case only; schemes have no case.
+    if let Some(rest) = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("sqlite:"))
+        .and_then(|_| url.get(7..))
+    {
+        return Ok(Arc::new(
+            SqliteStore::open(&format!("sqlite:{rest}")).await?,
+        ));
+    }
+    match scheme(url) {
+        Some(s) if s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql") => {
+            Ok(Arc::new(PostgresStore::open_with(url, pg).await?))
+        }
+        None => Ok(Arc::new(SqliteStore::open(url).await?)),
+        Some(other) => Err(unsupported_scheme(url, other)),
+    }
+}
+
+/// The error for a URL of a kind of database dispatch does not store in.
+fn unsupported_scheme(url: &str, scheme: &str) -> StoreError {
+    StoreError::Open {
+        path: postgres_open::redact(url),
+        message: format!(
+            "dispatch cannot store tasks in `{scheme}://`: give \
+             postgres://USER:PASSWORD@HOST:PORT/DATABASE for PostgreSQL, or sqlite://PATH \
+             (or a plain file path) for SQLite"
+        ),
+    }
+}
+
+/// The scheme of `url` when it starts with one followed by `://` (RFC 3986:
+/// a letter, then letters, digits, `+`, `-` or `.`).
+fn scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
 
 /// The future a [`Store`] method returns.
 ///
@@ -168,6 +237,12 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&'a str>,
         limit: u32,
     ) -> StoreFuture<'a, ClientTaskPage>;
+
+    /// Which kind of database this is (`sqlite`, `postgres`), for health reports.
+    fn backend(&self) -> Backend;
+
+    /// One trivial round trip to the database: `Ok` while it answers.
+    fn ping(&self) -> StoreFuture<'_, ()>;
 
     /// Finishes pending work and closes the database. Calls made afterwards fail.
     fn close(&self) -> StoreFuture<'_, ()>;
@@ -406,4 +481,16 @@ pub(crate) mod cursor {
 /// Formats a backend error as "cannot OPERATION: REASON".
 pub(crate) fn database_error(op: fmt::Arguments<'_>, reason: impl fmt::Display) -> StoreError {
     StoreError::Database(format!("cannot {op}: {reason}"))
+}
+
+/// Refuses a move the state machine does not allow (keeping the state is allowed).
+fn check_transition(task: &Task, expected: TaskState) -> Result<(), StoreError> {
+    if expected != task.state && !expected.can_become(task.state) {
+        return Err(StoreError::IllegalTransition {
+            id: task.id.clone(),
+            from: expected,
+            to: task.state,
+        });
+    }
+    Ok(())
 }

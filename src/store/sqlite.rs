@@ -8,7 +8,6 @@
 //! over the file lock avoids `SQLITE_BUSY` sleeps and "database is locked"
 //! errors under load, and WAL lets readers run alongside the writer.
 
-use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,22 +15,24 @@ use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Sqlite};
 use tempfile::TempDir;
 
-use super::sqlite_write::{
-    AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow, Write, Writer,
-    WriterOptions, WriterWatch,
+use super::read;
+use super::rows::{
+    AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow, attempt_columns,
+    client_task_columns, run_columns, step_columns, task_columns, tree_columns, turn_columns,
 };
+use super::sqlite_write::{Write, Writer, WriterOptions, WriterWatch};
 use super::{
-    MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow, cursor,
-    database_error,
+    MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
+    check_transition, cursor, database_error,
 };
 use crate::task::{
-    Attempt, ClientTask, ClientTaskPage, Millis, Run, RunState, StepRecord, Task, TaskState, Tree,
-    TreeCharge, TreeLimits, Turn,
+    Attempt, ClientTask, ClientTaskPage, Run, RunState, StepRecord, Task, TaskState, Tree,
+    TreeCharge, Turn,
 };
 
 /// How long a statement waits for a lock held by another process before
@@ -48,15 +49,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// What to tell a user whose database cannot be opened for lack of access.
 const WRITABLE_HINT: &str = "set DISPATCH_DATABASE_URL or --root to a writable folder";
 
-/// Every column of `tasks` ([`task_from_row`] reads them by name).
-macro_rules! task_columns {
-    () => {
-        "id, agent, state, input, parent_id, depth, subject, created_at, started_at, \
-         finished_at, model, attempts, input_tokens, output_tokens, cost_usd, output, reason, \
-         error, kb_path, routing, requeues, owner, audit, root_id"
-    };
-}
-
 const SELECT_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 
 const TASKS_IN_STATE: &str = concat!(
@@ -65,9 +57,11 @@ const TASKS_IN_STATE: &str = concat!(
     " FROM tasks WHERE state = ?1 ORDER BY created_at, id"
 );
 
-const SELECT_ATTEMPTS: &str = "SELECT task_id, seq, kind, agent, provider, model, started_at, \
-     latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, cost_source, \
-     verdict, revision_message, output FROM attempts WHERE task_id = ?1 ORDER BY seq";
+const SELECT_ATTEMPTS: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM attempts WHERE task_id = ?1 ORDER BY seq"
+);
 
 /// A [`Store`] in one SQLite file (or in a scratch file deleted with the
 /// store, for tests and `sqlite::memory:`).
@@ -251,7 +245,7 @@ impl SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read task {id}"), e))?;
-        row.as_ref().map(task_from_row).transpose()
+        row.as_ref().map(|r| read::task_from_row(r)).transpose()
     }
 
     async fn list_tasks_impl(
@@ -263,72 +257,17 @@ impl SqliteStore {
         let after = cursor.map(cursor::decode).transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
 
-        let mut q = QueryBuilder::<Sqlite>::new(concat!("SELECT ", task_columns!(), " FROM tasks"));
-        let mut glue = " WHERE ";
-        let mut and = |q: &mut QueryBuilder<Sqlite>| {
-            q.push(glue);
-            glue = " AND ";
-        };
-        if !filter.states.is_empty() {
-            and(&mut q);
-            q.push("state IN (");
-            let mut list = q.separated(", ");
-            for state in &filter.states {
-                list.push_bind(state.as_str());
-            }
-            q.push(")");
-        }
-        if let Some(agent) = &filter.agent {
-            and(&mut q);
-            q.push("agent = ").push_bind(agent.as_str());
-        }
-        if let Some(parent) = &filter.parent_id {
-            and(&mut q);
-            q.push("parent_id = ").push_bind(parent.as_str());
-        }
-        if let Some(root) = &filter.root_id {
-            and(&mut q);
-            q.push("root_id = ").push_bind(root.as_str());
-        }
-        if let Some(subject) = &filter.subject {
-            and(&mut q);
-            q.push("subject = ").push_bind(subject.as_str());
-        }
-        if let Some(since) = filter.since {
-            and(&mut q);
-            q.push("created_at >= ").push_bind(since);
-        }
-        if let Some(until) = filter.until {
-            and(&mut q);
-            q.push("created_at < ").push_bind(until);
-        }
-        if let Some((created_at, id)) = &after {
-            and(&mut q);
-            q.push("(created_at, id) < (")
-                .push_bind(*created_at)
-                .push(", ")
-                .push_bind(id.as_str())
-                .push(")");
-        }
-        // One row more than asked says whether there is a next page.
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-
-        let rows = q
+        let rows = read::select_tasks::<Sqlite>(filter, after.as_ref(), limit)
             .build()
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("list tasks"), e))?;
-        let more = rows.len() > limit as usize;
-        let tasks = rows
-            .iter()
-            .take(limit as usize)
-            .map(task_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = match tasks.last() {
-            Some(last) if more => Some(cursor::encode(last.created_at, &last.id)),
-            _ => None,
-        };
+        let (tasks, next_cursor) = read::page(
+            &rows,
+            limit,
+            |r| read::task_from_row(r),
+            |t| (t.created_at, &t.id),
+        )?;
         Ok(TaskPage { tasks, next_cursor })
     }
 
@@ -363,7 +302,7 @@ impl SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read the attempts of task {task_id}"), e))?;
-        rows.iter().map(attempt_from_row).collect()
+        rows.iter().map(|r| read::attempt_from_row(r)).collect()
     }
 
     async fn tasks_in_state_impl(&self, state: TaskState) -> Result<Vec<Task>, StoreError> {
@@ -372,13 +311,15 @@ impl SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("list {state} tasks"), e))?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter().map(|r| read::task_from_row(r)).collect()
     }
 
     async fn usage_impl(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT t.agent, a.agent, a.kind, a.provider, a.model, COUNT(*), \
-             SUM(1 - a.ok), SUM(a.input_tokens), SUM(a.output_tokens), SUM(a.cost_usd) \
+            "SELECT t.agent AS task_agent, a.agent AS agent, a.kind AS kind, \
+             a.provider AS provider, a.model AS model, COUNT(*) AS calls, \
+             SUM(1 - a.ok) AS failed_calls, SUM(a.input_tokens) AS input_tokens, \
+             SUM(a.output_tokens) AS output_tokens, SUM(a.cost_usd) AS cost_usd \
              FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE 1 = 1",
         );
         if let Some(since) = query.since {
@@ -399,25 +340,7 @@ impl SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("sum usage"), e))?;
-        rows.iter()
-            .map(|row| {
-                let what = || "usage row".to_string();
-                Ok(UsageRow {
-                    task_agent: get(row, 0, &what)?,
-                    agent: get(row, 1, &what)?,
-                    kind: parse_column(&get::<String>(row, 2, &what)?, || {
-                        "attempts, column kind".to_string()
-                    })?,
-                    provider: get(row, 3, &what)?,
-                    model: get(row, 4, &what)?,
-                    calls: unsigned(get(row, 5, &what)?, 5, &what)?,
-                    failed_calls: unsigned(get(row, 6, &what)?, 6, &what)?,
-                    input_tokens: unsigned(get(row, 7, &what)?, 7, &what)?,
-                    output_tokens: unsigned(get(row, 8, &what)?, 8, &what)?,
-                    cost_usd: get(row, 9, &what)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| read::usage_from_row(r)).collect()
     }
 
     async fn counts_by_state_impl(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
@@ -426,15 +349,7 @@ impl SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(|e| db_err(format_args!("count tasks"), e))?;
-        let mut counts: Vec<(TaskState, u64)> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
-        for (state, n) in rows {
-            let state: TaskState = parse_column(&state, || "tasks, column state".to_string())?;
-            let n = u64::try_from(n).unwrap_or(0);
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
-                slot.1 = n;
-            }
-        }
-        Ok(counts)
+        read::counts_by_state(rows)
     }
 
     async fn close_impl(&self) {
@@ -522,7 +437,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read run {id}"), e))?;
-            row.as_ref().map(run_from_row).transpose()
+            row.as_ref().map(|r| read::run_from_row(r)).transpose()
         })
     }
 
@@ -537,7 +452,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("list {} runs", state.as_str()), e))?;
-            rows.iter().map(run_from_row).collect()
+            rows.iter().map(|r| read::run_from_row(r)).collect()
         })
     }
 
@@ -547,15 +462,16 @@ impl Store for SqliteStore {
 
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT run_id, step_id, idx, state, task_id, tries, started_at, finished_at, \
-                 error, output_path FROM run_steps WHERE run_id = ?1 ORDER BY idx",
-            )
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                step_columns!(),
+                " FROM run_steps WHERE run_id = ?1 ORDER BY idx"
+            ))
             .bind(run_id)
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read the steps of run {run_id}"), e))?;
-            rows.iter().map(step_from_row).collect()
+            rows.iter().map(|r| read::step_from_row(r)).collect()
         })
     }
 
@@ -565,14 +481,16 @@ impl Store for SqliteStore {
 
     fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT task_id, seq, answer, at, data FROM turns WHERE task_id = ?1 ORDER BY seq",
-            )
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                turn_columns!(),
+                " FROM turns WHERE task_id = ?1 ORDER BY seq"
+            ))
             .bind(task_id)
             .fetch_all(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read the turns of task {task_id}"), e))?;
-            rows.iter().map(turn_from_row).collect()
+            rows.iter().map(|r| read::turn_from_row(r)).collect()
         })
     }
 
@@ -591,7 +509,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read the tree of task {root_id}"), e))?;
-            row.as_ref().map(tree_from_row).transpose()
+            row.as_ref().map(|r| read::tree_from_row(r)).transpose()
         })
     }
 
@@ -613,14 +531,18 @@ impl Store for SqliteStore {
 
     fn get_client_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ClientTask>> {
         Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT id, tool, subject, created_at, ttl_ms, poll_ms FROM mcp_tasks WHERE id = ?1",
-            )
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                client_task_columns!(),
+                " FROM mcp_tasks WHERE id = ?1"
+            ))
             .bind(id)
             .fetch_optional(&self.reader)
             .await
             .map_err(|e| db_err(format_args!("read MCP task {id}"), e))?;
-            row.as_ref().map(client_task_from_row).transpose()
+            row.as_ref()
+                .map(|r| read::client_task_from_row(r))
+                .transpose()
         })
     }
 
@@ -633,37 +555,32 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let after = cursor.map(cursor::decode).transpose()?;
             let limit = limit.clamp(1, MAX_PAGE);
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT id, tool, subject, created_at, ttl_ms, poll_ms FROM mcp_tasks WHERE 1 = 1",
-            );
-            if let Some(subject) = subject {
-                q.push(" AND subject = ").push_bind(subject);
-            }
-            if let Some((created_at, id)) = &after {
-                q.push(" AND (created_at, id) < (")
-                    .push_bind(*created_at)
-                    .push(", ")
-                    .push_bind(id.as_str())
-                    .push(")");
-            }
-            q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-                .push_bind(i64::from(limit) + 1);
-            let rows = q
+            let rows = read::select_client_tasks::<Sqlite>(subject, after.as_ref(), limit)
                 .build()
                 .fetch_all(&self.reader)
                 .await
                 .map_err(|e| db_err(format_args!("list MCP tasks"), e))?;
-            let more = rows.len() > limit as usize;
-            let tasks = rows
-                .iter()
-                .take(limit as usize)
-                .map(client_task_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let next_cursor = match tasks.last() {
-                Some(last) if more => Some(cursor::encode(last.created_at, &last.id)),
-                _ => None,
-            };
+            let (tasks, next_cursor) = read::page(
+                &rows,
+                limit,
+                |r| read::client_task_from_row(r),
+                |t| (t.created_at, &t.id),
+            )?;
             Ok(ClientTaskPage { tasks, next_cursor })
+        })
+    }
+
+    fn backend(&self) -> super::Backend {
+        super::Backend::Sqlite
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.reader)
+                .await
+                .map(|_| ())
+                .map_err(|e| database_error(format_args!("reach the database"), e))
         })
     }
 
@@ -673,18 +590,6 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
-}
-
-/// Refuses a move the state machine does not allow (keeping the state is allowed).
-fn check_transition(task: &Task, expected: TaskState) -> Result<(), StoreError> {
-    if expected != task.state && !expected.can_become(task.state) {
-        return Err(StoreError::IllegalTransition {
-            id: task.id.clone(),
-            from: expected,
-            to: task.state,
-        });
-    }
-    Ok(())
 }
 
 /// Copies committed WAL frames into the database file every
@@ -858,245 +763,4 @@ pub(super) fn reason(e: &sqlx::Error) -> String {
 fn db_err(op: std::fmt::Arguments<'_>, e: sqlx::Error) -> StoreError {
     tracing::warn!(error = %e, "database operation failed: {op}");
     database_error(op, reason(&e))
-}
-
-fn corrupt(what: String) -> StoreError {
-    tracing::error!("corrupt row: {what}");
-    StoreError::Corrupt { what }
-}
-
-/// Parses a stored enum name.
-pub(super) fn parse_column<T: FromStr>(s: &str, what: impl Fn() -> String) -> Result<T, StoreError>
-where
-    T::Err: Display,
-{
-    s.parse::<T>()
-        .map_err(|e| corrupt(format!("{}: {e}", what())))
-}
-
-/// Reads one column, reporting a missing column or a wrong type as corruption.
-fn get<'r, T>(
-    row: &'r SqliteRow,
-    col: impl sqlx::ColumnIndex<SqliteRow> + Display + Copy,
-    what: &dyn Fn() -> String,
-) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get::<T, _>(col)
-        .map_err(|e| corrupt(format!("{}, column {col}: {e}", what())))
-}
-
-/// Reads a column stored from an unsigned Rust field.
-fn unsigned<T: TryFrom<i64>>(
-    v: i64,
-    col: impl Display,
-    what: &dyn Fn() -> String,
-) -> Result<T, StoreError> {
-    T::try_from(v).map_err(|_| corrupt(format!("{}, column {col}: {v} is out of range", what())))
-}
-
-fn opt_unsigned<T: TryFrom<i64>>(
-    v: Option<i64>,
-    col: &str,
-    what: &dyn Fn() -> String,
-) -> Result<Option<T>, StoreError> {
-    v.map(|v| unsigned(v, col, what)).transpose()
-}
-
-fn json(s: &str, col: &str, what: &dyn Fn() -> String) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_str(s)
-        .map_err(|e| corrupt(format!("{}, column {col}: invalid JSON: {e}", what())))
-}
-
-macro_rules! run_columns {
-    () => {
-        "id, name, agent, state, input, definition, subject, owner, created_at, finished_at, error"
-    };
-}
-use run_columns;
-
-fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
-    let id: String = get(row, "id", &|| "run".to_string())?;
-    let what = || format!("run {id}");
-    let w = &what;
-    let state: String = get(row, "state", w)?;
-    let input: String = get(row, "input", w)?;
-    let definition: String = get(row, "definition", w)?;
-    Ok(Run {
-        name: get(row, "name", w)?,
-        agent: get(row, "agent", w)?,
-        state: parse_column(&state, || format!("{}, column state", what()))?,
-        input: json(&input, "input", w)?,
-        definition: json(&definition, "definition", w)?,
-        subject: get(row, "subject", w)?,
-        owner: get(row, "owner", w)?,
-        created_at: get(row, "created_at", w)?,
-        finished_at: get(row, "finished_at", w)?,
-        error: get(row, "error", w)?,
-        id,
-    })
-}
-
-fn step_from_row(row: &SqliteRow) -> Result<StepRecord, StoreError> {
-    let run_id: String = get(row, "run_id", &|| "run step".to_string())?;
-    let step_id: String = get(row, "step_id", &|| format!("a step of run {run_id}"))?;
-    let what = || format!("step {step_id} of run {run_id}");
-    let w = &what;
-    let state: String = get(row, "state", w)?;
-    Ok(StepRecord {
-        idx: unsigned(get(row, "idx", w)?, "idx", w)?,
-        state: parse_column(&state, || format!("{}, column state", what()))?,
-        task_id: get(row, "task_id", w)?,
-        tries: unsigned(get(row, "tries", w)?, "tries", w)?,
-        started_at: get(row, "started_at", w)?,
-        finished_at: get(row, "finished_at", w)?,
-        error: get(row, "error", w)?,
-        output_path: get(row, "output_path", w)?,
-        run_id,
-        step_id,
-    })
-}
-
-/// Every column of `trees` ([`tree_from_row`] reads them by name).
-macro_rules! tree_columns {
-    () => {
-        "root_id, tasks, turns, spent_micros, reserved_micros, max_depth, max_tasks, max_turns, \
-         max_secs, budget_micros, created_at"
-    };
-}
-pub(super) use tree_columns;
-
-pub(super) fn tree_from_row(row: &SqliteRow) -> Result<Tree, StoreError> {
-    let root_id: String = get(row, "root_id", &|| "tree".to_string())?;
-    let what = || format!("tree of task {root_id}");
-    let w: &dyn Fn() -> String = &what;
-    let max_secs: Option<i64> = get(row, "max_secs", w)?;
-    Ok(Tree {
-        tasks: unsigned(get(row, "tasks", w)?, "tasks", w)?,
-        turns: unsigned(get(row, "turns", w)?, "turns", w)?,
-        spent_micros: get(row, "spent_micros", w)?,
-        reserved_micros: get(row, "reserved_micros", w)?,
-        limits: TreeLimits {
-            max_depth: unsigned(get(row, "max_depth", w)?, "max_depth", w)?,
-            max_tasks: unsigned(get(row, "max_tasks", w)?, "max_tasks", w)?,
-            max_turns: unsigned(get(row, "max_turns", w)?, "max_turns", w)?,
-            max_secs: max_secs.map(|s| s.max(0) as u64),
-            budget_micros: get(row, "budget_micros", w)?,
-        },
-        created_at: get(row, "created_at", w)?,
-        root_id,
-    })
-}
-
-fn client_task_from_row(row: &SqliteRow) -> Result<ClientTask, StoreError> {
-    let id: String = get(row, "id", &|| "MCP task".to_string())?;
-    let what = || format!("MCP task {id}");
-    let w: &dyn Fn() -> String = &what;
-    let ttl: Option<i64> = get(row, "ttl_ms", w)?;
-    let poll: i64 = get(row, "poll_ms", w)?;
-    Ok(ClientTask {
-        tool: get(row, "tool", w)?,
-        subject: get(row, "subject", w)?,
-        created_at: get(row, "created_at", w)?,
-        ttl_ms: ttl.map(|v| u64::try_from(v).unwrap_or(0)),
-        poll_ms: u64::try_from(poll).unwrap_or(0),
-        id,
-    })
-}
-
-fn turn_from_row(row: &SqliteRow) -> Result<Turn, StoreError> {
-    let task_id: String = get(row, "task_id", &|| "turn".to_string())?;
-    let seq: i64 = get(row, "seq", &|| format!("turn of task {task_id}"))?;
-    let what = || format!("turn {seq} of task {task_id}");
-    let w: &dyn Fn() -> String = &what;
-    let data: String = get(row, "data", w)?;
-    let event = serde_json::from_str(&data)
-        .map_err(|e| corrupt(format!("{}, column data: {e}", what())))?;
-    Ok(Turn {
-        seq: unsigned(seq, "seq", w)?,
-        answer: unsigned(get(row, "answer", w)?, "answer", w)?,
-        at: get(row, "at", w)?,
-        event,
-        task_id,
-    })
-}
-
-fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
-    let id: String = get(row, "id", &|| "task".to_string())?;
-    let what = || format!("task {id}");
-    let w: &dyn Fn() -> String = &what;
-    let state: String = get(row, "state", w)?;
-    let input: String = get(row, "input", w)?;
-    let reason: Option<String> = get(row, "reason", w)?;
-    let routing: Option<String> = get(row, "routing", w)?;
-    let audit: Option<String> = get(row, "audit", w)?;
-    Ok(Task {
-        agent: get(row, "agent", w)?,
-        state: parse_column(&state, || format!("{}, column state", what()))?,
-        input: json(&input, "input", w)?,
-        parent_id: get(row, "parent_id", w)?,
-        root_id: get(row, "root_id", w)?,
-        depth: unsigned(get(row, "depth", w)?, "depth", w)?,
-        subject: get(row, "subject", w)?,
-        created_at: get::<Millis>(row, "created_at", w)?,
-        started_at: get(row, "started_at", w)?,
-        finished_at: get(row, "finished_at", w)?,
-        model: get(row, "model", w)?,
-        attempts: unsigned(get(row, "attempts", w)?, "attempts", w)?,
-        input_tokens: unsigned(get(row, "input_tokens", w)?, "input_tokens", w)?,
-        output_tokens: unsigned(get(row, "output_tokens", w)?, "output_tokens", w)?,
-        cost_usd: get(row, "cost_usd", w)?,
-        output: get(row, "output", w)?,
-        reason: reason
-            .map(|r| parse_column(&r, || format!("{}, column reason", what())))
-            .transpose()?,
-        error: get(row, "error", w)?,
-        kb_path: get(row, "kb_path", w)?,
-        routing: routing.map(|r| json(&r, "routing", w)).transpose()?,
-        requeues: unsigned(get(row, "requeues", w)?, "requeues", w)?,
-        owner: get(row, "owner", w)?,
-        audit: audit.map(|a| json(&a, "audit", w)).transpose()?,
-        id,
-    })
-}
-
-fn attempt_from_row(row: &SqliteRow) -> Result<Attempt, StoreError> {
-    let task_id: String = get(row, "task_id", &|| "attempt".to_string())?;
-    let seq: i64 = get(row, "seq", &|| format!("attempt of task {task_id}"))?;
-    let what = || format!("attempt {seq} of task {task_id}");
-    let w: &dyn Fn() -> String = &what;
-    let kind: String = get(row, "kind", w)?;
-    let cost_source: String = get(row, "cost_source", w)?;
-    let verdict: Option<String> = get(row, "verdict", w)?;
-    let ok: i64 = get(row, "ok", w)?;
-    Ok(Attempt {
-        seq: unsigned(seq, "seq", w)?,
-        kind: parse_column(&kind, || format!("{}, column kind", what()))?,
-        agent: get(row, "agent", w)?,
-        provider: get(row, "provider", w)?,
-        model: get(row, "model", w)?,
-        started_at: get::<Millis>(row, "started_at", w)?,
-        latency_ms: unsigned(get(row, "latency_ms", w)?, "latency_ms", w)?,
-        ok: match ok {
-            0 => false,
-            1 => true,
-            other => {
-                return Err(corrupt(format!(
-                    "{}, column ok: {other} is not 0 or 1",
-                    what()
-                )));
-            }
-        },
-        http_status: opt_unsigned(get(row, "http_status", w)?, "http_status", w)?,
-        error: get(row, "error", w)?,
-        input_tokens: unsigned(get(row, "input_tokens", w)?, "input_tokens", w)?,
-        output_tokens: unsigned(get(row, "output_tokens", w)?, "output_tokens", w)?,
-        cost_usd: get(row, "cost_usd", w)?,
-        cost_source: parse_column(&cost_source, || format!("{}, column cost_source", what()))?,
-        verdict: verdict.map(|v| json(&v, "verdict", w)).transpose()?,
-        revision_message: get(row, "revision_message", w)?,
-        output: get(row, "output", w)?,
-        task_id,
-    })
 }

@@ -24,7 +24,6 @@
 //!
 //! Once queued, a write is carried out even if its caller stops waiting.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,11 +32,11 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::{BUSY_TIMEOUT, parse_column};
-use super::{StoreError, TreeLimitKind, database_error};
-use crate::task::{
-    Attempt, ClientTask, Run, StepRecord, Task, TaskId, TaskState, Tree, TreeCharge, Turn,
-};
+use super::read::{Cas, TreeUse, why_unchanged};
+use super::rows::{AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow};
+use super::sqlite::BUSY_TIMEOUT;
+use super::{StoreError, database_error};
+use crate::task::{TaskState, TreeCharge};
 
 /// The most writes committed together. Bounds how long one transaction runs.
 const MAX_GROUP: usize = 256;
@@ -158,91 +157,6 @@ pub(super) enum Write {
     PutClientTask(ClientTaskRow),
 }
 
-/// A client task as the columns of `mcp_tasks` hold it.
-pub(super) struct ClientTaskRow {
-    id: String,
-    tool: String,
-    subject: Option<String>,
-    created_at: i64,
-    ttl_ms: Option<i64>,
-    poll_ms: i64,
-}
-
-impl ClientTaskRow {
-    pub(super) fn new(t: &ClientTask) -> ClientTaskRow {
-        ClientTaskRow {
-            id: t.id.clone(),
-            tool: t.tool.clone(),
-            subject: t.subject.clone(),
-            created_at: t.created_at,
-            ttl_ms: t.ttl_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
-            poll_ms: i64::try_from(t.poll_ms).unwrap_or(i64::MAX),
-        }
-    }
-}
-
-/// A turn as the columns of `turns` hold it.
-pub(super) struct TurnRow {
-    task_id: String,
-    seq: i64,
-    answer: i64,
-    kind: &'static str,
-    at: i64,
-    data: String,
-}
-
-impl TurnRow {
-    pub(super) fn new(t: &Turn) -> Result<TurnRow, StoreError> {
-        let data = serde_json::to_string(&t.event).map_err(|e| StoreError::Invalid {
-            what: format!("turn {} of task {}: {e}", t.seq, t.task_id),
-        })?;
-        Ok(TurnRow {
-            task_id: t.task_id.clone(),
-            seq: i64::from(t.seq),
-            answer: i64::from(t.answer),
-            kind: t.event.kind(),
-            at: t.at,
-            data,
-        })
-    }
-}
-
-/// A tree as the columns of `trees` hold it.
-pub(super) struct TreeRow {
-    root_id: String,
-    tasks: i64,
-    turns: i64,
-    spent_micros: i64,
-    reserved_micros: i64,
-    max_depth: i64,
-    max_tasks: i64,
-    max_turns: i64,
-    max_secs: Option<i64>,
-    budget_micros: Option<i64>,
-    created_at: i64,
-}
-
-impl TreeRow {
-    pub(super) fn new(t: &Tree) -> TreeRow {
-        TreeRow {
-            root_id: t.root_id.clone(),
-            tasks: i64::from(t.tasks),
-            turns: i64::from(t.turns),
-            spent_micros: t.spent_micros,
-            reserved_micros: t.reserved_micros,
-            max_depth: i64::from(t.limits.max_depth),
-            max_tasks: i64::from(t.limits.max_tasks),
-            max_turns: i64::from(t.limits.max_turns),
-            max_secs: t
-                .limits
-                .max_secs
-                .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
-            budget_micros: t.limits.budget_micros,
-            created_at: t.created_at,
-        }
-    }
-}
-
 const PUT_RUN: &str = "INSERT INTO runs (id, name, agent, state, input, definition, subject, owner, \
      created_at, finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
      ON CONFLICT (id) DO UPDATE SET name = ?2, agent = ?3, state = ?4, input = ?5, definition = ?6, \
@@ -253,70 +167,6 @@ const PUT_STEP: &str = "INSERT INTO run_steps (run_id, step_id, idx, state, task
      ON CONFLICT (run_id, step_id) DO UPDATE SET idx = ?3, state = ?4, task_id = ?5, tries = ?6, \
      started_at = ?7, finished_at = ?8, error = ?9, output_path = ?10";
 
-/// A run as the columns of `runs` hold it.
-pub(super) struct RunRow {
-    id: String,
-    name: Option<String>,
-    agent: Option<String>,
-    state: &'static str,
-    input: String,
-    definition: String,
-    subject: Option<String>,
-    owner: Option<String>,
-    created_at: i64,
-    finished_at: Option<i64>,
-    error: Option<String>,
-}
-
-impl RunRow {
-    pub(super) fn new(r: &Run) -> Result<RunRow, StoreError> {
-        let what = Describe(|f| write!(f, "run {}", r.id));
-        Ok(RunRow {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            agent: r.agent.clone(),
-            state: r.state.as_str(),
-            input: to_json(&r.input, "input", &what)?,
-            definition: to_json(&r.definition, "definition", &what)?,
-            subject: r.subject.clone(),
-            owner: r.owner.clone(),
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            error: r.error.clone(),
-        })
-    }
-}
-
-/// A step as the columns of `run_steps` hold it.
-pub(super) struct StepRow {
-    run_id: String,
-    step_id: String,
-    idx: i64,
-    state: &'static str,
-    task_id: Option<String>,
-    tries: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    error: Option<String>,
-    output_path: Option<String>,
-}
-
-impl StepRow {
-    pub(super) fn new(s: &StepRecord) -> StepRow {
-        StepRow {
-            run_id: s.run_id.clone(),
-            step_id: s.step_id.clone(),
-            idx: i64::from(s.idx),
-            state: s.state.as_str(),
-            task_id: s.task_id.clone(),
-            tries: i64::from(s.tries),
-            started_at: s.started_at,
-            finished_at: s.finished_at,
-            error: s.error.clone(),
-            output_path: s.output_path.clone(),
-        }
-    }
-}
 impl Write {
     /// What the write does, for error messages: "update task 01h…".
     fn describe(&self) -> String {
@@ -687,17 +537,6 @@ fn execute(conn: &Connection, sql: &str, values: &[&dyn ToSql]) -> Result<usize,
     conn.prepare_cached(sql)?.execute(values)
 }
 
-/// What a tree has used, read to say which limit a charge did not fit.
-struct TreeUse {
-    tasks: i64,
-    max_tasks: i64,
-    turns: i64,
-    max_turns: i64,
-    /// Spent plus reserved, micro-USD.
-    held: i64,
-    budget: Option<i64>,
-}
-
 /// A charge against a tree, or which limit it did not fit.
 fn charge_tree(conn: &Connection, root: &str, c: &TreeCharge) -> Result<(), Failure> {
     let (tasks, turns) = (i64::from(c.tasks), i64::from(c.turns));
@@ -731,19 +570,12 @@ fn charge_tree(conn: &Connection, root: &str, c: &TreeCharge) -> Result<(), Fail
         )
         .optional()
         .map_err(|e| Failure::Database(reason(&e)))?;
-    let Some(u) = found else {
-        return Err(Failure::Own(StoreError::NotFound {
+    Err(Failure::Own(match found {
+        Some(u) => u.refusal(c),
+        None => StoreError::NotFound {
             id: root.to_string(),
-        }));
-    };
-    let (limit, max, used) = if tasks > 0 && u.tasks + tasks > u.max_tasks {
-        (TreeLimitKind::Tasks, u.max_tasks, u.tasks)
-    } else if turns > 0 && u.turns + turns > u.max_turns {
-        (TreeLimitKind::Turns, u.max_turns, u.turns)
-    } else {
-        (TreeLimitKind::Money, u.budget.unwrap_or(0), u.held)
-    };
-    Err(Failure::Own(StoreError::TreeLimit { limit, max, used }))
+        },
+    }))
 }
 
 /// The compare-and-set update of a task.
@@ -756,7 +588,7 @@ fn update_task(conn: &Connection, t: &TaskRow, expected: TaskState) -> Result<()
     if changed == 1 {
         return Ok(());
     }
-    Err(why_unchanged(conn, t, expected, None))
+    Err(unchanged(conn, t, expected, Cas::State))
 }
 
 /// The update of a task whose state is still `expected` and whose owner is
@@ -776,53 +608,23 @@ fn claim_task(
     if changed == 1 {
         return Ok(());
     }
-    Err(why_unchanged(conn, t, expected, Some(owner)))
+    Err(unchanged(conn, t, expected, Cas::StateAndOwner))
 }
 
 /// Why an update matched nothing: the task is missing, its state moved on,
 /// or (for a claim) another process took it. Read on this connection,
 /// inside the group, so what is found is what the update met.
-fn why_unchanged(
-    conn: &Connection,
-    t: &TaskRow,
-    expected: TaskState,
-    owner: Option<Option<&str>>,
-) -> Failure {
+fn unchanged(conn: &Connection, t: &TaskRow, expected: TaskState, cas: Cas) -> Failure {
     let found: Result<Option<(String, Option<String>)>, _> = conn
         .prepare_cached("SELECT state, owner FROM tasks WHERE id = ?1")
         .and_then(|mut s| {
             s.query_row([&t.id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()
         });
-    let found = match found {
-        Ok(f) => f,
-        Err(e) => return Failure::Database(reason(&e)),
-    };
-    Failure::Own(match found {
-        None => StoreError::NotFound { id: t.id.clone() },
-        Some((state, stored_owner)) => {
-            match parse_column(&state, || format!("task {}, column state", t.id)) {
-                Ok(found) if found != expected => StoreError::Conflict {
-                    id: t.id.clone(),
-                    expected,
-                    found,
-                },
-                Ok(found) => match owner {
-                    Some(_) => StoreError::Claimed {
-                        id: t.id.clone(),
-                        owner: stored_owner.unwrap_or_default(),
-                    },
-                    // Same state, yet no match: only a concurrent change explains it.
-                    None => StoreError::Conflict {
-                        id: t.id.clone(),
-                        expected,
-                        found,
-                    },
-                },
-                Err(corrupt) => corrupt,
-            }
-        }
-    })
+    match found {
+        Ok(found) => Failure::Own(why_unchanged(&t.id, found, expected, cas)),
+        Err(e) => Failure::Database(reason(&e)),
+    }
 }
 
 /// The insert of one attempt.
@@ -890,125 +692,6 @@ fn reason(e: &rusqlite::Error) -> String {
     }
 }
 
-/// A task as the columns of `tasks` hold it.
-pub(super) struct TaskRow {
-    id: TaskId,
-    agent: String,
-    state: &'static str,
-    input: String,
-    parent_id: Option<String>,
-    depth: i64,
-    subject: Option<String>,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    model: Option<String>,
-    attempts: i64,
-    input_tokens: i64,
-    output_tokens: i64,
-    cost_usd: f64,
-    output: Option<String>,
-    reason: Option<&'static str>,
-    error: Option<String>,
-    kb_path: Option<String>,
-    routing: Option<String>,
-    requeues: i64,
-    owner: Option<String>,
-    audit: Option<String>,
-    root_id: Option<String>,
-}
-
-impl TaskRow {
-    pub(super) fn new(t: &Task) -> Result<TaskRow, StoreError> {
-        let what = Describe(|f| write!(f, "task {}", t.id));
-        Ok(TaskRow {
-            id: t.id.clone(),
-            agent: t.agent.clone(),
-            state: t.state.as_str(),
-            input: to_json(&t.input, "input", &what)?,
-            parent_id: t.parent_id.clone(),
-            depth: i64::from(t.depth),
-            subject: t.subject.clone(),
-            created_at: t.created_at,
-            started_at: t.started_at,
-            finished_at: t.finished_at,
-            model: t.model.clone(),
-            attempts: i64::from(t.attempts),
-            input_tokens: counter(t.input_tokens, "input_tokens", &what)?,
-            output_tokens: counter(t.output_tokens, "output_tokens", &what)?,
-            cost_usd: cost(t.cost_usd, &what)?,
-            output: t.output.clone(),
-            reason: t.reason.map(|r| r.as_str()),
-            error: t.error.clone(),
-            kb_path: t.kb_path.clone(),
-            routing: t
-                .routing
-                .as_ref()
-                .map(|r| to_json(r, "routing", &what))
-                .transpose()?,
-            requeues: i64::from(t.requeues),
-            owner: t.owner.clone(),
-            audit: t
-                .audit
-                .as_ref()
-                .map(|a| to_json(a, "audit", &what))
-                .transpose()?,
-            root_id: t.root_id.clone(),
-        })
-    }
-}
-
-/// An attempt as the columns of `attempts` hold it.
-pub(super) struct AttemptRow {
-    task_id: TaskId,
-    seq: i64,
-    kind: &'static str,
-    agent: String,
-    provider: String,
-    model: String,
-    started_at: i64,
-    latency_ms: i64,
-    ok: i64,
-    http_status: Option<i64>,
-    error: Option<String>,
-    input_tokens: i64,
-    output_tokens: i64,
-    cost_usd: f64,
-    cost_source: &'static str,
-    verdict: Option<String>,
-    revision_message: Option<String>,
-    output: Option<String>,
-}
-
-impl AttemptRow {
-    pub(super) fn new(a: &Attempt) -> Result<AttemptRow, StoreError> {
-        let what = Describe(|f| write!(f, "attempt {} of task {}", a.seq, a.task_id));
-        Ok(AttemptRow {
-            task_id: a.task_id.clone(),
-            seq: i64::from(a.seq),
-            kind: a.kind.as_str(),
-            agent: a.agent.clone(),
-            provider: a.provider.clone(),
-            model: a.model.clone(),
-            started_at: a.started_at,
-            latency_ms: counter(a.latency_ms, "latency_ms", &what)?,
-            ok: i64::from(a.ok),
-            http_status: a.http_status.map(i64::from),
-            error: a.error.clone(),
-            input_tokens: counter(a.input_tokens, "input_tokens", &what)?,
-            output_tokens: counter(a.output_tokens, "output_tokens", &what)?,
-            cost_usd: cost(a.cost_usd, &what)?,
-            cost_source: a.cost_source.as_str(),
-            verdict: a
-                .verdict
-                .as_ref()
-                .map(|v| to_json(v, "verdict", &what))
-                .transpose()?,
-            revision_message: a.revision_message.clone(),
-            output: a.output.clone(),
-        })
-    }
-}
 /// The values of `?1..?23` in [`INSERT_TASK`] and [`UPDATE_TASK`].
 fn task_values(t: &TaskRow) -> [&dyn ToSql; 23] {
     [
@@ -1036,41 +719,4 @@ fn task_values(t: &TaskRow) -> [&dyn ToSql; 23] {
         &t.owner,
         &t.audit,
     ]
-}
-
-/// Formats lazily: messages are built only when something is refused.
-struct Describe<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(F);
-
-impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Describe<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (self.0)(f)
-    }
-}
-
-fn to_json(
-    v: &serde_json::Value,
-    col: &str,
-    what: &dyn fmt::Display,
-) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Invalid {
-        what: format!("{what}: {col}: {e}"),
-    })
-}
-
-/// A u64 counter as the signed 64-bit integer SQL stores.
-fn counter(v: u64, col: &str, what: &dyn fmt::Display) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Invalid {
-        what: format!("{what}: {col} = {v} is past the database's limit of 2^63-1"),
-    })
-}
-
-/// A cost, which must be a number: SQLite would store NaN as NULL.
-fn cost(v: f64, what: &dyn fmt::Display) -> Result<f64, StoreError> {
-    if v.is_finite() {
-        Ok(v)
-    } else {
-        Err(StoreError::Invalid {
-            what: format!("{what}: cost_usd = {v} is not a finite number"),
-        })
-    }
 }

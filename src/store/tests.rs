@@ -1,6 +1,16 @@
-//! Tests of [`SqliteStore`] through the [`Store`] trait, as the engine uses it.
+//! Tests of the stores through the [`Store`] trait, as the engine uses it.
+//!
+//! Every test that does not depend on the backend is written once, as an
+//! `async fn(Backend)`, and runs on each backend: `sqlite::NAME` and
+//! `postgres::NAME` (see [`on_every_backend`]). A PostgreSQL test without a
+//! server to run on says so on stderr and passes, or fails when
+//! `DISPATCH_REQUIRE_POSTGRES=1` (see `pg_test`). The tests of one backend's
+//! own behaviour (SQLite files and URLs, PostgreSQL's open errors) follow
+//! the shared ones.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -8,8 +18,158 @@ use serde_json::json;
 use super::*;
 use crate::task::{AttemptKind, CostSource, FailReason, new_task_id};
 
-async fn memory() -> Arc<dyn Store> {
-    Arc::new(SqliteStore::open_in_memory().await.expect("open in memory"))
+/// Where a test's stores live.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// A scratch SQLite database per store.
+    Sqlite,
+    /// A fresh database per store on the test server.
+    Postgres(pg_test::Databases),
+}
+
+/// A way into a store's database around the store, for tests that plant
+/// rows the store would refuse.
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Raw {
+    async fn execute(&self, sql: &'static str) {
+        match self {
+            Raw::Sqlite(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+            Raw::Postgres(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+        }
+    }
+}
+
+impl Backend {
+    /// A new, empty store.
+    async fn store(&self) -> Arc<dyn Store> {
+        self.open().await.0
+    }
+
+    /// A new, empty store, and a way around it into its database.
+    async fn open(&self) -> (Arc<dyn Store>, Raw) {
+        match self {
+            Backend::Sqlite => {
+                let store = SqliteStore::open_in_memory().await.unwrap();
+                let raw = Raw::Sqlite(store.raw_pool().clone());
+                (Arc::new(store), raw)
+            }
+            Backend::Postgres(dbs) => {
+                let url = dbs.fresh().await.unwrap();
+                let store = PostgresStore::open(&url).await.unwrap();
+                let raw = Raw::Postgres(store.raw_pool().clone());
+                (Arc::new(store), raw)
+            }
+        }
+    }
+}
+
+/// Runs a shared test on SQLite.
+async fn on_sqlite<F: Future<Output = ()>>(_name: &str, test: impl FnOnce(Backend) -> F) {
+    test(Backend::Sqlite).await;
+}
+
+/// Runs a shared test on PostgreSQL.
+async fn on_postgres<F: Future<Output = ()>>(name: &str, test: impl FnOnce(Backend) -> F) {
+    on_postgres_server(name, |dbs| test(Backend::Postgres(dbs))).await;
+}
+
+/// Runs a test with the test server's databases, if there is a server to
+/// run it on, and drops the databases it made after it, failed or not.
+async fn on_postgres_server<F: Future<Output = ()>>(
+    name: &str,
+    test: impl FnOnce(pg_test::Databases) -> F,
+) {
+    use futures_util::FutureExt;
+    let Some(dbs) = postgres_or_skip(name) else {
+        return;
+    };
+    let outcome = std::panic::AssertUnwindSafe(test(dbs.clone()))
+        .catch_unwind()
+        .await;
+    dbs.drop_all().await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The test server's databases; `None` (after saying so) when there is no
+/// server and none is required.
+fn postgres_or_skip(test: &str) -> Option<pg_test::Databases> {
+    match pg_test::server() {
+        Ok(server) => Some(pg_test::Databases::new(server)),
+        Err(why) if std::env::var(pg_test::REQUIRE_ENV).is_ok_and(|v| v == "1") => {
+            panic!(
+                "{}=1, but there is no PostgreSQL: {why}",
+                pg_test::REQUIRE_ENV
+            )
+        }
+        Err(why) => {
+            // Straight to the file, not through eprintln!, which the test
+            // harness captures and shows only for failed tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no PostgreSQL (set {} or install initdb): {test}: {why}",
+                pg_test::URL_ENV
+            );
+            None
+        }
+    }
+}
+
+/// Makes `sqlite::NAME` and `postgres::NAME` tests of each `async fn
+/// NAME(Backend)` listed (`NAME(threads)` on a multi-threaded runtime).
+macro_rules! on_every_backend {
+    ($($name:ident $(($threads:literal))?),* $(,)?) => {
+        mod sqlite {
+            $(on_every_backend!(@test on_sqlite $name $($threads)?);)*
+        }
+        mod postgres {
+            $(on_every_backend!(@test on_postgres $name $($threads)?);)*
+        }
+    };
+    (@test $run:ident $name:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            super::$run(stringify!($name), super::$name).await;
+        }
+    };
+    (@test $run:ident $name:ident $threads:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+        async fn $name() {
+            super::$run(stringify!($name), super::$name).await;
+        }
+    };
+}
+
+on_every_backend! {
+    every_task_field_round_trips,
+    every_attempt_field_round_trips,
+    values_the_database_cannot_hold_are_refused,
+    duplicates_and_orphans_are_refused,
+    update_is_compare_and_set,
+    illegal_transitions_are_refused_before_writing,
+    paging_yields_every_task_once_for_every_filter,
+    tasks_created_while_paging_do_not_shift_pages,
+    a_bad_cursor_is_refused_with_advice,
+    attempts_come_back_in_seq_order,
+    usage_sums_by_agent_kind_and_model,
+    tasks_in_state_are_oldest_first,
+    corrupt_rows_are_errors_not_panics,
+    concurrent_writers_do_not_meet_locked_errors(4),
+    racing_updates_on_one_task_have_one_winner(4),
+    racing_claims_have_one_winner(4),
+    a_closed_store_refuses_writes,
+    runs_and_steps_round_trip_and_upsert,
+    finish_stores_attempts_then_the_update,
+    a_claim_needs_the_state_and_the_owner,
+    turns_round_trip_in_order_and_a_seq_is_taken_once,
+    a_tree_charge_fits_every_limit_or_takes_nothing,
+    concurrent_reservations_never_overspend(4),
+    client_tasks_round_trip_page_newest_first_and_keep_to_their_subject,
 }
 
 /// A task with every optional field set, odd text and large numbers.
@@ -65,9 +225,8 @@ fn attempt(task_id: &str, seq: u32) -> Attempt {
     }
 }
 
-#[tokio::test]
-async fn every_task_field_round_trips() {
-    let store = memory().await;
+async fn every_task_field_round_trips(b: Backend) {
+    let store = b.store().await;
     let full = full_task();
     store.create_task(&full).await.unwrap();
     assert_eq!(store.get_task(&full.id).await.unwrap(), Some(full.clone()));
@@ -113,9 +272,8 @@ async fn every_task_field_round_trips() {
     assert_eq!(store.get_task("no-such-task").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn every_attempt_field_round_trips() {
-    let store = memory().await;
+async fn every_attempt_field_round_trips(b: Backend) {
+    let store = b.store().await;
     let task = Task::new("writer", json!("x"));
     store.create_task(&task).await.unwrap();
 
@@ -156,9 +314,8 @@ async fn every_attempt_field_round_trips() {
     assert!(store.attempts("unknown").await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn values_the_database_cannot_hold_are_refused() {
-    let store = memory().await;
+async fn values_the_database_cannot_hold_are_refused(b: Backend) {
+    let store = b.store().await;
     let mut t = Task::new("a", json!(1));
     t.input_tokens = u64::MAX;
     let err = store.create_task(&t).await.unwrap_err();
@@ -179,9 +336,8 @@ async fn values_the_database_cannot_hold_are_refused() {
     assert!(store.attempts(&t.id).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn duplicates_and_orphans_are_refused() {
-    let store = memory().await;
+async fn duplicates_and_orphans_are_refused(b: Backend) {
+    let store = b.store().await;
     let t = Task::new("a", json!(1));
     store.create_task(&t).await.unwrap();
     let err = store.create_task(&t).await.unwrap_err();
@@ -198,9 +354,8 @@ async fn duplicates_and_orphans_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn update_is_compare_and_set() {
-    let store = memory().await;
+async fn update_is_compare_and_set(b: Backend) {
+    let store = b.store().await;
     let mut t = Task::new("a", json!("in"));
     store.create_task(&t).await.unwrap();
 
@@ -250,9 +405,8 @@ async fn update_is_compare_and_set() {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn illegal_transitions_are_refused_before_writing() {
-    let store = memory().await;
+async fn illegal_transitions_are_refused_before_writing(b: Backend) {
+    let store = b.store().await;
     let mut t = Task::new("a", json!(1));
     t.state = TaskState::Succeeded;
     store.create_task(&t).await.unwrap();
@@ -300,8 +454,8 @@ async fn illegal_transitions_are_refused_before_writing() {
 
 /// 250 tasks spread over agents, parents, subjects, states and times, with
 /// some creation times shared so that the id has to break ties.
-async fn seeded() -> (Arc<dyn Store>, Vec<Task>) {
-    let store = memory().await;
+async fn seeded(b: &Backend) -> (Arc<dyn Store>, Vec<Task>) {
+    let store = b.store().await;
     let parents = [new_task_id(), new_task_id()];
     let mut all = Vec::new();
     for i in 0..250u32 {
@@ -362,9 +516,8 @@ async fn check_paging(
     assert_eq!(pages, want.len().div_ceil(100).max(1), "filter {filter:?}");
 }
 
-#[tokio::test]
-async fn paging_yields_every_task_once_for_every_filter() {
-    let (store, all) = seeded().await;
+async fn paging_yields_every_task_once_for_every_filter(b: Backend) {
+    let (store, all) = seeded(&b).await;
     let store = &*store;
     let parent = all.iter().find_map(|t| t.parent_id.clone()).unwrap();
 
@@ -450,9 +603,8 @@ async fn paging_yields_every_task_once_for_every_filter() {
     assert!(page.next_cursor.is_none());
 }
 
-#[tokio::test]
-async fn tasks_created_while_paging_do_not_shift_pages() {
-    let (store, all) = seeded().await;
+async fn tasks_created_while_paging_do_not_shift_pages(b: Backend) {
+    let (store, all) = seeded(&b).await;
     let first = store
         .list_tasks(&TaskFilter::default(), None, 100)
         .await
@@ -474,9 +626,8 @@ async fn tasks_created_while_paging_do_not_shift_pages() {
     assert!(all.len() == 250);
 }
 
-#[tokio::test]
-async fn a_bad_cursor_is_refused_with_advice() {
-    let store = memory().await;
+async fn a_bad_cursor_is_refused_with_advice(b: Backend) {
+    let store = b.store().await;
     let f = TaskFilter::default();
     for bad in [
         "",
@@ -499,9 +650,8 @@ async fn a_bad_cursor_is_refused_with_advice() {
     assert_eq!((millis, id.as_str()), (-42, "01h:x"));
 }
 
-#[tokio::test]
-async fn attempts_come_back_in_seq_order() {
-    let store = memory().await;
+async fn attempts_come_back_in_seq_order(b: Backend) {
+    let store = b.store().await;
     let t = Task::new("a", json!(1));
     store.create_task(&t).await.unwrap();
     for seq in [3, 1, 10, 2] {
@@ -517,9 +667,8 @@ async fn attempts_come_back_in_seq_order() {
     assert_eq!(seqs, vec![1, 2, 3, 10]);
 }
 
-#[tokio::test]
-async fn usage_sums_by_agent_kind_and_model() {
-    let store = memory().await;
+async fn usage_sums_by_agent_kind_and_model(b: Backend) {
+    let store = b.store().await;
     let mut writer = Task::new("writer", json!(1));
     writer.subject = Some("alice".into());
     let mut coder = Task::new("coder", json!(2));
@@ -636,9 +785,8 @@ async fn usage_sums_by_agent_kind_and_model() {
     assert!(nobody.is_empty());
 }
 
-#[tokio::test]
-async fn tasks_in_state_are_oldest_first() {
-    let (store, all) = seeded().await;
+async fn tasks_in_state_are_oldest_first(b: Backend) {
+    let (store, all) = seeded(&b).await;
     for state in TaskState::ALL {
         let mut want: Vec<&Task> = all.iter().filter(|t| t.state == state).collect();
         want.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -650,7 +798,7 @@ async fn tasks_in_state_are_oldest_first() {
         counts,
         TaskState::ALL.iter().map(|s| (*s, 50)).collect::<Vec<_>>()
     );
-    let empty = memory().await;
+    let empty = b.store().await;
     assert!(
         empty
             .tasks_in_state(TaskState::Running)
@@ -743,17 +891,12 @@ async fn open_says_what_is_wrong() {
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn corrupt_rows_are_errors_not_panics() {
-    let sqlite = SqliteStore::open_in_memory().await.unwrap();
+async fn corrupt_rows_are_errors_not_panics(b: Backend) {
+    let (store, raw) = b.open().await;
     let good = Task::new("a", json!(1));
-    let store: &dyn Store = &sqlite;
     store.create_task(&good).await.unwrap();
 
-    let raw = |sql: &'static str| {
-        let pool = sqlite.raw_pool().clone();
-        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
-    };
+    let raw = |sql: &'static str| raw.execute(sql);
     raw("INSERT INTO tasks (id, agent, state, input, depth, created_at, attempts, input_tokens, \
          output_tokens, cost_usd, requeues) VALUES ('bad-state', 'a', 'done', '1', 0, 5, 0, 0, 0, 0, 0)")
     .await;
@@ -796,7 +939,7 @@ async fn corrupt_rows_are_errors_not_panics() {
     raw("INSERT INTO attempts (task_id, seq, kind, agent, provider, model, started_at, latency_ms, \
          ok, input_tokens, output_tokens, cost_usd, cost_source) VALUES \
          ((SELECT id FROM tasks WHERE agent = 'a' AND state = 'queued' AND input = '1' AND depth = 0 \
-         AND id NOT LIKE 'bad-%'), 1, 'vibes', 'a', 'p', 'm', 1, 1, 1, 0, 0, 0, 'reported')")
+         AND id NOT LIKE 'bad-%'), 1, 'vibes', 'a', 'p', 'm', 1, 1, TRUE, 0, 0, 0, 'reported')")
     .await;
     let err = store.attempts(&good.id).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
@@ -807,12 +950,8 @@ async fn corrupt_rows_are_errors_not_panics() {
     assert_eq!(store.get_task(&good.id).await.unwrap(), Some(good));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_do_not_meet_locked_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("busy.db");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path.to_str().unwrap()).await.unwrap());
-
+async fn concurrent_writers_do_not_meet_locked_errors(b: Backend) {
+    let store = b.store().await;
     let per_writer = 25;
     let mut handles = Vec::new();
     for w in 0..32 {
@@ -843,9 +982,8 @@ async fn concurrent_writers_do_not_meet_locked_errors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_updates_on_one_task_have_one_winner() {
-    let store = memory().await;
+async fn racing_updates_on_one_task_have_one_winner(b: Backend) {
+    let store = b.store().await;
     let t = Task::new("a", json!(1));
     store.create_task(&t).await.unwrap();
     let mut handles = Vec::new();
@@ -870,6 +1008,37 @@ async fn racing_updates_on_one_task_have_one_winner() {
         }
     }
     assert_eq!(wins, 1);
+}
+
+async fn racing_claims_have_one_winner(b: Backend) {
+    let store = b.store().await;
+    let mut t = Task::new("a", json!(1));
+    t.owner = Some("gone".into());
+    store.create_task(&t).await.unwrap();
+    let claims: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            let mut mine = t.clone();
+            mine.owner = Some(format!("claimant-{i}"));
+            tokio::spawn(async move {
+                let result = store
+                    .claim_task(&mine, TaskState::Queued, Some("gone"))
+                    .await;
+                (mine.owner, result)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for c in claims {
+        match c.await.unwrap() {
+            (owner, Ok(())) => winners.push(owner),
+            (_, Err(StoreError::Claimed { .. })) => {}
+            (_, Err(other)) => panic!("{other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = store.get_task(&t.id).await.unwrap().unwrap();
+    assert_eq!(stored.owner, winners[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -920,9 +1089,8 @@ async fn one_failing_write_does_not_sink_its_group() {
     }
 }
 
-#[tokio::test]
-async fn a_closed_store_refuses_writes() {
-    let store = memory().await;
+async fn a_closed_store_refuses_writes(b: Backend) {
+    let store = b.store().await;
     let t = Task::new("a", json!(1));
     store.create_task(&t).await.unwrap();
     store.close().await.unwrap();
@@ -964,10 +1132,9 @@ async fn an_in_memory_store_leaves_nothing_behind() {
     }
 }
 
-#[tokio::test]
-async fn runs_and_steps_round_trip_and_upsert() {
+async fn runs_and_steps_round_trip_and_upsert(b: Backend) {
     use crate::task::{Run, RunState, StepRecord, StepState};
-    let s = memory().await;
+    let s = b.store().await;
     let mut run = Run {
         id: "run-1".into(),
         name: Some("review-and-document".into()),
@@ -1028,9 +1195,8 @@ async fn runs_and_steps_round_trip_and_upsert() {
     ));
 }
 
-#[tokio::test]
-async fn finish_stores_attempts_then_the_update() {
-    let store = memory().await;
+async fn finish_stores_attempts_then_the_update(b: Backend) {
+    let store = b.store().await;
     let mut t = Task::new("a", json!("in"));
     t.state = TaskState::Running;
     store.create_task(&t).await.unwrap();
@@ -1098,15 +1264,16 @@ async fn the_wal_is_checkpointed_beside_the_writer() {
     store.close().await.unwrap();
 }
 
-/// The embedded migrations are exactly the files under `migrations/`, in
-/// version order, each named `NNNN_words.sql` with its words as description.
-#[test]
-fn embedded_migrations_match_the_folder() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+/// The `.sql` files of one migrations folder (subfolders, another
+/// backend's, skipped), in version order, as (version, description, SQL):
+/// each named `NNNN_words.sql` with its words as description.
+fn migration_files(folder: &str) -> Vec<(i64, String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
     let mut files: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
         .expect("migrations folder")
+        .map(|e| e.expect("entry"))
+        .filter(|e| !e.file_type().expect("file type").is_dir())
         .map(|e| {
-            let e = e.expect("entry");
             let name = e.file_name().to_string_lossy().into_owned();
             let stem = name.strip_suffix(".sql").expect("only .sql files");
             let (version, words) = stem.split_once('_').expect("NNNN_words.sql");
@@ -1119,16 +1286,30 @@ fn embedded_migrations_match_the_folder() {
         })
         .collect();
     files.sort();
-    let embedded: Vec<(i64, String, String)> = sqlite::MIGRATIONS
-        .iter()
-        .map(|&(v, d, s)| (v, d.to_string(), s.to_string()))
-        .collect();
-    assert_eq!(embedded, files);
+    files
 }
 
-#[tokio::test]
-async fn a_claim_needs_the_state_and_the_owner() {
-    let store = memory().await;
+fn embedded(list: &[(i64, &str, &str)]) -> Vec<(i64, String, String)> {
+    list.iter()
+        .map(|&(v, d, s)| (v, d.to_string(), s.to_string()))
+        .collect()
+}
+
+/// The embedded migrations are exactly the files of their folder.
+#[test]
+fn embedded_migrations_match_the_folders() {
+    assert_eq!(
+        embedded(super::sqlite::MIGRATIONS),
+        migration_files("migrations")
+    );
+    assert_eq!(
+        embedded(super::postgres_open::MIGRATIONS),
+        migration_files("migrations/postgres")
+    );
+}
+
+async fn a_claim_needs_the_state_and_the_owner(b: Backend) {
+    let store = b.store().await;
     let mut t = Task::new("a", json!("x"));
     t.owner = Some("gone".into());
     store.create_task(&t).await.unwrap();
@@ -1204,9 +1385,8 @@ fn limits(max_tasks: u32, max_turns: u32, budget: Option<i64>) -> crate::task::T
     }
 }
 
-#[tokio::test]
-async fn turns_round_trip_in_order_and_a_seq_is_taken_once() {
-    let store = memory().await;
+async fn turns_round_trip_in_order_and_a_seq_is_taken_once(b: Backend) {
+    let store = b.store().await;
     let task = Task::new("a", json!("x"));
     store.create_task(&task).await.unwrap();
     let model = Turn {
@@ -1264,9 +1444,8 @@ async fn turns_round_trip_in_order_and_a_seq_is_taken_once() {
     ));
 }
 
-#[tokio::test]
-async fn a_tree_charge_fits_every_limit_or_takes_nothing() {
-    let store = memory().await;
+async fn a_tree_charge_fits_every_limit_or_takes_nothing(b: Backend) {
+    let store = b.store().await;
     let t = tree("root-1", limits(2, 3, Some(1000)));
     store.open_tree(&t).await.unwrap();
     // Opening again keeps what is stored.
@@ -1361,9 +1540,8 @@ async fn a_tree_charge_fits_every_limit_or_takes_nothing() {
     assert!(store.get_tree("nope").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn concurrent_reservations_never_overspend() {
-    let store = memory().await;
+async fn concurrent_reservations_never_overspend(b: Backend) {
+    let store = b.store().await;
     store
         .open_tree(&tree("root-2", limits(100, 1000, Some(10_000))))
         .await
@@ -1405,9 +1583,8 @@ fn client_task(id: &str, subject: Option<&str>, created_at: Millis) -> ClientTas
     }
 }
 
-#[tokio::test]
-async fn client_tasks_round_trip_page_newest_first_and_keep_to_their_subject() {
-    let store = memory().await;
+async fn client_tasks_round_trip_page_newest_first_and_keep_to_their_subject(b: Backend) {
+    let store = b.store().await;
     let mut odd = client_task("run-ü", Some("alice|ß"), 5);
     odd.ttl_ms = None;
     odd.poll_ms = u64::MAX >> 1;
@@ -1445,4 +1622,343 @@ async fn client_tasks_round_trip_page_newest_first_and_keep_to_their_subject() {
         store.list_client_tasks(None, Some("zz"), 10).await,
         Err(StoreError::BadCursor { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Opening by URL, and PostgreSQL's own behaviour.
+
+#[test]
+fn a_url_is_shown_without_its_password() {
+    use super::postgres_open::redact;
+    for (url, shown) in [
+        (
+            "postgres://user:secret@host/db",
+            "postgres://user:***@host/db",
+        ),
+        (
+            "postgresql://user:s%40cr%2Fet@host:5432/db?sslmode=disable",
+            "postgresql://user:***@host:5432/db?sslmode=disable",
+        ),
+        // Not percent-encoded, as people write them: still hidden whole.
+        (
+            "postgres://user:p@ss/w?rd@host/db",
+            "postgres://user:***@host/db",
+        ),
+        (
+            "postgres://host/db?user=u&password=secret&sslmode=prefer",
+            "postgres://host/db?user=u&password=***&sslmode=prefer",
+        ),
+        (
+            "postgres://user:a@host/db?password=b#frag",
+            "postgres://user:***@host/db?password=***#frag",
+        ),
+        // A misspelt name may hold a secret too.
+        (
+            "postgres://h/db?passwd=secret&port=5433",
+            "postgres://h/db?passwd=***&port=5433",
+        ),
+        // Nothing to hide.
+        (
+            "postgres://user@host:5432/db",
+            "postgres://user@host:5432/db",
+        ),
+        ("postgres:///db?host=/run/pg", "postgres:///db?host=/run/pg"),
+        ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+        ("/srv/dispatch.db", "/srv/dispatch.db"),
+    ] {
+        assert_eq!(redact(url), shown, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_without_the_password() {
+    // Nothing listens on port 1 of the loopback: refused at once.
+    let url = "postgres://dispatch:hunter2-secret@127.0.0.1:1/tasks";
+    let err = PostgresStore::open(url).await.unwrap_err();
+    let StoreError::Open { path, message } = &err else {
+        panic!("expected an open error, got {err}");
+    };
+    assert_eq!(path, "postgres://dispatch:***@127.0.0.1:1/tasks");
+    assert!(
+        message.contains("cannot reach PostgreSQL at 127.0.0.1:1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("check that the server is running"),
+        "{message}"
+    );
+    assert!(message.contains("host and port"), "{message}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+
+    // Through `open`: the same error, and no SQLite file named after the URL.
+    let Err(err) = open(url).await else {
+        panic!("{url} opened");
+    };
+    assert!(err.to_string().contains("cannot reach PostgreSQL"), "{err}");
+    assert!(!std::path::Path::new("postgres:").exists());
+}
+
+#[tokio::test]
+async fn a_bad_postgres_url_is_refused_without_showing_secrets() {
+    // A misspelt parameter: sqlx would log its value, which may be a secret.
+    let err = PostgresStore::open("postgres://u@127.0.0.1:1/db?sslmode=disable&passwrod=hunter2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("unknown parameter `passwrod`"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+
+    let err = PostgresStore::open("postgres://u:hunter2@host:port/db")
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("postgres://u:***@host:port/db"), "{text}");
+    assert!(
+        text.contains("use postgres://USER:PASSWORD@HOST:PORT/DATABASE"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn open_picks_the_backend_by_scheme() {
+    for url in [
+        "mysql://x",
+        "redis://localhost:6379/0",
+        "MySQL://u:hunter2@h/db",
+    ] {
+        let Err(err) = open(url).await else {
+            panic!("{url} opened");
+        };
+        let StoreError::Open { message, .. } = &err else {
+            panic!("{url}: expected an open error, got {err}");
+        };
+        assert!(
+            message.contains("postgres://USER:PASSWORD@HOST:PORT/DATABASE"),
+            "{message}"
+        );
+        assert!(message.contains("sqlite://PATH"), "{message}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    // A plain path and `sqlite:` URLs in any case: one SQLite file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let path = path.to_str().unwrap();
+    let t = Task::new("a", json!(1));
+    let store = open(path).await.unwrap();
+    store.create_task(&t).await.unwrap();
+    store.close().await.unwrap();
+    assert!(std::path::Path::new(path).is_file());
+    for url in [
+        format!("sqlite://{path}"),
+        format!("sqlite:{path}"),
+        format!("SQLite://{path}"),
+        format!("SQLITE:{path}"),
+    ] {
+        let store = open(&url).await.unwrap();
+        assert_eq!(
+            store.get_task(&t.id).await.unwrap(),
+            Some(t.clone()),
+            "{url}"
+        );
+        store.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_urls_open_postgres() {
+    on_postgres_server("postgres_urls_open_postgres", |dbs| async move {
+        let url = dbs.fresh().await.unwrap();
+        let t = Task::new("a", json!(1));
+        let store = open(&url).await.unwrap();
+        store.create_task(&t).await.unwrap();
+        store.close().await.unwrap();
+        // The other spelling of the scheme, and the task is there.
+        let other = match url.strip_prefix("postgres://") {
+            Some(rest) => format!("postgresql://{rest}"),
+            None => url.replacen("postgresql://", "postgres://", 1),
+        };
+        let store = PostgresStore::open(&other).await.unwrap();
+        assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t));
+        store.close().await.unwrap();
+
+        let err = PostgresStore::open(&dbs.missing()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        assert!(err.to_string().contains("createdb"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_migrates_once_and_keeps_its_data() {
+    on_postgres_server(
+        "postgres_migrates_once_and_keeps_its_data",
+        |dbs| async move {
+            let url = dbs.fresh().await.unwrap();
+            // Servers starting together on a new database: the migrator's lock
+            // lets one create the schema, and the others find it made.
+            let opens: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move { PostgresStore::open(&url).await })
+                })
+                .collect();
+            let mut stores = Vec::new();
+            for o in opens {
+                stores.push(o.await.unwrap().unwrap());
+            }
+            let mut t = full_task();
+            t.state = TaskState::Running;
+            t.reason = None;
+            stores[0].create_task(&t).await.unwrap();
+            for s in &stores {
+                assert_eq!(s.get_task(&t.id).await.unwrap(), Some(t.clone()));
+                s.close().await.unwrap();
+            }
+            let store = PostgresStore::open(&url).await.unwrap();
+            assert_eq!(
+                store.tasks_in_state(TaskState::Running).await.unwrap(),
+                vec![t]
+            );
+            let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+                .fetch_all(store.raw_pool())
+                .await
+                .unwrap();
+            assert_eq!(applied, vec![1]);
+            store.close().await.unwrap();
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_schema_it_does_not_know() {
+    on_postgres_server(
+        "postgres_refuses_a_schema_it_does_not_know",
+        |dbs| async move {
+            let url = dbs.fresh().await.unwrap();
+            let store = PostgresStore::open(&url).await.unwrap();
+            let raw = store.raw_pool().clone();
+            // What a newer dispatch would have applied.
+            sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (2, 'from a newer dispatch', TRUE, '\\x00', 0)",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+            let err = PostgresStore::open(&url).await.unwrap_err();
+            assert!(matches!(err, StoreError::Open { .. }), "{err}");
+            assert!(
+        err.to_string().contains(
+            "the database schema is newer than this dispatch (migration 2): upgrade dispatch"
+        ),
+        "{err}"
+    );
+
+            // A migration applied with other contents.
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 2")
+                .execute(&raw)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x01' WHERE version = 1")
+                .execute(&raw)
+                .await
+                .unwrap();
+            let err = PostgresStore::open(&url).await.unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("migration 1 in the database differs"),
+                "{err}"
+            );
+            store.close().await.unwrap();
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_text_with_a_nul() {
+    on_postgres_server("postgres_refuses_text_with_a_nul", |dbs| async move {
+        let store = Backend::Postgres(dbs.clone()).store().await;
+        let mut t = Task::new("a", json!("x"));
+        t.output = Some("a\0b".into());
+        let err = store.create_task(&t).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("NUL"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot store create task {}", t.id)),
+            "{err}"
+        );
+        assert_eq!(store.get_task(&t.id).await.unwrap(), None);
+        // In JSON a NUL is an escape, which PostgreSQL stores like any text.
+        t.output = None;
+        t.input = json!("a\u{0000}b");
+        store.create_task(&t).await.unwrap();
+        assert_eq!(store.get_task(&t.id).await.unwrap(), Some(t));
+    })
+    .await;
+}
+
+/// The PostgreSQL schema has what the SQLite migrations add up to: the same
+/// tables with the same columns, and the same indexes (by name).
+#[tokio::test]
+async fn both_schemas_have_the_same_tables_columns_and_indexes() {
+    use std::collections::BTreeSet;
+    on_postgres_server(
+        "both_schemas_have_the_same_tables_columns_and_indexes",
+        |dbs| async move {
+            let sqlite = SqliteStore::open_in_memory().await.unwrap();
+            let lite_columns: BTreeSet<(String, String)> = sqlx::query_as(
+                "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE '\\_sqlx%' ESCAPE '\\' \
+         AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            )
+            .fetch_all(sqlite.raw_pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+            let lite_indexes: BTreeSet<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
+            )
+            .fetch_all(sqlite.raw_pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+
+            let pg = PostgresStore::open(&dbs.fresh().await.unwrap())
+                .await
+                .unwrap();
+            let pg_columns: BTreeSet<(String, String)> = sqlx::query_as(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_sqlx%'",
+            )
+            .fetch_all(pg.raw_pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+            let pg_indexes: BTreeSet<String> = sqlx::query_scalar(
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() \
+         AND indexname NOT LIKE '%\\_pkey' AND tablename NOT LIKE '\\_sqlx%'",
+            )
+            .fetch_all(pg.raw_pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+
+            assert!(lite_columns.len() > 60, "{lite_columns:?}");
+            assert_eq!(pg_columns, lite_columns);
+            assert!(lite_indexes.contains("tasks_root"), "{lite_indexes:?}");
+            assert_eq!(pg_indexes, lite_indexes);
+            pg.close().await.unwrap();
+        },
+    )
+    .await;
 }

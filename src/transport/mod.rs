@@ -374,16 +374,45 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
     r
 }
 
-/// `GET /healthz`
+/// How long `/healthz` waits for the store's answer.
+const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`: 200 while the server and its store answer, 503 when the
+/// store does not (a load balancer then sends work elsewhere).
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let snap = shared.app.registry.snapshot();
-    axum::Json(serde_json::json!({
-        "status": if shared.shutdown.is_cancelled() { "stopping" } else { "ok" },
+    let store = shared.engine.store();
+    let t0 = Instant::now();
+    let ping = tokio::time::timeout(HEALTH_STORE_TIMEOUT, store.ping()).await;
+    let store_error = match ping {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "no answer within {} s",
+            HEALTH_STORE_TIMEOUT.as_secs()
+        )),
+    };
+    let status = match (&store_error, shared.shutdown.is_cancelled()) {
+        (_, true) => "stopping",
+        (Some(_), false) => "store_unreachable",
+        (None, false) => "ok",
+    };
+    let body = axum::Json(serde_json::json!({
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "agents": snap.agents.len(),
         "agent_errors": snap.errors().count(),
-    }))
-    .into_response()
+        "store": {
+            "backend": store.backend(),
+            "ok": store_error.is_none(),
+            "latency_ms": u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "error": store_error,
+        },
+    }));
+    match status {
+        "store_unreachable" => (StatusCode::SERVICE_UNAVAILABLE, body).into_response(),
+        _ => body.into_response(),
+    }
 }
 
 /// `GET /metrics`

@@ -328,3 +328,47 @@ pub mod fake_provider;
 pub mod fixture;
 pub mod http;
 pub mod python;
+
+/// The PostgreSQL server of the store's own tests (one file, compiled in both
+/// crates): `DISPATCH_TEST_POSTGRES_URL`, or a throwaway cluster.
+#[path = "../../src/store/pg_test.rs"]
+mod pg;
+
+/// A fresh, empty PostgreSQL database for one test, on the store tests'
+/// server; `None` (after saying so on stderr) when there is none and
+/// `DISPATCH_REQUIRE_POSTGRES=1` is not set. Call [`PgDatabase::drop`] at
+/// the end (a failed test leaves its database to the throwaway cluster).
+pub async fn postgres_db(test: &str) -> Option<PgDatabase> {
+    use std::io::Write;
+    let server = match pg::server() {
+        Ok(s) => s,
+        Err(why) if std::env::var(pg::REQUIRE_ENV).is_ok_and(|v| v == "1") => {
+            panic!("{}=1, but there is no PostgreSQL: {why}", pg::REQUIRE_ENV)
+        }
+        Err(why) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no PostgreSQL (set {} or install initdb): {test}: {why}",
+                pg::URL_ENV
+            );
+            return None;
+        }
+    };
+    let dbs = pg::Databases::new(server);
+    let url = dbs.fresh().await.expect("a fresh database");
+    Some(PgDatabase { dbs, url })
+}
+
+/// One test's PostgreSQL database.
+pub struct PgDatabase {
+    dbs: pg::Databases,
+    /// Its URL (`postgres://…`), for `DISPATCH_DATABASE_URL`.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Drops the database.
+    pub async fn drop(self) {
+        self.dbs.drop_all().await.expect("drop the test database");
+    }
+}
