@@ -483,6 +483,25 @@ pub(crate) fn database_error(op: fmt::Arguments<'_>, reason: impl fmt::Display) 
     StoreError::Database(format!("cannot {op}: {reason}"))
 }
 
+/// A backend's embedded migrations (version, description, SQL) as sqlx's
+/// `Migrator`, checksums as sqlx computes them from the SQL.
+fn migrator_of(list: &'static [(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        list.iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// Refuses a move the state machine does not allow (keeping the state is allowed).
 fn check_transition(task: &Task, expected: TaskState) -> Result<(), StoreError> {
     if expected != task.state && !expected.can_become(task.state) {

@@ -10,7 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
@@ -75,20 +75,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
 
 /// The schema's migrations (checksums as sqlx computes them from the SQL).
 fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    description.into(),
-                    MigrationType::Simple,
-                    sqlx::SqlStr::from_static(sql),
-                    sql.starts_with("-- no-transaction"),
-                )
-            })
-            .collect(),
-    )
+    super::migrator_of(MIGRATIONS)
 }
 
 /// Connects to the database at `url`, brings its schema up to date, and

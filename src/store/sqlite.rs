@@ -681,21 +681,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// The schema's migrations (checksums as sqlx computes them from the SQL).
 pub(super) fn migrator() -> sqlx::migrate::Migrator {
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    description.into(),
-                    MigrationType::Simple,
-                    sqlx::SqlStr::from_static(sql),
-                    sql.starts_with("-- no-transaction"),
-                )
-            })
-            .collect(),
-    )
+    super::migrator_of(MIGRATIONS)
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), String> {
