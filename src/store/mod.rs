@@ -60,20 +60,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// Like [`open`], with the pool settings a PostgreSQL store uses
 /// (`[store] pool_size`, `connect_timeout_secs`).
 pub async fn open_with(url: &str, pg: &PostgresOptions) -> Result<Arc<dyn Store>, StoreError> {
-    // SqliteStore knows `sqlite:` in lower case only; schemes have no case.
-    if let Some(rest) = url
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("sqlite:"))
-        .and_then(|_| url.get(7..))
-    {
-        return Ok(Arc::new(
-            SqliteStore::open(&format!("sqlite:{rest}")).await?,
-        ));
+    if let Some(sqlite) = sqlite_url(url) {
+        return Ok(Arc::new(SqliteStore::open(&sqlite).await?));
     }
     match scheme(url) {
-        Some(s) if s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql") => {
-            Ok(Arc::new(PostgresStore::open_with(url, pg).await?))
-        }
+        Some(s) if is_postgres(s) => Ok(Arc::new(PostgresStore::open_with(url, pg).await?)),
         None => Ok(Arc::new(SqliteStore::open(url).await?)),
         Some(other) => Err(unsupported_scheme(url, other)),
     }
@@ -89,6 +80,21 @@ fn unsupported_scheme(url: &str, scheme: &str) -> StoreError {
              (or a plain file path) for SQLite"
         ),
     }
+}
+
+/// Whether a URL scheme names PostgreSQL (`postgres`, `postgresql`, any case).
+fn is_postgres(scheme: &str) -> bool {
+    scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+}
+
+/// `url` with its `sqlite:` scheme in lower case (the only case sqlx reads;
+/// schemes have no case), when it has that scheme.
+fn sqlite_url(url: &str) -> Option<String> {
+    let rest = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("sqlite:"))
+        .and_then(|_| url.get(7..))?;
+    Some(format!("sqlite:{rest}"))
 }
 
 /// The scheme of `url` when it starts with one followed by `://` (RFC 3986:

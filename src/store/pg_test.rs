@@ -63,6 +63,28 @@ pub(super) fn server() -> Result<&'static Server, String> {
         .map_err(Clone::clone)
 }
 
+/// The test server's databases for the test `test`; `None` (after saying
+/// so on stderr) when there is no server and [`REQUIRE_ENV`] is not `1`,
+/// a panic when it is.
+pub(super) fn databases_or_skip(test: &str) -> Option<Databases> {
+    use std::io::Write;
+    match server() {
+        Ok(server) => Some(Databases::new(server)),
+        Err(why) if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") => {
+            panic!("{REQUIRE_ENV}=1, but there is no PostgreSQL: {why}")
+        }
+        Err(why) => {
+            // Straight to the file, not through eprintln!, which the test
+            // harness captures and shows only for failed tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no PostgreSQL (set {URL_ENV} or install initdb): {test}: {why}"
+            );
+            None
+        }
+    }
+}
+
 /// The databases one test made on a server, dropped together at its end.
 #[derive(Debug, Clone)]
 pub(super) struct Databases {

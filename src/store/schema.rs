@@ -79,9 +79,7 @@ impl SchemaReport {
 /// (a SQLite file that does not exist is not created).
 pub async fn check(url: &str, timeout: Duration) -> Result<SchemaReport, StoreError> {
     match scheme(url) {
-        Some(s) if s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql") => {
-            check_postgres(url, timeout).await
-        }
+        Some(s) if super::is_postgres(s) => check_postgres(url, timeout).await,
         None => check_sqlite(url).await,
         Some(other) => Err(super::unsupported_scheme(url, other)),
     }
@@ -113,12 +111,10 @@ async fn check_sqlite(url: &str) -> Result<SchemaReport, StoreError> {
         path: url.to_string(),
         message,
     };
-    let options = match url.get(..7) {
-        Some(s) if s.eq_ignore_ascii_case("sqlite:") => {
-            sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite:{}", &url[7..]))
-                .map_err(|e| open_err(e.to_string()))?
-        }
-        _ => sqlx::sqlite::SqliteConnectOptions::new().filename(url),
+    let options = match super::sqlite_url(url) {
+        Some(sqlite) => sqlx::sqlite::SqliteConnectOptions::from_str(&sqlite)
+            .map_err(|e| open_err(e.to_string()))?,
+        None => sqlx::sqlite::SqliteConnectOptions::new().filename(url),
     };
     let known = super::sqlite::MIGRATIONS.iter().map(|m| m.0).collect();
     let path = options.get_filename().to_path_buf();

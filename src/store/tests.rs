@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -84,7 +83,7 @@ async fn on_postgres_server<F: Future<Output = ()>>(
     test: impl FnOnce(pg_test::Databases) -> F,
 ) {
     use futures_util::FutureExt;
-    let Some(dbs) = postgres_or_skip(name) else {
+    let Some(dbs) = pg_test::databases_or_skip(name) else {
         return;
     };
     let outcome = std::panic::AssertUnwindSafe(test(dbs.clone()))
@@ -93,30 +92,6 @@ async fn on_postgres_server<F: Future<Output = ()>>(
     dbs.drop_all().await.unwrap();
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
-    }
-}
-
-/// The test server's databases; `None` (after saying so) when there is no
-/// server and none is required.
-fn postgres_or_skip(test: &str) -> Option<pg_test::Databases> {
-    match pg_test::server() {
-        Ok(server) => Some(pg_test::Databases::new(server)),
-        Err(why) if std::env::var(pg_test::REQUIRE_ENV).is_ok_and(|v| v == "1") => {
-            panic!(
-                "{}=1, but there is no PostgreSQL: {why}",
-                pg_test::REQUIRE_ENV
-            )
-        }
-        Err(why) => {
-            // Straight to the file, not through eprintln!, which the test
-            // harness captures and shows only for failed tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: no PostgreSQL (set {} or install initdb): {test}: {why}",
-                pg_test::URL_ENV
-            );
-            None
-        }
     }
 }
 

@@ -339,22 +339,7 @@ mod pg;
 /// `DISPATCH_REQUIRE_POSTGRES=1` is not set. Call [`PgDatabase::drop`] at
 /// the end (a failed test leaves its database to the throwaway cluster).
 pub async fn postgres_db(test: &str) -> Option<PgDatabase> {
-    use std::io::Write;
-    let server = match pg::server() {
-        Ok(s) => s,
-        Err(why) if std::env::var(pg::REQUIRE_ENV).is_ok_and(|v| v == "1") => {
-            panic!("{}=1, but there is no PostgreSQL: {why}", pg::REQUIRE_ENV)
-        }
-        Err(why) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: no PostgreSQL (set {} or install initdb): {test}: {why}",
-                pg::URL_ENV
-            );
-            return None;
-        }
-    };
-    let dbs = pg::Databases::new(server);
+    let dbs = pg::databases_or_skip(test)?;
     let url = dbs.fresh().await.expect("a fresh database");
     Some(PgDatabase { dbs, url })
 }
