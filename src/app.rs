@@ -129,6 +129,7 @@ impl App {
             max_depth: c.limits.max_depth,
             max_answer_bytes: c.limits.max_answer_bytes.max(1024),
             max_requeues: c.recovery.max_requeues,
+            lease: Duration::from_secs(c.store.lease_secs.max(1)),
             default_timeout: Duration::from_secs(c.resilience.default_timeout_secs.max(1)),
             router: RouterConfig {
                 default_agent: c.router.default_agent.clone(),
@@ -199,7 +200,7 @@ impl App {
             if resumed + failed > 0 {
                 tracing::info!(resumed, failed, "recovered unfinished tasks");
             }
-            engine.spawn_recovery_sweep(Duration::from_secs(15));
+            engine.spawn_recovery_sweep();
         }
         Ok(engine)
     }

@@ -474,14 +474,20 @@ pub struct StoreSection {
     /// PostgreSQL: longest wait for a connection (to connect, or a free one
     /// in the pool), seconds.
     pub connect_timeout_secs: u64,
+    /// How long an instance's claim on its tasks lasts without a renewal,
+    /// seconds: an instance that dies (or stops answering) loses its tasks
+    /// to the others this long after its last renewal, plus one poll
+    /// (a third of it). Renewed every third of it.
+    pub lease_secs: u64,
 }
 
 impl StoreSection {
     /// What is wrong with it, if anything.
     fn check(&self) -> Result<(), String> {
-        if self.pool_size == 0 || self.connect_timeout_secs == 0 {
+        if self.pool_size == 0 || self.connect_timeout_secs == 0 || self.lease_secs == 0 {
             return Err(
-                "[store] pool_size and connect_timeout_secs must be at least 1".to_string(),
+                "[store] pool_size, connect_timeout_secs and lease_secs must be at least 1"
+                    .to_string(),
             );
         }
         Ok(())
@@ -494,6 +500,7 @@ impl Default for StoreSection {
             url: None,
             pool_size: 8,
             connect_timeout_secs: 10,
+            lease_secs: 15,
         }
     }
 }

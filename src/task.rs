@@ -252,10 +252,16 @@ pub struct Task {
     /// Times the task was re-queued after a crash.
     pub requeues: u32,
     /// The server process driving it while queued or running
-    /// (`host:pid:start-ms`); recovery only takes over tasks whose owner is gone.
+    /// (`host:pid:start-ms`): the holder of its lease. Another instance takes
+    /// the task over only once that lease has run out.
     pub owner: Option<String>,
     /// The audit decision and the verdict of each round (JSON), for agents with a mirror.
     pub audit: Option<serde_json::Value>,
+    /// The epoch of the claim its owner holds: each claim adds one, and the
+    /// store refuses a write-back made under an older one (a fencing token).
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub epoch: u64,
 }
 
 impl Task {
@@ -290,6 +296,7 @@ impl Task {
             routing: None,
             requeues: 0,
             owner: None,
+            epoch: 0,
             audit: None,
         }
     }

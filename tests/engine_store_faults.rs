@@ -18,7 +18,7 @@ use dispatch::kb::Kb;
 use dispatch::provider::{PriceTable, Providers, ResilienceConfig};
 use dispatch::registry::{Registry, Source};
 use dispatch::store::{
-    SqliteStore, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
+    Lease, SqliteStore, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
 };
 use dispatch::task::{
     Attempt, AttemptKind, ClientTask, ClientTaskPage, CostSource, Run, RunState, StepRecord, Task,
@@ -64,16 +64,23 @@ impl Store for Faulty {
             None => self.inner.update_task(task, expected),
         }
     }
-    fn claim_task<'a>(
-        &'a self,
-        task: &'a Task,
-        expected: TaskState,
-        owner: Option<&'a str>,
-    ) -> StoreFuture<'a, ()> {
+    fn claim_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()> {
         match self.conflicts(task) {
             Some(e) => Box::pin(async move { Err(e) }),
-            None => self.inner.claim_task(task, expected, owner),
+            None => self.inner.claim_task(task, expected),
         }
+    }
+    fn claim_orphans<'a>(&'a self, holder: &'a str, limit: u32) -> StoreFuture<'a, Vec<Task>> {
+        self.inner.claim_orphans(holder, limit)
+    }
+    fn renew_lease<'a>(&'a self, holder: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+        self.inner.renew_lease(holder, lease)
+    }
+    fn end_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.end_lease(holder)
+    }
+    fn leases(&self) -> StoreFuture<'_, Vec<Lease>> {
+        self.inner.leases()
     }
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
         self.inner.get_task(id)
@@ -94,7 +101,7 @@ impl Store for Faulty {
     ) -> StoreFuture<'a, ()> {
         self.inner.finish_task(task, expected, attempts)
     }
-    fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()> {
+    fn add_attempt<'a>(&'a self, attempt: &'a Attempt, epoch: u64) -> StoreFuture<'a, ()> {
         if self.refuses_attempt(attempt) {
             return Box::pin(async {
                 Err(StoreError::Database(
@@ -102,7 +109,7 @@ impl Store for Faulty {
                 ))
             });
         }
-        self.inner.add_attempt(attempt)
+        self.inner.add_attempt(attempt, epoch)
     }
     fn attempts<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Attempt>> {
         self.inner.attempts(task_id)
@@ -131,8 +138,8 @@ impl Store for Faulty {
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
         self.inner.steps(run_id)
     }
-    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()> {
-        self.inner.add_turn(turn)
+    fn add_turn<'a>(&'a self, turn: &'a Turn, epoch: u64) -> StoreFuture<'a, ()> {
+        self.inner.add_turn(turn, epoch)
     }
     fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>> {
         self.inner.turns(task_id)

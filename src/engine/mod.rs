@@ -12,6 +12,7 @@ pub mod approval;
 mod audit;
 mod input;
 mod keys;
+mod lease;
 mod outbox;
 mod owner;
 mod report;
@@ -67,6 +68,10 @@ pub struct EngineConfig {
     pub max_answer_bytes: usize,
     /// Times a task interrupted by a crash is re-queued before it fails.
     pub max_requeues: u32,
+    /// How long this process's claim on its tasks lasts without a renewal
+    /// (`[store] lease_secs`); renewed, and the store swept for work whose
+    /// driver is gone, every third of it.
+    pub lease: Duration,
     /// Per-attempt timeout for agents that name none.
     pub default_timeout: Duration,
     /// The router for `agent_delegate` without an agent.
@@ -128,6 +133,7 @@ impl Default for EngineConfig {
             max_depth: 3,
             max_answer_bytes: 4 * 1024 * 1024,
             max_requeues: 1,
+            lease: Duration::from_secs(15),
             default_timeout: crate::provider::DEFAULT_REQUEST_TIMEOUT,
             router: RouterConfig::default(),
             baseline: None,
@@ -357,6 +363,18 @@ struct Start {
     unstored: Vec<Attempt>,
 }
 
+impl Start {
+    /// The start of a task taken on from the store: it waits for its
+    /// slots and reads what an earlier run stored.
+    fn fresh() -> Start {
+        Start {
+            permits: None,
+            prior: None,
+            unstored: Vec::new(),
+        }
+    }
+}
+
 /// The engine. Cheap to share: hold it in an `Arc`.
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -375,6 +393,14 @@ pub struct Engine {
     /// Set when the grace period is over: drivers still running store their
     /// task as `queued` (not counted as a crash) and stop.
     requeue_now: CancellationToken,
+    /// Set once this process holds its lease ([`Engine::hold_lease`]).
+    lease: tokio::sync::OnceCell<()>,
+    /// Cancelled when the lease is given up (at the end of a shutdown).
+    released: CancellationToken,
+    /// A claimed task could not be taken on; the next sweep looks for it.
+    strays: std::sync::atomic::AtomicBool,
+    /// When the lease was renewed and when it lapsed.
+    renewed: lease::Renewals,
     sampler: audit::Sampler,
     runs: Mutex<HashMap<String, Arc<workflow::LiveRun>>>,
     metrics: Arc<Metrics>,
@@ -450,6 +476,10 @@ impl Engine {
             shutdown: CancellationToken::new(),
             stopping: CancellationToken::new(),
             requeue_now: CancellationToken::new(),
+            lease: tokio::sync::OnceCell::new(),
+            released: CancellationToken::new(),
+            strays: std::sync::atomic::AtomicBool::new(false),
+            renewed: lease::Renewals::default(),
             sampler: audit::Sampler::new(cfg_seed),
             runs: Mutex::new(HashMap::new()),
             metrics,
@@ -600,142 +630,67 @@ impl Engine {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Re-queue (or fail) tasks a crash left `running`, and resume `queued` ones.
-    /// Returns how many tasks were resumed and how many failed as interrupted.
+    /// Take on the work whose driver is gone: tasks a crash (of this
+    /// process's predecessor, or of another instance) left `running` are
+    /// re-queued or failed, `queued` ones driven, and interrupted workflow
+    /// runs resumed. Returns how many tasks were resumed and how many
+    /// failed as interrupted.
     ///
-    /// Each task is claimed first: its owner (gone) is replaced by this
-    /// process in one compare-and-set on state and owner, so of two servers
-    /// recovering at once only one drives it. A claim lost, or a task that
-    /// cannot be written, is skipped (and logged) without stopping the rest.
+    /// Each task is claimed first, under a lease ([`lease`]): of several
+    /// instances recovering at once, only one takes each task.
     pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), EngineError> {
-        let mut resumed = 0;
-        let mut failed = 0;
-        for task in self.store.tasks_in_state(TaskState::Running).await? {
-            match self.recover_running(task).await {
-                Some(Recovered::Resumed) => resumed += 1,
-                Some(Recovered::Failed) => failed += 1,
-                None => {}
-            }
-        }
-        for task in self.store.tasks_in_state(TaskState::Queued).await? {
-            if self.recover_queued(task).await {
-                resumed += 1;
-            }
-        }
+        let (mut resumed, failed) = self.claim_orphans().await?;
+        self.adopt_strays().await?;
         // Runs last: their steps re-attach to the tasks recovered above.
         resumed += self.recover_runs().await?;
         Ok((resumed, failed))
     }
 
-    /// Take over a task a dead process left `running`: re-queue it, or fail
-    /// it once it has been re-queued `max_requeues` times.
-    async fn recover_running(self: &Arc<Self>, mut task: Task) -> Option<Recovered> {
-        if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
-            return None;
-        }
-        // The counters are summed at the end of a run; a run the crash cut
-        // short left its stored calls out of them.
-        match self.store.attempts(&task.id).await {
-            Ok(stored) => totals_from(&mut task, &stored),
-            Err(e) => {
-                tracing::warn!(task = %task.id, error = %e, "cannot read a recovered task's calls")
-            }
-        }
-        let gone = task.owner.take();
-        task.owner = Some(owner::this_process().to_string());
-        let outcome = if task.requeues < self.cfg.max_requeues {
-            task.state = TaskState::Queued;
-            task.requeues += 1;
-            task.started_at = None;
-            Recovered::Resumed
-        } else {
-            task.state = TaskState::Failed;
-            task.reason = Some(FailReason::Interrupted);
-            task.error = Some(format!(
-                "the server stopped while this task ran, {} time(s); not retried again",
-                task.requeues + 1
-            ));
-            task.finished_at = Some(now_millis());
-            Recovered::Failed
-        };
-        if !self.claim(&task, TaskState::Running, gone.as_deref()).await {
-            return None;
-        }
-        match outcome {
-            Recovered::Resumed => {
-                tracing::warn!(task = %task.id, agent = %task.agent, "re-queued a task interrupted by a restart");
-                self.spawn_driver(
-                    task,
-                    Start {
-                        permits: None,
-                        prior: None,
-                        unstored: Vec::new(),
-                    },
-                );
-            }
-            Recovered::Failed => {
-                self.record_finished(&task);
-                tracing::warn!(task = %task.id, "failed an interrupted task (re-queue limit reached)");
-            }
-        }
-        Some(outcome)
-    }
-
-    /// Take over a `queued` task whose process is gone and drive it.
-    async fn recover_queued(self: &Arc<Self>, mut task: Task) -> bool {
-        if self.live_handle(&task.id).is_some() || !owner::is_gone(task.owner.as_deref()) {
-            return false;
-        }
-        let gone = task.owner.take();
-        task.owner = Some(owner::this_process().to_string());
-        if !self.claim(&task, TaskState::Queued, gone.as_deref()).await {
-            return false;
-        }
-        self.spawn_driver(
-            task,
-            Start {
-                permits: None,
-                prior: None,
-                unstored: Vec::new(),
-            },
-        );
-        true
-    }
-
-    /// Store `task` (now owned by this process) if it is still `expected`
-    /// and owned by `gone`. False when another process got there first or
-    /// the write failed (logged; the next sweep tries again).
-    async fn claim(&self, task: &Task, expected: TaskState, gone: Option<&str>) -> bool {
-        match self.store.claim_task(task, expected, gone).await {
-            Ok(()) => true,
-            Err(StoreError::Conflict { .. } | StoreError::Claimed { .. }) => {
-                tracing::debug!(task = %task.id, "another process recovered this task first");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(task = %task.id, error = %e, "cannot recover a task now; the next sweep tries again");
-                false
-            }
-        }
-    }
-
-    /// Recover now and then every `every`, for as long as the engine lives: a
-    /// one-shot CLI run that was killed leaves tasks only a server can finish.
-    pub fn spawn_recovery_sweep(self: &Arc<Self>, every: Duration) {
+    /// Recover now and then every third of the lease, and whenever another
+    /// process announces a task queued with no driver, for as long as the
+    /// engine lives: an instance that dies leaves tasks only another can finish.
+    pub fn spawn_recovery_sweep(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let stop = self.shutdown.clone();
         let stopping = self.stopping.clone();
+        let every = self.poll_every();
+        let mut changes = self.store.changes();
         tokio::spawn(async move {
+            // A deadline, not a sleep per turn: announcements that need no
+            // sweep must not keep putting the next one off.
+            let mut next = tokio::time::Instant::now() + every;
             loop {
+                let heard = async {
+                    match changes.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = stopping.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep_until(next) => {}
+                    change = heard => {
+                        let change = match change {
+                            Ok(c) => c,
+                            Err(broadcast::error::RecvError::Lagged(_)) => crate::store::Change::Missed,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                // The store stopped announcing: the deadline alone from here on.
+                                changes = None;
+                                continue;
+                            }
+                        };
+                        let Some(engine) = weak.upgrade() else { return };
+                        if !engine.heard(&change) {
+                            continue;
+                        }
+                    }
                 }
                 let Some(engine) = weak.upgrade() else { return };
                 if let Err(e) = engine.recover().await {
                     tracing::warn!(error = %e, "recovery sweep failed");
                 }
+                next = tokio::time::Instant::now() + every;
             }
         });
     }
@@ -774,6 +729,8 @@ impl Engine {
         req: Submit,
     ) -> Result<(Task, broadcast::Receiver<TaskEvent>), EngineError> {
         let (agent, depth, root) = self.admissible(&req).await?;
+        // Before the task names this process its owner.
+        self.hold_lease().await?;
         let mut task = Task::new(&req.agent, req.input);
         if let Some(id) = req.id {
             task.id = id;
@@ -1075,18 +1032,61 @@ impl Engine {
             if let Some(task) = live.finished.get() {
                 return Ok(task.clone());
             }
-            return self.visible_task(id, subject).await;
+            let t = self.visible_task(id, subject).await?;
+            if t.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(t);
+            }
+            // The driver ended without an outcome: another process holds
+            // the task now, and the store will have its outcome.
         }
-        // Not driven here (finished, another process, or recovering): poll the store.
+        self.wait_in_store(id, subject, deadline).await
+    }
+
+    /// Wait for a task driven elsewhere (another process, or none yet):
+    /// read the store whenever it announces a change of this task (or may
+    /// have missed one), and poll it anyway, since announcements only wake.
+    async fn wait_in_store(
+        &self,
+        id: &str,
+        subject: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Task, EngineError> {
+        // Subscribed before the first read, so no change after it is missed.
+        let mut changes = self.store.changes();
+        // Without announcements the poll is the only news: keep it short.
+        let (mut pause, longest) = match changes {
+            Some(_) => (Duration::from_millis(100), Duration::from_secs(2)),
+            None => (Duration::from_millis(200), Duration::from_millis(200)),
+        };
         loop {
             let t = self.visible_task(id, subject).await?;
             if t.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(t);
             }
-            tokio::time::sleep_until(
-                (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline),
-            )
-            .await;
+            let until = (tokio::time::Instant::now() + pause).min(deadline);
+            pause = (pause * 2).min(longest);
+            let Some(rx) = changes.as_mut() else {
+                tokio::time::sleep_until(until).await;
+                continue;
+            };
+            let mut closed = false;
+            loop {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Err(_) => break,
+                    Ok(Ok(crate::store::Change::Task { id: changed, .. })) if changed != id => {}
+                    Ok(Err(broadcast::error::RecvError::Closed)) => {
+                        closed = true;
+                        break;
+                    }
+                    // This task, a missed announcement, or a receiver behind.
+                    Ok(_) => break,
+                }
+            }
+            if closed {
+                // The store stopped announcing: poll alone from here on.
+                changes = None;
+                tokio::time::sleep_until(until).await;
+            }
         }
     }
 
@@ -1196,6 +1196,7 @@ impl Engine {
         if let Some(external) = self.external.get() {
             external.shutdown().await;
         }
+        self.release_lease().await;
         left
     }
 

@@ -1,6 +1,6 @@
-//! Which process owns a task. A task records the server process driving it
-//! (`host:pid:start-ms`); recovery takes over a task only when that process is
-//! gone, so two servers on one store never re-run each other's work.
+//! Who this process is to the store. A task records the process driving it
+//! (`host:pid:start-ms`), which holds a lease on it ([`super::lease`]); a
+//! process of this host that is gone need not have its lease run out.
 
 use std::sync::OnceLock;
 
@@ -29,24 +29,24 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).replace(':', "_")
 }
 
-/// True when the owner of a task can no longer be driving it.
-pub fn is_gone(owner: Option<&str>) -> bool {
-    let Some(owner) = owner else { return true };
-    if owner == this_process() {
+/// True when `holder` names a process of this host that is gone (or an
+/// earlier process that had this pid): its lease need not run out before
+/// its work is taken over. A holder of another host, or one that is not a
+/// tag we wrote, is judged by its lease alone (false).
+pub fn dead_here(holder: &str) -> bool {
+    if holder == this_process() {
         return false;
     }
-    let mut parts = owner.rsplitn(3, ':');
+    let mut parts = holder.rsplitn(3, ':');
     let (Some(_start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
-        return true; // not a tag we wrote
+        return false;
     };
     let Ok(pid) = pid.parse::<i32>() else {
-        return true;
+        return false;
     };
     let ours = this_process();
     let our_host = ours.rsplitn(3, ':').nth(2).unwrap_or("");
     if host != our_host {
-        // Another machine: we cannot tell from here (a shared PostgreSQL store
-        // needs heartbeats for that), so leave its tasks alone.
         return false;
     }
     if pid == std::process::id() as i32 {
@@ -63,14 +63,15 @@ mod tests {
 
     #[test]
     fn owners() {
-        assert!(is_gone(None));
-        assert!(!is_gone(Some(this_process())));
-        assert!(is_gone(Some("garbage")));
+        assert!(!dead_here(this_process()));
+        assert!(!dead_here("garbage"));
         let host = this_process().rsplitn(3, ':').nth(2).unwrap().to_string();
         // pid 1 always exists.
-        assert!(!is_gone(Some(&format!("{host}:1:5"))));
+        assert!(!dead_here(&format!("{host}:1:5")));
         // A pid far above pid_max does not.
-        assert!(is_gone(Some(&format!("{host}:2147483646:5"))));
-        assert!(!is_gone(Some("other-machine:123:5")));
+        assert!(dead_here(&format!("{host}:2147483646:5")));
+        // Our pid, an earlier start: a predecessor.
+        assert!(dead_here(&format!("{host}:{}:5", std::process::id())));
+        assert!(!dead_here("other-machine:123:5"));
     }
 }

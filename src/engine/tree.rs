@@ -111,7 +111,7 @@ impl Engine {
             let mut a = a.clone();
             a.task_id = task.id.clone();
             a.seq = i as u32 + 1;
-            if let Err(e) = self.store.add_attempt(&a).await {
+            if let Err(e) = self.store.add_attempt(&a, task.epoch).await {
                 tracing::warn!(task = %task.id, error = %e, "cannot store a routing call yet; it is stored with the outcome");
                 unstored.push(a.clone());
             }

@@ -93,6 +93,8 @@ impl Engine {
                 )));
             }
         }
+        // Before the run names this process its owner.
+        self.hold_lease().await?;
         let run = Run {
             id: new_run_id(),
             name: req.def.name.clone().or_else(|| req.agent.clone()),
@@ -282,8 +284,11 @@ impl Engine {
     /// Resume runs a crash left running (their owner is gone).
     pub(super) async fn recover_runs(self: &Arc<Self>) -> Result<usize, EngineError> {
         let mut resumed = 0;
+        let live = self.live_holders().await?;
+        let me = owner::this_process();
+        let driven = |owner: Option<&str>| owner.is_some_and(|o| o == me || live.contains(o));
         for mut run in self.store.runs_in_state(RunState::Running).await? {
-            if self.live_run(&run.id).is_some() || !owner::is_gone(run.owner.as_deref()) {
+            if self.live_run(&run.id).is_some() || driven(run.owner.as_deref()) {
                 continue;
             }
             let def = match WorkflowDef::from_json(&run.definition) {

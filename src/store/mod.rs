@@ -20,6 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,7 @@ use crate::task::{
 #[cfg(test)]
 mod pg_test;
 mod postgres;
+mod postgres_listen;
 mod postgres_open;
 mod postgres_sql;
 mod read;
@@ -107,6 +109,13 @@ fn scheme(url: &str) -> Option<&str> {
     valid.then_some(scheme)
 }
 
+/// A claim's epoch as the column holds it (a BIGINT).
+fn epoch_column(epoch: u64) -> Result<i64, StoreError> {
+    i64::try_from(epoch).map_err(|_| StoreError::Invalid {
+        what: format!("claim epoch {epoch}: past 2^63-1"),
+    })
+}
+
 /// The future a [`Store`] method returns.
 ///
 /// Boxed so that `dyn Store` works; one allocation per call is noise next to
@@ -125,25 +134,53 @@ pub trait Store: Send + Sync + 'static {
     fn create_task<'a>(&'a self, task: &'a Task) -> StoreFuture<'a, ()>;
 
     /// Overwrites every field of the stored task that can change (all but
-    /// its identity: id, agent, input, parent, depth, subject and creation
-    /// time, which stay as created), but only if its stored state is still
-    /// `expected` ([`StoreError::Conflict`] otherwise, with the state found).
+    /// its identity: id, agent, input, parent, depth, subject, creation
+    /// time and epoch, which stay as created), but only if its stored state
+    /// is still `expected` ([`StoreError::Conflict`] otherwise, with the
+    /// state found) and its epoch still `task.epoch` ([`StoreError::Fenced`]
+    /// otherwise: another instance took the task over).
     ///
     /// Refuses ([`StoreError::IllegalTransition`]) a move the state machine does
     /// not allow; an update that keeps the state (token counters while running)
     /// is always allowed.
     fn update_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()>;
 
-    /// [`Store::update_task`] that also requires the stored owner to be
-    /// `owner` (`None`: no owner): the way a process takes over a task whose
-    /// owner is gone, so that of two processes doing so, only one wins
-    /// ([`StoreError::Claimed`] for the other).
-    fn claim_task<'a>(
-        &'a self,
-        task: &'a Task,
-        expected: TaskState,
-        owner: Option<&'a str>,
-    ) -> StoreFuture<'a, ()>;
+    /// [`Store::update_task`] that takes the task over: it also adds one to
+    /// the stored epoch, and requires it to be `task.epoch` still (the
+    /// epoch read), so that of two instances claiming the task at once only
+    /// one wins ([`StoreError::Claimed`] for the other). The winner holds
+    /// the task at `task.epoch + 1` from then on.
+    fn claim_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()>;
+
+    /// Claims for `holder` up to `limit` tasks, oldest first, that are
+    /// `queued` or `running` and whose owner is not `holder` and holds no
+    /// live lease ([`Store::renew_lease`]; no owner at all counts as none):
+    /// owner set to `holder`, epoch plus one, and returned as claimed.
+    ///
+    /// Instances claiming at once never get the same task: on PostgreSQL
+    /// the rows are taken `FOR UPDATE SKIP LOCKED` (no one waits on another's
+    /// claim), on SQLite each is a compare-and-set on its epoch.
+    fn claim_orphans<'a>(&'a self, holder: &'a str, limit: u32) -> StoreFuture<'a, Vec<Task>>;
+
+    /// Starts or extends `holder`'s lease: live until `lease` from now on
+    /// the store's clock (the database server's on PostgreSQL, so instances
+    /// whose clocks differ agree).
+    fn renew_lease<'a>(&'a self, holder: &'a str, lease: Duration) -> StoreFuture<'a, ()>;
+
+    /// Ends `holder`'s lease now (a clean stop, a process found dead, or a
+    /// lease long run out), so that its tasks can be claimed at once: its
+    /// row goes. A holder that renews afterwards starts a new lease.
+    fn end_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Every lease the store knows, live or not, by holder.
+    fn leases(&self) -> StoreFuture<'_, Vec<Lease>>;
+
+    /// Announcements of task changes made by any process, when the backend
+    /// makes them (PostgreSQL's `LISTEN`; `None` on SQLite). They only
+    /// wake: a missed one ([`Change::Missed`]) means anything may have changed.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 
     /// The task with this id, if there is one.
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
@@ -163,7 +200,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a task's last attempts, then its update (normally its final
     /// state), in one trip to the store: [`Store::update_task`]'s rules and
-    /// errors, with `attempts` stored first. An attempt already stored under
+    /// errors, with `attempts` stored first (fenced as the update is). An attempt already stored under
     /// its `seq` is kept as it is; the attempts stay stored even if the
     /// update is refused or never made (a crash), so an implementation may
     /// commit them apart from it.
@@ -174,9 +211,11 @@ pub trait Store: Send + Sync + 'static {
         attempts: &'a [Attempt],
     ) -> StoreFuture<'a, ()>;
 
-    /// Records one provider call. [`StoreError::NotFound`] if the task does not
-    /// exist, [`StoreError::Duplicate`] if its `seq` is taken.
-    fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()>;
+    /// Records one provider call, made under the task's claim `epoch`.
+    /// [`StoreError::NotFound`] if the task does not exist,
+    /// [`StoreError::Duplicate`] if its `seq` is taken, [`StoreError::Fenced`]
+    /// if the task is held under another epoch now.
+    fn add_attempt<'a>(&'a self, attempt: &'a Attempt, epoch: u64) -> StoreFuture<'a, ()>;
 
     /// A task's attempts in `seq` order (empty for an unknown task).
     fn attempts<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Attempt>>;
@@ -208,9 +247,11 @@ pub trait Store: Send + Sync + 'static {
     /// A run's steps in definition order.
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>>;
 
-    /// Records one turn of a tool loop. [`StoreError::NotFound`] if the task
-    /// does not exist, [`StoreError::Duplicate`] if its `seq` is taken.
-    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()>;
+    /// Records one turn of a tool loop, taken under the task's claim `epoch`.
+    /// [`StoreError::NotFound`] if the task does not exist,
+    /// [`StoreError::Duplicate`] if its `seq` is taken, [`StoreError::Fenced`]
+    /// if the task is held under another epoch now.
+    fn add_turn<'a>(&'a self, turn: &'a Turn, epoch: u64) -> StoreFuture<'a, ()>;
 
     /// A task's turns in `seq` order (empty for an unknown task).
     fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>>;
@@ -252,6 +293,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Finishes pending work and closes the database. Calls made afterwards fail.
     fn close(&self) -> StoreFuture<'_, ()>;
+}
+
+/// A process's lease on the tasks it drives ([`Store::renew_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Lease {
+    /// The process (`host:pid:start-ms`, as a task's owner).
+    pub holder: String,
+    /// When it first took its lease.
+    pub started_at: Millis,
+    /// Until when it holds it, on the store's clock.
+    pub lease_until: Millis,
+    /// Whether that is still ahead, on the store's clock.
+    pub live: bool,
+}
+
+/// What [`Store::changes`] announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A task ended, or was queued with no one driving it.
+    Task {
+        /// The task.
+        id: TaskId,
+        /// Its state now.
+        state: TaskState,
+    },
+    /// Announcements may have been lost (the listening connection dropped,
+    /// or a receiver fell behind): anything may have changed.
+    Missed,
 }
 
 /// Which limit of a tree a charge did not fit.
@@ -365,6 +434,20 @@ pub enum StoreError {
         id: TaskId,
         /// Its owner now.
         owner: String,
+    },
+    /// A write-back under a claim that is no longer current: another
+    /// instance took the task over (its epoch moved on) after this one's
+    /// lease ran out. The writer must drop the task; nothing was written.
+    #[error(
+        "task {id} is now driven by {owner} (claim {epoch}): this process's lease on it ran out"
+    )]
+    Fenced {
+        /// The task.
+        id: TaskId,
+        /// Its holder now.
+        owner: String,
+        /// The epoch of the claim that holds it now.
+        epoch: u64,
     },
     /// An update asked for a move the state machine forbids.
     #[error("task {id} cannot go from {from} to {to}")]

@@ -15,23 +15,29 @@
 //! through `rows` and `read`, as on SQLite, so both backends store and
 //! return the same things.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use sqlx::error::ErrorKind;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, QueryBuilder};
+use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::postgres_listen;
 use super::postgres_open::{self, PostgresOptions};
 use super::postgres_sql::{
-    ATTEMPTS_PER_INSERT, CHARGE_TREE, CLAIM_TASK, COUNT_BY_STATE, INSERT_CLIENT_TASK, INSERT_TASK,
-    INSERT_TURN, OPEN_TREE, PUT_RUN, PUT_STEP, PgQuery, RUNS_IN_STATE, SELECT_ATTEMPTS,
-    SELECT_CLIENT_TASK, SELECT_RUN, SELECT_STEPS, SELECT_TASK, SELECT_TREE, SELECT_TURNS,
-    TASK_STATE_AND_OWNER, TASKS_IN_STATE, TREE_USE, UPDATE_TASK, USAGE, bind_changes, db_err,
-    insert_attempts, violation,
+    ATTEMPTS_PER_INSERT, CHARGE_TREE, CLAIM_ORPHANS, CLAIM_TASK, COUNT_BY_STATE, END_LEASE,
+    INSERT_CLIENT_TASK, INSERT_TASK, INSERT_TURN, LEASES, OPEN_TREE, PUT_RUN, PUT_STEP, PgQuery,
+    RENEW_LEASE, RUNS_IN_STATE, SELECT_ATTEMPTS, SELECT_CLIENT_TASK, SELECT_RUN, SELECT_STEPS,
+    SELECT_TASK, SELECT_TREE, SELECT_TURNS, TASK_STATE_AND_OWNER, TASKS_IN_STATE, TREE_USE,
+    UPDATE_TASK, USAGE, bind_changes, db_err, insert_attempts, violation,
 };
-use super::read::{self, Cas, TreeUse};
+use super::read::{self, Cas, Found, TreeUse};
 use super::rows::{AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow};
 use super::{
-    MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
-    check_transition, cursor,
+    Change, Lease, MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery,
+    UsageRow, check_transition, cursor, epoch_column,
 };
 use crate::task::{
     Attempt, ClientTask, ClientTaskPage, Run, RunState, StepRecord, Task, TaskState, Tree,
@@ -42,6 +48,12 @@ use crate::task::{
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// What the listener hears ([`Store::changes`]).
+    changes: broadcast::Sender<Change>,
+    /// Stops the listener at close.
+    stop: CancellationToken,
+    /// Stops it when the last handle goes.
+    _listening: Arc<DropGuard>,
 }
 
 impl PostgresStore {
@@ -61,8 +73,16 @@ impl PostgresStore {
         url: &str,
         options: &PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
-        let pool = postgres_open::connect(url, options).await?;
-        Ok(PostgresStore { pool })
+        let (pool, ear) = postgres_open::connect(url, options).await?;
+        let (changes, _) = broadcast::channel(postgres_listen::BUFFER);
+        let stop = CancellationToken::new();
+        postgres_listen::spawn(ear, changes.clone(), stop.clone());
+        Ok(PostgresStore {
+            pool,
+            changes,
+            stop: stop.clone(),
+            _listening: Arc::new(stop.drop_guard()),
+        })
     }
 
     /// The pool, for tests that plant rows the store would refuse.
@@ -98,6 +118,7 @@ impl PostgresStore {
             .bind(&t.owner)
             .bind(&t.audit)
             .bind(&t.root_id)
+            .bind(t.epoch)
             .execute(&self.pool)
             .await
             .map_err(|e| match violation(&e) {
@@ -112,24 +133,83 @@ impl PostgresStore {
     async fn update_task_impl(&self, task: &Task, expected: TaskState) -> Result<(), StoreError> {
         check_transition(task, expected)?;
         let t = TaskRow::new(task)?;
-        let q = bind_changes(sqlx::query(UPDATE_TASK), &t).bind(expected.as_str());
+        let q = bind_changes(sqlx::query(UPDATE_TASK), &t)
+            .bind(expected.as_str())
+            .bind(t.epoch);
         self.compare_and_set(q, &t, expected, Cas::State, "update")
             .await
     }
 
-    async fn claim_task_impl(
-        &self,
-        task: &Task,
-        expected: TaskState,
-        owner: Option<&str>,
-    ) -> Result<(), StoreError> {
+    async fn claim_task_impl(&self, task: &Task, expected: TaskState) -> Result<(), StoreError> {
         check_transition(task, expected)?;
         let t = TaskRow::new(task)?;
         let q = bind_changes(sqlx::query(CLAIM_TASK), &t)
             .bind(expected.as_str())
-            .bind(owner);
-        self.compare_and_set(q, &t, expected, Cas::StateAndOwner, "claim")
+            .bind(t.epoch);
+        self.compare_and_set(q, &t, expected, Cas::Claim, "claim")
             .await
+    }
+
+    async fn claim_orphans_impl(&self, holder: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(CLAIM_ORPHANS)
+            .bind(holder)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("claim tasks"), e))?;
+        let mut tasks = rows
+            .iter()
+            .map(|r| read::task_from_row(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING gives no order; claims are handled oldest first.
+        tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(tasks)
+    }
+
+    async fn renew_lease_impl(&self, holder: &str, lease: Duration) -> Result<(), StoreError> {
+        sqlx::query(RENEW_LEASE)
+            .bind(holder)
+            .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("renew the lease of {holder}"), e))?;
+        Ok(())
+    }
+
+    async fn end_lease_impl(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(END_LEASE)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("end the lease of {holder}"), e))?;
+        Ok(())
+    }
+
+    async fn leases_impl(&self) -> Result<Vec<Lease>, StoreError> {
+        let rows = sqlx::query(LEASES)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("read the leases"), e))?;
+        rows.iter().map(|r| read::lease_from_row(r)).collect()
+    }
+
+    /// Why a fenced insert for task `id` stored nothing: no such task, or
+    /// it is held under another epoch.
+    async fn not_held(&self, id: &str) -> StoreError {
+        let found: Result<Option<(String, Option<String>, i64)>, _> =
+            sqlx::query_as(TASK_STATE_AND_OWNER)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await;
+        match found {
+            Ok(None) => StoreError::NotFound { id: id.to_string() },
+            Ok(Some((_, owner, epoch))) => StoreError::Fenced {
+                id: id.to_string(),
+                owner: owner.unwrap_or_default(),
+                epoch: u64::try_from(epoch).unwrap_or(0),
+            },
+            Err(e) => db_err(format_args!("read task {id}"), e),
+        }
     }
 
     /// Runs an update of task `t` that changes one row if what it expects
@@ -147,12 +227,12 @@ impl PostgresStore {
         if changed == 1 {
             return Ok(());
         }
-        let found: Option<(String, Option<String>)> = sqlx::query_as(TASK_STATE_AND_OWNER)
+        let found: Option<Found> = sqlx::query_as(TASK_STATE_AND_OWNER)
             .bind(&t.id)
             .fetch_optional(&self.pool)
             .await
             .map_err(op)?;
-        Err(read::why_unchanged(&t.id, found, expected, cas))
+        Err(read::why_unchanged(&t.id, found, expected, t.epoch, cas))
     }
 
     async fn get_task_impl(&self, id: &str) -> Result<Option<Task>, StoreError> {
@@ -204,18 +284,27 @@ impl PostgresStore {
         // Committed apart from the update: the attempts are facts whatever
         // becomes of it (a task found `running` with its answer stored
         // resumes from that answer).
+        // Fenced as the update is: under another epoch, no row goes in
+        // (and the update then says why).
         for chunk in rows.chunks(ATTEMPTS_PER_INSERT) {
-            self.insert_attempts(chunk, &t.id).await?;
+            self.insert_attempts(chunk, &t.id, t.epoch).await?;
         }
-        let q = bind_changes(sqlx::query(UPDATE_TASK), &t).bind(expected.as_str());
+        let q = bind_changes(sqlx::query(UPDATE_TASK), &t)
+            .bind(expected.as_str())
+            .bind(t.epoch);
         self.compare_and_set(q, &t, expected, Cas::State, "finish")
             .await
     }
 
     /// Inserts the attempts of task `task_id` in one statement, keeping any
     /// already stored under its `seq` as it is.
-    async fn insert_attempts(&self, rows: &[AttemptRow], task_id: &str) -> Result<(), StoreError> {
-        let mut q = insert_attempts(rows);
+    async fn insert_attempts(
+        &self,
+        rows: &[AttemptRow],
+        task_id: &str,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        let mut q = insert_attempts(rows, task_id, epoch);
         q.push(" ON CONFLICT (task_id, seq) DO NOTHING");
         q.build()
             .execute(&self.pool)
@@ -229,9 +318,9 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn add_attempt_impl(&self, attempt: &Attempt) -> Result<(), StoreError> {
+    async fn add_attempt_impl(&self, attempt: &Attempt, epoch: u64) -> Result<(), StoreError> {
         let a = AttemptRow::new(attempt)?;
-        insert_attempts(std::slice::from_ref(&a))
+        let inserted = insert_attempts(std::slice::from_ref(&a), &a.task_id, epoch_column(epoch)?)
             .build()
             .execute(&self.pool)
             .await
@@ -246,7 +335,11 @@ impl PostgresStore {
                     format_args!("record attempt {} of task {}", a.seq, a.task_id),
                     e,
                 ),
-            })?;
+            })?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(self.not_held(&a.task_id).await);
+        }
         Ok(())
     }
 
@@ -373,15 +466,16 @@ impl PostgresStore {
         rows.iter().map(|r| read::step_from_row(r)).collect()
     }
 
-    async fn add_turn_impl(&self, turn: &Turn) -> Result<(), StoreError> {
+    async fn add_turn_impl(&self, turn: &Turn, epoch: u64) -> Result<(), StoreError> {
         let t = TurnRow::new(turn)?;
-        sqlx::query(INSERT_TURN)
+        let inserted = sqlx::query(INSERT_TURN)
             .bind(&t.task_id)
             .bind(t.seq)
             .bind(t.answer)
             .bind(t.kind)
             .bind(t.at)
             .bind(&t.data)
+            .bind(epoch_column(epoch)?)
             .execute(&self.pool)
             .await
             .map_err(|e| match violation(&e) {
@@ -395,7 +489,11 @@ impl PostgresStore {
                     format_args!("record turn {} of task {}", t.seq, t.task_id),
                     e,
                 ),
-            })?;
+            })?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(self.not_held(&t.task_id).await);
+        }
         Ok(())
     }
 
@@ -533,13 +631,28 @@ impl Store for PostgresStore {
         Box::pin(self.update_task_impl(task, expected))
     }
 
-    fn claim_task<'a>(
-        &'a self,
-        task: &'a Task,
-        expected: TaskState,
-        owner: Option<&'a str>,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(self.claim_task_impl(task, expected, owner))
+    fn claim_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()> {
+        Box::pin(self.claim_task_impl(task, expected))
+    }
+
+    fn claim_orphans<'a>(&'a self, holder: &'a str, limit: u32) -> StoreFuture<'a, Vec<Task>> {
+        Box::pin(self.claim_orphans_impl(holder, limit))
+    }
+
+    fn renew_lease<'a>(&'a self, holder: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(self.renew_lease_impl(holder, lease))
+    }
+
+    fn end_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.end_lease_impl(holder))
+    }
+
+    fn leases(&self) -> StoreFuture<'_, Vec<Lease>> {
+        Box::pin(self.leases_impl())
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
     }
 
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
@@ -564,8 +677,8 @@ impl Store for PostgresStore {
         Box::pin(self.finish_task_impl(task, expected, attempts))
     }
 
-    fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()> {
-        Box::pin(self.add_attempt_impl(attempt))
+    fn add_attempt<'a>(&'a self, attempt: &'a Attempt, epoch: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.add_attempt_impl(attempt, epoch))
     }
 
     fn attempts<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Attempt>> {
@@ -604,8 +717,8 @@ impl Store for PostgresStore {
         Box::pin(self.steps_impl(run_id))
     }
 
-    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()> {
-        Box::pin(self.add_turn_impl(turn))
+    fn add_turn<'a>(&'a self, turn: &'a Turn, epoch: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.add_turn_impl(turn, epoch))
     }
 
     fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>> {
@@ -657,6 +770,8 @@ impl Store for PostgresStore {
 
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            // The listener's pool is its own.
+            self.stop.cancel();
             self.pool.close().await;
             Ok(())
         })

@@ -67,11 +67,18 @@ const KNOWN_PARAMETERS: &[&str] = &[
 /// `sqlx::migrate!("migrations/postgres")` would embed them (that macro needs
 /// sqlx's `macros` feature, which the crate leaves off, as for SQLite). A
 /// test checks the list against the folder.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../../migrations/postgres/0001_schema.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "leases",
+        include_str!("../../migrations/postgres/0002_leases.sql"),
+    ),
+];
 
 /// The schema's migrations (checksums as sqlx computes them from the SQL).
 fn migrator() -> Migrator {
@@ -79,8 +86,12 @@ fn migrator() -> Migrator {
 }
 
 /// Connects to the database at `url`, brings its schema up to date, and
-/// gives the pool the store runs on.
-pub(super) async fn connect(url: &str, options: &PostgresOptions) -> Result<PgPool, StoreError> {
+/// gives the pool the store runs on, and a pool of one connection for the
+/// listener (which keeps its connection: it would take one from the first).
+pub(super) async fn connect(
+    url: &str,
+    options: &PostgresOptions,
+) -> Result<(PgPool, PgPool), StoreError> {
     let open_err = |message: String| StoreError::Open {
         path: redact(url),
         message,
@@ -93,13 +104,17 @@ pub(super) async fn connect(url: &str, options: &PostgresOptions) -> Result<PgPo
         // It answered; that is all it was for.
         tracing::debug!("closing the first connection: {}", reason(&e));
     }
+    let ear = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_lazy_with(connect.clone());
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_lazy_with(connect);
     migrate(&pool).await.map_err(open_err)?;
     tracing::debug!(url = %redact(url), "database open");
-    Ok(pool)
+    Ok((pool, ear))
 }
 
 /// Whether sqlx knows a URL parameter (`options[NAME]` included).

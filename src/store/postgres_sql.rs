@@ -23,28 +23,83 @@ pub(super) const INSERT_TASK: &str = concat!(
     "INSERT INTO tasks (",
     task_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24)"
+     $19, $20, $21, $22, $23, $24, $25)"
 );
 
 /// Sets every column that can change after a task is created ($2 to $17,
-/// bound by [`bind_changes`]) if the stored state is still $18. What a task
-/// is (agent, input, parent, depth, subject, creation time) stays as created.
-macro_rules! update_task {
+/// bound by [`bind_changes`]). What a task is (agent, input, parent, depth,
+/// subject, creation time) stays as created.
+macro_rules! set_task {
     () => {
         "UPDATE tasks SET state = $2, started_at = $3, finished_at = $4, model = $5, \
          attempts = $6, input_tokens = $7, output_tokens = $8, cost_usd = $9, output = $10, \
          reason = $11, error = $12, kb_path = $13, routing = $14, requeues = $15, owner = $16, \
-         audit = $17 WHERE id = $1 AND state = $18"
+         audit = $17"
     };
 }
 
-/// The compare-and-set update of [`super::Store::update_task`] (see `update_task!`).
-pub(super) const UPDATE_TASK: &str = update_task!();
+/// The compare-and-set update of [`super::Store::update_task`]: if the
+/// stored state is still $18 and the epoch $19.
+pub(super) const UPDATE_TASK: &str = concat!(
+    set_task!(),
+    " WHERE id = $1 AND state = $18 AND epoch = $19"
+);
 
-/// [`UPDATE_TASK`] that also requires the stored owner to be $19 (NULL: none).
-pub(super) const CLAIM_TASK: &str = concat!(update_task!(), " AND owner IS NOT DISTINCT FROM $19");
+/// [`UPDATE_TASK`] that also moves the epoch on: a claim.
+pub(super) const CLAIM_TASK: &str = concat!(
+    set_task!(),
+    ", epoch = epoch + 1 WHERE id = $1 AND state = $18 AND epoch = $19"
+);
 
-const INSERT_ATTEMPTS: &str = concat!("INSERT INTO attempts (", attempt_columns!(), ") ");
+/// Now, in milliseconds since the Unix epoch, on the database server's
+/// clock: leases are compared on one clock whatever the instances' clocks say.
+macro_rules! now_ms {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    };
+}
+
+/// Claims for $1 up to $2 queued or running tasks whose owner holds no live
+/// lease, oldest first. `SKIP LOCKED`: a row another instance is claiming
+/// (or writing) right now is left to it, so claims never wait on each other.
+pub(super) const CLAIM_ORPHANS: &str = concat!(
+    "UPDATE tasks SET owner = $1, epoch = epoch + 1 WHERE id IN (\
+     SELECT t.id FROM tasks t WHERE t.state IN ('queued', 'running') \
+     AND t.owner IS DISTINCT FROM $1 \
+     AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.holder = t.owner AND i.lease_until > ",
+    now_ms!(),
+    ") ORDER BY t.created_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED) RETURNING ",
+    task_columns!()
+);
+
+/// Starts or extends the lease of $1 for $2 milliseconds.
+pub(super) const RENEW_LEASE: &str = concat!(
+    "INSERT INTO instances (holder, started_at, lease_until) VALUES ($1, ",
+    now_ms!(),
+    ", ",
+    now_ms!(),
+    " + $2) ON CONFLICT (holder) DO UPDATE SET lease_until = EXCLUDED.lease_until"
+);
+
+/// Ends the lease of $1: an ended lease and none are the same to a claim.
+pub(super) const END_LEASE: &str = "DELETE FROM instances WHERE holder = $1";
+
+/// Every lease, and whether it is live now.
+pub(super) const LEASES: &str = concat!(
+    "SELECT holder, started_at, lease_until, lease_until > ",
+    now_ms!(),
+    " AS live FROM instances ORDER BY holder"
+);
+
+/// The channel the tasks' trigger (`migrations/postgres/0002_leases.sql`)
+/// announces changes on.
+pub(super) const CHANNEL: &str = "dispatch_tasks";
+
+const INSERT_ATTEMPTS: &str = concat!(
+    "INSERT INTO attempts (",
+    attempt_columns!(),
+    ") SELECT * FROM ("
+);
 
 pub(super) const SELECT_TASK: &str =
     concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
@@ -100,7 +155,7 @@ pub(super) const SELECT_CLIENT_TASK: &str = concat!(
 );
 
 /// What a compare-and-set that matched no row met.
-pub(super) const TASK_STATE_AND_OWNER: &str = "SELECT state, owner FROM tasks WHERE id = $1";
+pub(super) const TASK_STATE_AND_OWNER: &str = "SELECT state, owner, epoch FROM tasks WHERE id = $1";
 
 pub(super) const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) FROM tasks GROUP BY state";
 
@@ -120,8 +175,9 @@ pub(super) const PUT_STEP: &str = concat!(
      tries = $6, started_at = $7, finished_at = $8, error = $9, output_path = $10"
 );
 
-pub(super) const INSERT_TURN: &str =
-    "INSERT INTO turns (task_id, seq, answer, kind, at, data) VALUES ($1, $2, $3, $4, $5, $6)";
+/// A turn, stored only while its task is held under epoch $7 (fenced).
+pub(super) const INSERT_TURN: &str = "INSERT INTO turns (task_id, seq, answer, kind, at, data) \
+     SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch = $7)";
 
 pub(super) const OPEN_TREE: &str = concat!(
     "INSERT INTO trees (",
@@ -151,8 +207,13 @@ pub(super) const INSERT_CLIENT_TASK: &str = concat!(
 /// well below PostgreSQL's 65535.
 pub(super) const ATTEMPTS_PER_INSERT: usize = 1000;
 
-/// The `INSERT` of these attempts, one row each.
-pub(super) fn insert_attempts(rows: &[AttemptRow]) -> QueryBuilder<Postgres> {
+/// The `INSERT` of these attempts of task `task_id`, one row each, made
+/// only while the task is held under `epoch` (fenced).
+pub(super) fn insert_attempts(
+    rows: &[AttemptRow],
+    task_id: &str,
+    epoch: i64,
+) -> QueryBuilder<Postgres> {
     let mut q = QueryBuilder::<Postgres>::new(INSERT_ATTEMPTS);
     q.push_values(rows, |mut b, a| {
         b.push_bind(&a.task_id)
@@ -174,6 +235,11 @@ pub(super) fn insert_attempts(rows: &[AttemptRow]) -> QueryBuilder<Postgres> {
             .push_bind(&a.revision_message)
             .push_bind(&a.output);
     });
+    q.push(") AS v WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ")
+        .push_bind(task_id)
+        .push(" AND epoch = ")
+        .push_bind(epoch)
+        .push(")");
     q
 }
 

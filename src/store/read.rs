@@ -16,7 +16,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
 use super::rows::{client_task_columns, task_columns};
-use super::{StoreError, TaskFilter, TreeLimitKind, UsageRow, cursor};
+use super::{Lease, StoreError, TaskFilter, TreeLimitKind, UsageRow, cursor};
 use crate::task::{
     Attempt, ClientTask, Millis, Run, StepRecord, Task, TaskState, Tree, TreeCharge, TreeLimits,
     Turn,
@@ -216,7 +216,20 @@ pub(super) fn task_from_row(row: &dyn Columns) -> Result<Task, StoreError> {
         requeues: f.unsigned("requeues")?,
         owner: f.opt_text("owner")?,
         audit: f.opt_json("audit")?,
+        epoch: f.unsigned("epoch")?,
         id,
+    })
+}
+
+pub(super) fn lease_from_row(row: &dyn Columns) -> Result<Lease, StoreError> {
+    let holder = key(row, "holder", "lease")?;
+    let what = || format!("lease of {holder}");
+    let f = Fields { row, what: &what };
+    Ok(Lease {
+        started_at: f.int("started_at")?,
+        lease_until: f.int("lease_until")?,
+        live: f.flag("live")?,
+        holder,
     })
 }
 
@@ -383,45 +396,57 @@ pub(super) fn counts_by_state(
 // ---------------------------------------------------------------------------
 // Why a write changed nothing.
 
-/// What a compare-and-set update of a task required beyond its id.
+/// What a compare-and-set update of a task required beyond its id and epoch.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Cas {
-    /// The stored state ([`super::Store::update_task`]).
+    /// A write-back by the task's holder ([`super::Store::update_task`]): a
+    /// moved epoch means another instance took the task over.
     State,
-    /// The stored state and owner ([`super::Store::claim_task`]).
-    StateAndOwner,
+    /// A claim ([`super::Store::claim_task`]): a moved epoch means another
+    /// instance claimed it first.
+    Claim,
 }
 
-/// Why an update of task `id` matched no row, from the task's stored state
-/// and owner read after it (`None`: there is no such task).
+/// What an update that matched no row found stored: state, owner, epoch.
+pub(super) type Found = (String, Option<String>, i64);
+
+/// Why an update of task `id` expecting `expected` under claim `epoch`
+/// matched no row, from what is stored now (`None`: there is no such task).
 pub(super) fn why_unchanged(
     id: &str,
-    found: Option<(String, Option<String>)>,
+    found: Option<Found>,
     expected: TaskState,
+    epoch: i64,
     cas: Cas,
 ) -> StoreError {
-    let Some((state, stored_owner)) = found else {
+    let Some((state, stored_owner, stored_epoch)) = found else {
         return StoreError::NotFound { id: id.to_string() };
     };
-    match parse_column(&state, || format!("task {id}, column state")) {
-        Ok(found) if found != expected => StoreError::Conflict {
-            id: id.to_string(),
-            expected,
-            found,
-        },
-        Ok(found) => match cas {
-            Cas::StateAndOwner => StoreError::Claimed {
+    let found = match parse_column(&state, || format!("task {id}, column state")) {
+        Ok(found) => found,
+        Err(corrupt) => return corrupt,
+    };
+    let owner = stored_owner.unwrap_or_default();
+    if stored_epoch != epoch {
+        let epoch = u64::try_from(stored_epoch).unwrap_or(0);
+        return match cas {
+            Cas::Claim => StoreError::Claimed {
                 id: id.to_string(),
-                owner: stored_owner.unwrap_or_default(),
+                owner,
             },
-            // Same state, yet no match: only a concurrent change explains it.
-            Cas::State => StoreError::Conflict {
+            Cas::State => StoreError::Fenced {
                 id: id.to_string(),
-                expected,
-                found,
+                owner,
+                epoch,
             },
-        },
-        Err(corrupt) => corrupt,
+        };
+    }
+    // The state moved on, or (same state and epoch, yet no match) a
+    // concurrent change came and went: either way the writer lost.
+    StoreError::Conflict {
+        id: id.to_string(),
+        expected,
+        found,
     }
 }
 

@@ -17,7 +17,7 @@ macro_rules! task_columns {
     () => {
         "id, agent, state, input, parent_id, depth, subject, created_at, started_at, \
          finished_at, model, attempts, input_tokens, output_tokens, cost_usd, output, reason, \
-         error, kb_path, routing, requeues, owner, audit, root_id"
+         error, kb_path, routing, requeues, owner, audit, root_id, epoch"
     };
 }
 pub(super) use task_columns;
@@ -99,6 +99,7 @@ pub(super) struct TaskRow {
     pub(super) owner: Option<String>,
     pub(super) audit: Option<String>,
     pub(super) root_id: Option<String>,
+    pub(super) epoch: i64,
 }
 
 impl TaskRow {
@@ -137,6 +138,7 @@ impl TaskRow {
                 .map(|a| to_json(a, "audit", &what))
                 .transpose()?,
             root_id: t.root_id.clone(),
+            epoch: counter(t.epoch, "epoch", &what)?,
         })
     }
 }

@@ -27,12 +27,12 @@ use super::rows::{
 };
 use super::sqlite_write::{Write, Writer, WriterOptions, WriterWatch};
 use super::{
-    MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
-    check_transition, cursor, database_error,
+    Lease, MAX_PAGE, Store, StoreError, StoreFuture, TaskFilter, TaskPage, UsageQuery, UsageRow,
+    check_transition, cursor, database_error, epoch_column,
 };
 use crate::task::{
     Attempt, ClientTask, ClientTaskPage, Run, RunState, StepRecord, Task, TaskState, Tree,
-    TreeCharge, Turn,
+    TreeCharge, Turn, now_millis,
 };
 
 /// How long a statement waits for a lock held by another process before
@@ -56,6 +56,20 @@ const TASKS_IN_STATE: &str = concat!(
     task_columns!(),
     " FROM tasks WHERE state = ?1 ORDER BY created_at, id"
 );
+
+/// Queued or running tasks whose owner is not `?1` and holds no lease live
+/// at `?2`, oldest first, at most `?3` (see [`Store::claim_orphans`]).
+const ORPHANS: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks t WHERE state IN ('queued', 'running') AND owner IS NOT ?1 \
+     AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.holder = t.owner AND i.lease_until > ?2) \
+     ORDER BY created_at, id LIMIT ?3"
+);
+
+/// Every lease, and whether it is live at `?1`.
+const LEASES: &str = "SELECT holder, started_at, lease_until, lease_until > ?1 AS live \
+     FROM instances ORDER BY holder";
 
 const SELECT_ATTEMPTS: &str = concat!(
     "SELECT ",
@@ -226,17 +240,46 @@ impl SqliteStore {
         self.writer.write(Write::UpdateTask(row, expected)).await
     }
 
-    async fn claim_task_impl(
-        &self,
-        task: &Task,
-        expected: TaskState,
-        owner: Option<&str>,
-    ) -> Result<(), StoreError> {
+    async fn claim_task_impl(&self, task: &Task, expected: TaskState) -> Result<(), StoreError> {
         check_transition(task, expected)?;
         let row = TaskRow::new(task)?;
-        self.writer
-            .write(Write::ClaimTask(row, expected, owner.map(str::to_string)))
+        self.writer.write(Write::ClaimTask(row, expected)).await
+    }
+
+    /// The orphans are read, then each claimed by a compare-and-set on its
+    /// epoch: one writer commits at a time, so of two processes claiming
+    /// one task the second finds the epoch moved on and skips it.
+    async fn claim_orphans_impl(&self, holder: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(ORPHANS)
+            .bind(holder)
+            .bind(now_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
             .await
+            .map_err(|e| db_err(format_args!("find tasks to claim"), e))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut task = read::task_from_row(row)?;
+            task.owner = Some(holder.to_string());
+            match self.claim_task_impl(&task, task.state).await {
+                Ok(()) => {
+                    task.epoch += 1;
+                    claimed.push(task);
+                }
+                Err(StoreError::Claimed { .. } | StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn leases_impl(&self) -> Result<Vec<Lease>, StoreError> {
+        let rows = sqlx::query(LEASES)
+            .bind(now_millis())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("read the leases"), e))?;
+        rows.iter().map(|r| read::lease_from_row(r)).collect()
     }
 
     async fn get_task_impl(&self, id: &str) -> Result<Option<Task>, StoreError> {
@@ -291,9 +334,10 @@ impl SqliteStore {
             .await
     }
 
-    async fn add_attempt_impl(&self, attempt: &Attempt) -> Result<(), StoreError> {
+    async fn add_attempt_impl(&self, attempt: &Attempt, epoch: u64) -> Result<(), StoreError> {
         let row = AttemptRow::new(attempt)?;
-        self.writer.write(Write::AddAttempt(row)).await
+        let epoch = epoch_column(epoch)?;
+        self.writer.write(Write::AddAttempt(row, epoch)).await
     }
 
     async fn attempts_impl(&self, task_id: &str) -> Result<Vec<Attempt>, StoreError> {
@@ -368,13 +412,30 @@ impl Store for SqliteStore {
         Box::pin(self.update_task_impl(task, expected))
     }
 
-    fn claim_task<'a>(
-        &'a self,
-        task: &'a Task,
-        expected: TaskState,
-        owner: Option<&'a str>,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(self.claim_task_impl(task, expected, owner))
+    fn claim_task<'a>(&'a self, task: &'a Task, expected: TaskState) -> StoreFuture<'a, ()> {
+        Box::pin(self.claim_task_impl(task, expected))
+    }
+
+    fn claim_orphans<'a>(&'a self, holder: &'a str, limit: u32) -> StoreFuture<'a, Vec<Task>> {
+        Box::pin(self.claim_orphans_impl(holder, limit))
+    }
+
+    fn renew_lease<'a>(&'a self, holder: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let now = now_millis();
+            let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+            self.writer
+                .write(Write::RenewLease(holder.to_string(), now, until))
+                .await
+        })
+    }
+
+    fn end_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.writer.write(Write::EndLease(holder.to_string())).await })
+    }
+
+    fn leases(&self) -> StoreFuture<'_, Vec<Lease>> {
+        Box::pin(self.leases_impl())
     }
 
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
@@ -399,8 +460,8 @@ impl Store for SqliteStore {
         Box::pin(self.finish_task_impl(task, expected, attempts))
     }
 
-    fn add_attempt<'a>(&'a self, attempt: &'a Attempt) -> StoreFuture<'a, ()> {
-        Box::pin(self.add_attempt_impl(attempt))
+    fn add_attempt<'a>(&'a self, attempt: &'a Attempt, epoch: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.add_attempt_impl(attempt, epoch))
     }
 
     fn attempts<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Attempt>> {
@@ -475,8 +536,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_turn<'a>(&'a self, turn: &'a Turn) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.writer.write(Write::AddTurn(TurnRow::new(turn)?)).await })
+    fn add_turn<'a>(&'a self, turn: &'a Turn, epoch: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let row = TurnRow::new(turn)?;
+            let epoch = epoch_column(epoch)?;
+            self.writer.write(Write::AddTurn(row, epoch)).await
+        })
     }
 
     fn turns<'a>(&'a self, task_id: &'a str) -> StoreFuture<'a, Vec<Turn>> {
@@ -676,6 +741,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "mcp tasks",
         include_str!("../../migrations/0007_mcp_tasks.sql"),
+    ),
+    (
+        8,
+        "leases",
+        include_str!("../../migrations/0008_leases.sql"),
     ),
 ];
 

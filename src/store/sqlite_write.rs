@@ -32,7 +32,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
 use tokio::sync::{mpsc, oneshot};
 
-use super::read::{Cas, TreeUse, why_unchanged};
+use super::read::{Cas, Found, TreeUse, why_unchanged};
 use super::rows::{AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow};
 use super::sqlite::BUSY_TIMEOUT;
 use super::{StoreError, database_error};
@@ -46,12 +46,13 @@ const QUEUE: usize = 4096;
 
 const INSERT_TASK: &str = "INSERT INTO tasks (id, agent, state, input, parent_id, depth, subject, \
      created_at, started_at, finished_at, model, attempts, input_tokens, output_tokens, cost_usd, \
-     output, reason, error, kb_path, routing, requeues, owner, audit, root_id) \
+     output, reason, error, kb_path, routing, requeues, owner, audit, root_id, epoch) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-     ?20, ?21, ?22, ?23, ?24)";
+     ?20, ?21, ?22, ?23, ?24, ?25)";
 
-const INSERT_TURN: &str =
-    "INSERT INTO turns (task_id, seq, answer, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// A turn, stored only while its task is held under epoch `?7` (fenced).
+const INSERT_TURN: &str = "INSERT INTO turns (task_id, seq, answer, kind, at, data) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND epoch = ?7)";
 
 const INSERT_CLIENT_TASK: &str = "INSERT INTO mcp_tasks (id, tool, subject, created_at, ttl_ms, \
      poll_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -69,26 +70,35 @@ const CHARGE_TREE: &str = "UPDATE trees SET tasks = tasks + ?2, turns = turns + 
      AND (?3 = 0 OR turns + ?3 <= max_turns) \
      AND (?4 = 0 OR budget_micros IS NULL OR spent_micros + reserved_micros + ?4 <= budget_micros)";
 
-/// Sets every column that can change after a task is created. What a task
-/// is (agent, input, parent, depth, subject, creation time: ?2, ?4 to ?8)
-/// is bound but not set: SQLite rewrites every index on a column named in
-/// SET, so naming them would rewrite the agent, creation and subject
-/// indexes on each state change for nothing.
+/// Sets every column that can change after a task is created, if its state
+/// is still `?24` and its epoch `?25`. What a task is (agent, input, parent,
+/// depth, subject, creation time: ?2, ?4 to ?8) is bound but not set:
+/// SQLite rewrites every index on a column named in SET, so naming them
+/// would rewrite the agent, creation and subject indexes on each state
+/// change for nothing.
 const UPDATE_TASK: &str = "UPDATE tasks SET state = ?3, started_at = ?9, finished_at = ?10, \
      model = ?11, attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, \
      output = ?16, reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, \
-     owner = ?22, audit = ?23 WHERE id = ?1 AND state = ?24";
+     owner = ?22, audit = ?23 WHERE id = ?1 AND state = ?24 AND epoch = ?25";
 
-/// [`UPDATE_TASK`] that also requires the stored owner to be `?25`.
+/// [`UPDATE_TASK`] that also moves the epoch on: a claim.
 const CLAIM_TASK: &str = "UPDATE tasks SET state = ?3, started_at = ?9, finished_at = ?10, \
      model = ?11, attempts = ?12, input_tokens = ?13, output_tokens = ?14, cost_usd = ?15, \
      output = ?16, reason = ?17, error = ?18, kb_path = ?19, routing = ?20, requeues = ?21, \
-     owner = ?22, audit = ?23 WHERE id = ?1 AND state = ?24 AND owner IS ?25";
+     owner = ?22, audit = ?23, epoch = epoch + 1 WHERE id = ?1 AND state = ?24 AND epoch = ?25";
+
+/// Starts or extends a lease (`?3`: until when).
+const RENEW_LEASE: &str = "INSERT INTO instances (holder, started_at, lease_until) \
+     VALUES (?1, ?2, ?3) ON CONFLICT (holder) DO UPDATE SET lease_until = ?3";
+
+/// Ends a lease: an ended lease and none are the same to a claim.
+const END_LEASE: &str = "DELETE FROM instances WHERE holder = ?1";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, seq, kind, agent, provider, model, \
      started_at, latency_ms, ok, http_status, error, input_tokens, output_tokens, cost_usd, \
      cost_source, verdict, revision_message, output) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18 \
+     WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND epoch = ?19)";
 
 /// How the writer's connection is set up: per connection, what the read
 /// pool gets from its `SqliteConnectOptions` (the WAL journal mode is a
@@ -144,14 +154,21 @@ enum Msg {
 pub(super) enum Write {
     CreateTask(TaskRow),
     UpdateTask(TaskRow, TaskState),
-    /// An update that also requires the stored owner (a claim).
-    ClaimTask(TaskRow, TaskState, Option<String>),
-    AddAttempt(AttemptRow),
-    /// Attempts, then the task's update (together when in a group).
+    /// An update that also moves the epoch on (a claim).
+    ClaimTask(TaskRow, TaskState),
+    /// An attempt, under the task's claim epoch.
+    AddAttempt(AttemptRow, i64),
+    /// Attempts, then the task's update (together when in a group), both
+    /// under the task row's epoch.
     FinishTask(Vec<AttemptRow>, TaskRow, TaskState),
     PutRun(RunRow),
     PutStep(StepRow),
-    AddTurn(TurnRow),
+    /// A turn, under the task's claim epoch.
+    AddTurn(TurnRow, i64),
+    /// A lease: holder, when it started, until when.
+    RenewLease(String, i64, i64),
+    /// The end of a lease: holder.
+    EndLease(String),
     OpenTree(TreeRow),
     ChargeTree(String, TreeCharge),
     PutClientTask(ClientTaskRow),
@@ -173,12 +190,14 @@ impl Write {
         match self {
             Write::CreateTask(t) => format!("create task {}", t.id),
             Write::UpdateTask(t, _) => format!("update task {}", t.id),
-            Write::ClaimTask(t, _, _) => format!("claim task {}", t.id),
+            Write::ClaimTask(t, _) => format!("claim task {}", t.id),
             Write::FinishTask(_, t, _) => format!("finish task {}", t.id),
-            Write::AddAttempt(a) => format!("record attempt {} of task {}", a.seq, a.task_id),
+            Write::AddAttempt(a, _) => format!("record attempt {} of task {}", a.seq, a.task_id),
             Write::PutRun(r) => format!("record run {}", r.id),
             Write::PutStep(s) => format!("record step {} of run {}", s.step_id, s.run_id),
-            Write::AddTurn(t) => format!("record turn {} of task {}", t.seq, t.task_id),
+            Write::AddTurn(t, _) => format!("record turn {} of task {}", t.seq, t.task_id),
+            Write::RenewLease(h, _, _) => format!("renew the lease of {h}"),
+            Write::EndLease(h) => format!("end the lease of {h}"),
             Write::OpenTree(t) => format!("open the tree of task {}", t.root_id),
             Write::ChargeTree(root, _) => format!("charge the tree of task {root}"),
             Write::PutClientTask(t) => format!("record MCP task {}", t.id),
@@ -445,21 +464,32 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             })?;
             Ok(())
         }
-        Write::AddTurn(t) => {
-            let values: [&dyn ToSql; 6] = [&t.task_id, &t.seq, &t.answer, &t.kind, &t.at, &t.data];
-            execute(conn, INSERT_TURN, &values).map_err(|e| {
+        Write::AddTurn(t, epoch) => {
+            let values: [&dyn ToSql; 7] = [
+                &t.task_id, &t.seq, &t.answer, &t.kind, &t.at, &t.data, epoch,
+            ];
+            let inserted = execute(conn, INSERT_TURN, &values).map_err(|e| {
                 if is_unique_violation(&e) {
                     Failure::Own(StoreError::Duplicate {
                         what: format!("turn {} of task {}", t.seq, t.task_id),
-                    })
-                } else if is_foreign_key_violation(&e) {
-                    Failure::Own(StoreError::NotFound {
-                        id: t.task_id.clone(),
                     })
                 } else {
                     Failure::Database(reason(&e))
                 }
             })?;
+            if inserted == 0 {
+                return Err(not_held(conn, &t.task_id));
+            }
+            Ok(())
+        }
+        Write::RenewLease(holder, started, until) => {
+            let values: [&dyn ToSql; 3] = [holder, started, until];
+            execute(conn, RENEW_LEASE, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            Ok(())
+        }
+        Write::EndLease(holder) => {
+            let values: [&dyn ToSql; 1] = [holder];
+            execute(conn, END_LEASE, &values).map_err(|e| Failure::Database(reason(&e)))?;
             Ok(())
         }
         Write::OpenTree(t) => {
@@ -501,9 +531,10 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             Ok(())
         }
         Write::CreateTask(t) => {
-            let mut values = Vec::with_capacity(24);
+            let mut values = Vec::with_capacity(25);
             values.extend_from_slice(&task_values(t));
             values.push(&t.root_id as &dyn ToSql);
+            values.push(&t.epoch as &dyn ToSql);
             execute(conn, INSERT_TASK, &values).map_err(|e| {
                 if is_unique_violation(&e) {
                     Failure::Own(StoreError::Duplicate {
@@ -515,18 +546,18 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             })?;
             Ok(())
         }
-        Write::UpdateTask(t, expected) => update_task(conn, t, *expected),
-        Write::ClaimTask(t, expected, owner) => claim_task(conn, t, *expected, owner.as_deref()),
-        Write::AddAttempt(a) => insert_attempt(conn, a),
+        Write::UpdateTask(t, expected) => update_task(conn, t, *expected, UPDATE_TASK, Cas::State),
+        Write::ClaimTask(t, expected) => update_task(conn, t, *expected, CLAIM_TASK, Cas::Claim),
+        Write::AddAttempt(a, epoch) => insert_attempt(conn, a, *epoch),
         Write::FinishTask(attempts, t, expected) => {
             for a in attempts {
-                match insert_attempt(conn, a) {
+                match insert_attempt(conn, a, t.epoch) {
                     // Already recorded (e.g. by an earlier try): a fact is a fact.
                     Ok(()) | Err(Failure::Own(StoreError::Duplicate { .. })) => {}
                     Err(e) => return Err(e),
                 }
             }
-            update_task(conn, t, *expected)
+            update_task(conn, t, *expected, UPDATE_TASK, Cas::State)
         }
     }
 }
@@ -578,58 +609,63 @@ fn charge_tree(conn: &Connection, root: &str, c: &TreeCharge) -> Result<(), Fail
     }))
 }
 
-/// The compare-and-set update of a task.
-fn update_task(conn: &Connection, t: &TaskRow, expected: TaskState) -> Result<(), Failure> {
-    let expected_name = expected.as_str();
-    let mut values = Vec::with_capacity(24);
-    values.extend_from_slice(&task_values(t));
-    values.push(&expected_name as &dyn ToSql);
-    let changed = execute(conn, UPDATE_TASK, &values).map_err(|e| Failure::Database(reason(&e)))?;
-    if changed == 1 {
-        return Ok(());
-    }
-    Err(unchanged(conn, t, expected, Cas::State))
-}
-
-/// The update of a task whose state is still `expected` and whose owner is
-/// still `owner`: of two processes claiming it, one wins.
-fn claim_task(
+/// The compare-and-set update of a task (`sql`: [`UPDATE_TASK`] or
+/// [`CLAIM_TASK`]), on its state and epoch.
+fn update_task(
     conn: &Connection,
     t: &TaskRow,
     expected: TaskState,
-    owner: Option<&str>,
+    sql: &str,
+    cas: Cas,
 ) -> Result<(), Failure> {
     let expected_name = expected.as_str();
     let mut values = Vec::with_capacity(25);
     values.extend_from_slice(&task_values(t));
     values.push(&expected_name as &dyn ToSql);
-    values.push(&owner as &dyn ToSql);
-    let changed = execute(conn, CLAIM_TASK, &values).map_err(|e| Failure::Database(reason(&e)))?;
+    values.push(&t.epoch as &dyn ToSql);
+    let changed = execute(conn, sql, &values).map_err(|e| Failure::Database(reason(&e)))?;
     if changed == 1 {
         return Ok(());
     }
-    Err(unchanged(conn, t, expected, Cas::StateAndOwner))
+    Err(unchanged(conn, &t.id, expected, t.epoch, cas))
 }
 
 /// Why an update matched nothing: the task is missing, its state moved on,
-/// or (for a claim) another process took it. Read on this connection,
-/// inside the group, so what is found is what the update met.
-fn unchanged(conn: &Connection, t: &TaskRow, expected: TaskState, cas: Cas) -> Failure {
-    let found: Result<Option<(String, Option<String>)>, _> = conn
-        .prepare_cached("SELECT state, owner FROM tasks WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([&t.id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-        });
-    match found {
-        Ok(found) => Failure::Own(why_unchanged(&t.id, found, expected, cas)),
+/// or another process holds it now. Read on this connection, inside the
+/// group, so what is found is what the update met.
+fn unchanged(conn: &Connection, id: &str, expected: TaskState, epoch: i64, cas: Cas) -> Failure {
+    match stored(conn, id) {
+        Ok(found) => Failure::Own(why_unchanged(id, found, expected, epoch, cas)),
         Err(e) => Failure::Database(reason(&e)),
     }
 }
 
-/// The insert of one attempt.
-fn insert_attempt(conn: &Connection, a: &AttemptRow) -> Result<(), Failure> {
-    let values: [&dyn ToSql; 18] = [
+/// The stored state, owner and epoch of task `id`.
+fn stored(conn: &Connection, id: &str) -> Result<Option<Found>, rusqlite::Error> {
+    conn.prepare_cached("SELECT state, owner, epoch FROM tasks WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()
+        })
+}
+
+/// Why a fenced insert for task `id` stored nothing: there is no such task,
+/// or it is held under another epoch.
+fn not_held(conn: &Connection, id: &str) -> Failure {
+    match stored(conn, id) {
+        Ok(None) => Failure::Own(StoreError::NotFound { id: id.to_string() }),
+        Ok(Some((_, owner, epoch))) => Failure::Own(StoreError::Fenced {
+            id: id.to_string(),
+            owner: owner.unwrap_or_default(),
+            epoch: u64::try_from(epoch).unwrap_or(0),
+        }),
+        Err(e) => Failure::Database(reason(&e)),
+    }
+}
+
+/// The insert of one attempt, made under claim `epoch`.
+fn insert_attempt(conn: &Connection, a: &AttemptRow, epoch: i64) -> Result<(), Failure> {
+    let values: [&dyn ToSql; 19] = [
         &a.task_id,
         &a.seq,
         &a.kind,
@@ -648,20 +684,20 @@ fn insert_attempt(conn: &Connection, a: &AttemptRow) -> Result<(), Failure> {
         &a.verdict,
         &a.revision_message,
         &a.output,
+        &epoch,
     ];
-    execute(conn, INSERT_ATTEMPT, &values).map_err(|e| {
+    let inserted = execute(conn, INSERT_ATTEMPT, &values).map_err(|e| {
         if is_unique_violation(&e) {
             Failure::Own(StoreError::Duplicate {
                 what: format!("attempt {} of task {}", a.seq, a.task_id),
-            })
-        } else if is_foreign_key_violation(&e) {
-            Failure::Own(StoreError::NotFound {
-                id: a.task_id.clone(),
             })
         } else {
             Failure::Database(reason(&e))
         }
     })?;
+    if inserted == 0 {
+        return Err(not_held(conn, &a.task_id));
+    }
     Ok(())
 }
 

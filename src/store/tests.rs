@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -140,7 +141,10 @@ on_every_backend! {
     a_closed_store_refuses_writes,
     runs_and_steps_round_trip_and_upsert,
     finish_stores_attempts_then_the_update,
-    a_claim_needs_the_state_and_the_owner,
+    a_claim_needs_the_state_and_the_epoch,
+    racing_sweeps_share_the_orphans(4),
+    writes_under_an_old_claim_are_fenced,
+    leases_decide_what_is_claimed,
     turns_round_trip_in_order_and_a_seq_is_taken_once,
     a_tree_charge_fits_every_limit_or_takes_nothing,
     concurrent_reservations_never_overspend(4),
@@ -173,6 +177,7 @@ fn full_task() -> Task {
         routing: Some(json!({"chosen": "writer", "scores": {"writer": 0.9}})),
         requeues: 7,
         owner: Some("host:1:2".into()),
+        epoch: 0,
         audit: Some(serde_json::json!({"mirror": "m", "rounds": ["é"]})),
     }
 }
@@ -272,15 +277,15 @@ async fn every_attempt_field_round_trips(b: Backend) {
         revision_message: Some("please fix ¶2".to_string()),
         output: Some("the answer ✓".to_string()),
     };
-    store.add_attempt(&full).await.unwrap();
+    store.add_attempt(&full, 0).await.unwrap();
     let mut bare = attempt(&task.id, 1);
     bare.kind = AttemptKind::Escalation;
     bare.cost_source = CostSource::Unknown;
-    store.add_attempt(&bare).await.unwrap();
+    store.add_attempt(&bare, 0).await.unwrap();
     let mut routing = attempt(&task.id, 2);
     routing.kind = AttemptKind::Routing;
     routing.verdict = Some(serde_json::Value::Null);
-    store.add_attempt(&routing).await.unwrap();
+    store.add_attempt(&routing, 0).await.unwrap();
 
     assert_eq!(
         store.attempts(&task.id).await.unwrap(),
@@ -306,7 +311,7 @@ async fn values_the_database_cannot_hold_are_refused(b: Backend) {
     store.create_task(&t).await.unwrap();
     let mut a = attempt(&t.id, 1);
     a.output_tokens = u64::MAX;
-    let err = store.add_attempt(&a).await.unwrap_err();
+    let err = store.add_attempt(&a, 0).await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
     assert!(store.attempts(&t.id).await.unwrap().is_empty());
 }
@@ -318,11 +323,14 @@ async fn duplicates_and_orphans_are_refused(b: Backend) {
     let err = store.create_task(&t).await.unwrap_err();
     assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
 
-    store.add_attempt(&attempt(&t.id, 1)).await.unwrap();
-    let err = store.add_attempt(&attempt(&t.id, 1)).await.unwrap_err();
+    store.add_attempt(&attempt(&t.id, 1), 0).await.unwrap();
+    let err = store.add_attempt(&attempt(&t.id, 1), 0).await.unwrap_err();
     assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
 
-    let err = store.add_attempt(&attempt("ghost", 1)).await.unwrap_err();
+    let err = store
+        .add_attempt(&attempt("ghost", 1), 0)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, StoreError::NotFound { id } if id == "ghost"),
         "{err}"
@@ -630,7 +638,7 @@ async fn attempts_come_back_in_seq_order(b: Backend) {
     let t = Task::new("a", json!(1));
     store.create_task(&t).await.unwrap();
     for seq in [3, 1, 10, 2] {
-        store.add_attempt(&attempt(&t.id, seq)).await.unwrap();
+        store.add_attempt(&attempt(&t.id, seq), 0).await.unwrap();
     }
     let seqs: Vec<u32> = store
         .attempts(&t.id)
@@ -681,7 +689,7 @@ async fn usage_sums_by_agent_kind_and_model(b: Backend) {
         call(&coder, 2, Primary, "coder", "m1", 250, true, 2.0),
         call(&coder, 3, Escalation, "coder", "m4", 350, false, 0.0),
     ] {
-        store.add_attempt(&a).await.unwrap();
+        store.add_attempt(&a, 0).await.unwrap();
     }
 
     let row = |task_agent: &str, agent: &str, kind, model: &str, calls, failed, inp, out, cost| {
@@ -804,7 +812,7 @@ async fn a_file_database_keeps_its_data_across_reopening() {
     {
         let store = SqliteStore::open(path).await.unwrap();
         store.create_task(&t).await.unwrap();
-        store.add_attempt(&attempt(&t.id, 1)).await.unwrap();
+        store.add_attempt(&attempt(&t.id, 1), 0).await.unwrap();
         store.close().await.unwrap();
     }
     {
@@ -937,7 +945,7 @@ async fn concurrent_writers_do_not_meet_locked_errors(b: Backend) {
                 store.create_task(&t).await?;
                 t.state = TaskState::Running;
                 store.update_task(&t, TaskState::Queued).await?;
-                store.add_attempt(&attempt(&t.id, 1)).await?;
+                store.add_attempt(&attempt(&t.id, 1), 0).await?;
                 // Readers run alongside the writers.
                 store.get_task(&t.id).await?;
                 store.list_tasks(&TaskFilter::default(), None, 20).await?;
@@ -996,9 +1004,7 @@ async fn racing_claims_have_one_winner(b: Backend) {
             let mut mine = t.clone();
             mine.owner = Some(format!("claimant-{i}"));
             tokio::spawn(async move {
-                let result = store
-                    .claim_task(&mine, TaskState::Queued, Some("gone"))
-                    .await;
+                let result = store.claim_task(&mine, TaskState::Queued).await;
                 (mine.owner, result)
             })
         })
@@ -1014,6 +1020,220 @@ async fn racing_claims_have_one_winner(b: Backend) {
     assert_eq!(winners.len(), 1, "{winners:?}");
     let stored = store.get_task(&t.id).await.unwrap().unwrap();
     assert_eq!(stored.owner, winners[0]);
+    assert_eq!(stored.epoch, 1, "one claim, one epoch");
+}
+
+/// Racing sweeps of instances whose leases are live never claim one task
+/// twice, and together claim every orphan.
+async fn racing_sweeps_share_the_orphans(b: Backend) {
+    let store = b.store().await;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let mut t = Task::new("a", json!(i));
+        t.owner = Some("dead:1:1".into());
+        if i % 2 == 1 {
+            t.state = TaskState::Running;
+        }
+        store.create_task(&t).await.unwrap();
+        ids.insert(t.id);
+    }
+    let sweeps: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let me = format!("instance-{i}");
+                store
+                    .renew_lease(&me, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_orphans(&me, 7).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    for t in got {
+                        assert_eq!(t.owner.as_deref(), Some(me.as_str()));
+                        assert_eq!(t.epoch, 1);
+                        mine.push(t.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for s in sweeps {
+        claimed.extend(s.await.unwrap());
+    }
+    let unique: std::collections::BTreeSet<_> = claimed.iter().cloned().collect();
+    assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
+    assert_eq!(unique, ids);
+    // All held by live leases now: nothing left to claim.
+    assert!(store.claim_orphans("late", 100).await.unwrap().is_empty());
+}
+
+async fn a_claim_needs_the_state_and_the_epoch(b: Backend) {
+    let store = b.store().await;
+    let mut t = Task::new("a", json!("x"));
+    t.owner = Some("gone".into());
+    store.create_task(&t).await.unwrap();
+    let mut mine = t.clone();
+    mine.owner = Some("me".into());
+    let e = store
+        .claim_task(&mine, TaskState::Running)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    store.claim_task(&mine, TaskState::Queued).await.unwrap();
+    let stored = store.get_task(&t.id).await.unwrap().unwrap();
+    assert_eq!(stored.owner.as_deref(), Some("me"));
+    assert_eq!(stored.epoch, 1);
+    // A second claimant that read the same epoch loses, naming the winner.
+    let mut late = t.clone();
+    late.owner = Some("late".into());
+    let e = store
+        .claim_task(&late, TaskState::Queued)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Claimed { ref owner, .. } if owner == "me"),
+        "{e}"
+    );
+}
+
+/// Every write-back carries the claim's epoch: once another holder has
+/// claimed the task, the old one's updates, attempts and turns are refused
+/// and nothing of them is stored.
+async fn writes_under_an_old_claim_are_fenced(b: Backend) {
+    let store = b.store().await;
+    let mut old = Task::new("a", json!("x"));
+    old.owner = Some("paused".into());
+    old.state = TaskState::Running;
+    store.create_task(&old).await.unwrap();
+    store.add_attempt(&attempt(&old.id, 1), 0).await.unwrap();
+    // Another instance takes it over (epoch 0 -> 1) and re-queues it.
+    let mut new = old.clone();
+    new.owner = Some("taker".into());
+    store.claim_task(&new, TaskState::Running).await.unwrap();
+    new.epoch = 1;
+    new.state = TaskState::Queued;
+    store.update_task(&new, TaskState::Running).await.unwrap();
+
+    let fenced = |e: StoreError| match e {
+        StoreError::Fenced { owner, epoch, .. } => {
+            assert_eq!((owner.as_str(), epoch), ("taker", 1))
+        }
+        other => panic!("not fenced: {other}"),
+    };
+    let mut stale = old.clone();
+    stale.state = TaskState::Succeeded;
+    stale.output = Some("the paused one's answer".into());
+    stale.finished_at = Some(1);
+    // Its state is queued now, and the epoch moved on: fenced, not a conflict.
+    fenced(
+        store
+            .update_task(&stale, TaskState::Running)
+            .await
+            .unwrap_err(),
+    );
+    fenced(
+        store
+            .add_attempt(&attempt(&old.id, 2), 0)
+            .await
+            .unwrap_err(),
+    );
+    fenced(
+        store
+            .finish_task(&stale, TaskState::Running, &[attempt(&old.id, 3)])
+            .await
+            .unwrap_err(),
+    );
+    let turn = Turn {
+        task_id: old.id.clone(),
+        seq: 1,
+        answer: 1,
+        at: 5,
+        event: crate::task::TurnEvent::Model {
+            model: "m/x".into(),
+            text: String::new(),
+            calls: Vec::new(),
+        },
+    };
+    fenced(store.add_turn(&turn, 0).await.unwrap_err());
+
+    let stored = store.get_task(&old.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, TaskState::Queued);
+    assert_eq!(stored.output, None);
+    let seqs: Vec<u32> = store
+        .attempts(&old.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.seq)
+        .collect();
+    assert_eq!(seqs, vec![1], "only the attempt made before the take-over");
+    assert!(store.turns(&old.id).await.unwrap().is_empty());
+    // The new holder writes under its epoch.
+    store.add_attempt(&attempt(&old.id, 2), 1).await.unwrap();
+    store.add_turn(&turn, 1).await.unwrap();
+}
+
+/// A lease is live until it runs out or ends; a task whose owner holds a
+/// live lease is not claimed, one whose lease ran out (or ended) is.
+async fn leases_decide_what_is_claimed(b: Backend) {
+    let store = b.store().await;
+    store
+        .renew_lease("alive", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Runs out as soon as it is taken.
+    store.renew_lease("brief", Duration::ZERO).await.unwrap();
+    store
+        .renew_lease("ending", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut by_owner = std::collections::BTreeMap::new();
+    for owner in ["alive", "brief", "ending", "never-leased"] {
+        let mut t = Task::new("a", json!(owner));
+        t.owner = Some(owner.into());
+        store.create_task(&t).await.unwrap();
+        by_owner.insert(t.id.clone(), owner);
+    }
+    let mut unowned = Task::new("a", json!("none"));
+    unowned.owner = None;
+    store.create_task(&unowned).await.unwrap();
+    by_owner.insert(unowned.id.clone(), "none");
+    let mut done = Task::new("a", json!("done"));
+    done.owner = Some("never-leased".into());
+    done.state = TaskState::Succeeded;
+    store.create_task(&done).await.unwrap();
+    store.end_lease("ending").await.unwrap();
+    let leases = store.leases().await.unwrap();
+    let live: Vec<_> = leases.iter().map(|l| (l.holder.as_str(), l.live)).collect();
+    assert_eq!(
+        live,
+        vec![("alive", true), ("brief", false)],
+        "an ended lease is gone"
+    );
+
+    let claimed = store.claim_orphans("sweeper", 100).await.unwrap();
+    let mut owners: Vec<_> = claimed.iter().map(|t| by_owner[&t.id]).collect();
+    owners.sort();
+    assert_eq!(owners, vec!["brief", "ending", "never-leased", "none"]);
+    // A renewal extends a lease and keeps when it started.
+    let first = leases
+        .iter()
+        .find(|l| l.holder == "alive")
+        .unwrap()
+        .started_at;
+    store
+        .renew_lease("alive", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let again = store.leases().await.unwrap();
+    let alive = again.iter().find(|l| l.holder == "alive").unwrap();
+    assert_eq!(alive.started_at, first);
+    assert!(alive.lease_until > leases[0].lease_until);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1075,7 +1295,7 @@ async fn a_closed_store_refuses_writes(b: Backend) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("closed"), "{err}");
-    let err = store.add_attempt(&attempt(&t.id, 1)).await.unwrap_err();
+    let err = store.add_attempt(&attempt(&t.id, 1), 0).await.unwrap_err();
     assert!(
         err.to_string()
             .starts_with(&format!("cannot record attempt 1 of task {}", t.id)),
@@ -1175,7 +1395,7 @@ async fn finish_stores_attempts_then_the_update(b: Backend) {
     let mut t = Task::new("a", json!("in"));
     t.state = TaskState::Running;
     store.create_task(&t).await.unwrap();
-    store.add_attempt(&attempt(&t.id, 1)).await.unwrap();
+    store.add_attempt(&attempt(&t.id, 1), 0).await.unwrap();
 
     // Seq 1 is already stored (kept as it is); seq 2 is new.
     let mut again = attempt(&t.id, 1);
@@ -1283,61 +1503,6 @@ fn embedded_migrations_match_the_folders() {
     );
 }
 
-async fn a_claim_needs_the_state_and_the_owner(b: Backend) {
-    let store = b.store().await;
-    let mut t = Task::new("a", json!("x"));
-    t.owner = Some("gone".into());
-    store.create_task(&t).await.unwrap();
-    let mut mine = t.clone();
-    mine.owner = Some("me".into());
-    let e = store
-        .claim_task(&mine, TaskState::Queued, Some("someone-else"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, StoreError::Claimed { ref owner, .. } if owner == "gone"),
-        "{e}"
-    );
-    let e = store
-        .claim_task(&mine, TaskState::Running, Some("gone"))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
-    store
-        .claim_task(&mine, TaskState::Queued, Some("gone"))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .get_task(&t.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .owner
-            .as_deref(),
-        Some("me")
-    );
-    // The second claimant of the same gone owner loses.
-    let e = store
-        .claim_task(&mine, TaskState::Queued, Some("gone"))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, StoreError::Claimed { .. }), "{e}");
-    let mut unowned = Task::new("a", json!("y"));
-    unowned.owner = None;
-    store.create_task(&unowned).await.unwrap();
-    store
-        .claim_task(&mine_of(&unowned), TaskState::Queued, None)
-        .await
-        .unwrap();
-}
-
-fn mine_of(t: &Task) -> Task {
-    let mut m = t.clone();
-    m.owner = Some("me".into());
-    m
-}
-
 fn tree(root: &str, limits: crate::task::TreeLimits) -> Tree {
     Tree {
         root_id: root.to_string(),
@@ -1399,14 +1564,14 @@ async fn turns_round_trip_in_order_and_a_seq_is_taken_once(b: Backend) {
         },
         ..model.clone()
     };
-    store.add_turn(&result).await.unwrap();
-    store.add_turn(&model).await.unwrap();
+    store.add_turn(&result, 0).await.unwrap();
+    store.add_turn(&model, 0).await.unwrap();
     assert_eq!(
         store.turns(&task.id).await.unwrap(),
         [model.clone(), result]
     );
     assert!(matches!(
-        store.add_turn(&model).await,
+        store.add_turn(&model, 0).await,
         Err(StoreError::Duplicate { .. })
     ));
     let orphan = Turn {
@@ -1414,7 +1579,7 @@ async fn turns_round_trip_in_order_and_a_seq_is_taken_once(b: Backend) {
         ..model
     };
     assert!(matches!(
-        store.add_turn(&orphan).await,
+        store.add_turn(&orphan, 0).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -1801,7 +1966,7 @@ async fn postgres_migrates_once_and_keeps_its_data() {
                 .fetch_all(store.raw_pool())
                 .await
                 .unwrap();
-            assert_eq!(applied, vec![1]);
+            assert_eq!(applied, vec![1, 2]);
             store.close().await.unwrap();
         },
     )
@@ -1819,7 +1984,7 @@ async fn postgres_refuses_a_schema_it_does_not_know() {
             // What a newer dispatch would have applied.
             sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (2, 'from a newer dispatch', TRUE, '\\x00', 0)",
+         VALUES (3, 'from a newer dispatch', TRUE, '\\x00', 0)",
     )
     .execute(&raw)
     .await
@@ -1828,13 +1993,13 @@ async fn postgres_refuses_a_schema_it_does_not_know() {
             assert!(matches!(err, StoreError::Open { .. }), "{err}");
             assert!(
         err.to_string().contains(
-            "the database schema is newer than this dispatch (migration 2): upgrade dispatch"
+            "the database schema is newer than this dispatch (migration 3): upgrade dispatch"
         ),
         "{err}"
     );
 
             // A migration applied with other contents.
-            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 2")
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 3")
                 .execute(&raw)
                 .await
                 .unwrap();

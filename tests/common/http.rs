@@ -119,6 +119,25 @@ impl HttpServer {
             .map_err(|e| format!("{e:?}"))
     }
 
+    /// Send `signal` to the server process (SIGKILL, SIGSTOP, SIGCONT...).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// SIGKILL and wait until it is gone.
+    pub async fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("server dies after SIGKILL")
+            .expect("wait");
+    }
+
     /// SIGTERM and wait for the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {

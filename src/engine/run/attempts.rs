@@ -46,6 +46,8 @@ pub(super) type Record = (Attempt, Option<oneshot::Sender<()>>);
 pub(super) struct Attempts {
     pub(super) engine: Arc<Engine>,
     pub(super) live: Arc<Live>,
+    /// The task's claim epoch: the store refuses attempts under another.
+    pub(super) epoch: u64,
     /// Every attempt of the task so far, in order, earlier runs' included.
     pub(super) all: Mutex<Vec<Attempt>>,
     /// Attempts left for the commit of the final state.
@@ -78,10 +80,16 @@ impl Closed {
 }
 
 impl Attempts {
-    pub(super) fn new(engine: &Arc<Engine>, live: &Arc<Live>, prior: Vec<Attempt>) -> Attempts {
+    pub(super) fn new(
+        engine: &Arc<Engine>,
+        live: &Arc<Live>,
+        epoch: u64,
+        prior: Vec<Attempt>,
+    ) -> Attempts {
         Attempts {
             engine: engine.clone(),
             live: live.clone(),
+            epoch,
             all: Mutex::new(prior),
             held: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
@@ -95,7 +103,12 @@ impl Attempts {
         let mut writer = lock(&self.writer);
         let (tx, _) = writer.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(write_attempts(self.engine.clone(), rx, self.live.clone()));
+            let task = tokio::spawn(write_attempts(
+                self.engine.clone(),
+                rx,
+                self.live.clone(),
+                self.epoch,
+            ));
             (tx, task)
         });
         tx.send((attempt, ack)).is_ok()
@@ -133,19 +146,29 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Persist attempts in order as they arrive, and tell subscribers.
+/// Persist attempts in order as they arrive (under claim `epoch`), and
+/// tell subscribers. A refusal because another process took the task over
+/// stops the run.
 pub(super) async fn write_attempts(
     engine: Arc<Engine>,
     mut rx: mpsc::UnboundedReceiver<Record>,
     live: Arc<Live>,
+    epoch: u64,
 ) {
     while let Some((a, ack)) = rx.recv().await {
-        let stored = engine.store.add_attempt(&a).await;
+        let stored = engine.store.add_attempt(&a, epoch).await;
         if let Some(ack) = ack {
             let _ = ack.send(());
         }
-        if let Err(e) = stored {
-            tracing::error!(task = %a.task_id, seq = a.seq, error = %e, "cannot record an attempt");
+        match stored {
+            Ok(()) => {}
+            Err(e) if engine.lost_claim(&e) => {
+                tracing::warn!(task = %a.task_id, error = %e, "stopping work on a task another process took over");
+                live.cancel.cancel();
+            }
+            Err(e) => {
+                tracing::error!(task = %a.task_id, seq = a.seq, error = %e, "cannot record an attempt")
+            }
         }
         let _ = live.events.send(TaskEvent::Attempt {
             attempt: Box::new(a),

@@ -427,8 +427,15 @@ impl RunCtx<'_> {
             turns.push(turn.clone());
             turn
         };
-        if let Err(e) = self.engine.store.add_turn(&turn).await {
-            tracing::error!(task = %turn.task_id, seq = turn.seq, error = %e, "cannot record a turn");
+        match self.engine.store.add_turn(&turn, self.task.epoch).await {
+            Ok(()) => {}
+            Err(e) if self.engine.lost_claim(&e) => {
+                tracing::warn!(task = %turn.task_id, error = %e, "stopping work on a task another process took over");
+                self.live.cancel.cancel();
+            }
+            Err(e) => {
+                tracing::error!(task = %turn.task_id, seq = turn.seq, error = %e, "cannot record a turn")
+            }
         }
         let _ = self.live.events.send(TaskEvent::Turn {
             turn: Box::new(turn),
@@ -445,8 +452,13 @@ impl RunCtx<'_> {
         *self.trail.lock().unwrap_or_else(|p| p.into_inner()) = Some(trail.clone());
         let mut t = self.task.clone();
         t.audit = serde_json::to_value(trail).ok();
-        if let Err(e) = self.engine.store.update_task(&t, TaskState::Running).await {
-            tracing::warn!(task = %t.id, error = %e, "cannot record the audit trail yet");
+        match self.engine.store.update_task(&t, TaskState::Running).await {
+            Ok(()) => {}
+            Err(e) if self.engine.lost_claim(&e) => {
+                tracing::warn!(task = %t.id, error = %e, "stopping work on a task another process took over");
+                self.live.cancel.cancel();
+            }
+            Err(e) => tracing::warn!(task = %t.id, error = %e, "cannot record the audit trail yet"),
         }
     }
 }

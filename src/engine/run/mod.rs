@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 
 use super::audit::AuditTrail;
 use super::{Engine, Live, Permits, Start, TaskEvent, outbox};
+use crate::store::StoreError;
 use crate::task::{Attempt, FailReason, Task, TaskState, Tree, Turn, now_millis};
 
 pub use dry::DryRun;
@@ -164,7 +165,7 @@ async fn run_admitted(
             .clone()
             .and_then(|v| serde_json::from_value::<AuditTrail>(v).ok()),
     ));
-    let attempts = Arc::new(Attempts::new(&engine, &live, prior.clone()));
+    let attempts = Arc::new(Attempts::new(&engine, &live, task.epoch, prior.clone()));
     attempts.keep_for_finish(unstored);
     let outcome = {
         let ctx = RunCtx {
@@ -341,6 +342,12 @@ async fn finish(
         writer,
         turns,
     } = attempts;
+    // The store fences the commit, but not the outbox file: a process whose
+    // lease ran out while it worked asks first whether the task is still its.
+    if engine.lost_meanwhile(&task).await {
+        tracing::warn!(task = %task.id, "another process took this task over while this one was away; its outcome is that process's");
+        return;
+    }
     // The outbox file has the whole answer; the task (and every tool result)
     // at most `max_answer_bytes` of it, with a note saying where the rest is.
     let full = cut_answer(&mut task, engine.cfg.max_answer_bytes);
@@ -367,6 +374,19 @@ async fn finish(
         Ok(()) => {
             engine.record_finished(&task);
             let _ = live.finished.set(task.clone());
+        }
+        Err(e) if engine.lost_claim(&e) => {
+            // The process that holds it now finishes it; waiters here read
+            // its outcome from the store.
+            tracing::warn!(task = %task.id, error = %e, "another process took this task over; its outcome is that process's");
+            return;
+        }
+        Err(StoreError::Conflict { found, .. }) if found.is_terminal() => {
+            // Ended elsewhere meanwhile (cancelled through another instance).
+            tracing::info!(task = %task.id, state = %found, "the task ended elsewhere while it ran here");
+            let _ = live.events.send(TaskEvent::State { state: found });
+            live.state.send_replace(found);
+            return;
         }
         Err(e) => {
             tracing::error!(task = %task.id, error = %e, "cannot persist the final state");
