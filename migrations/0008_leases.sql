@@ -12,3 +12,23 @@ CREATE TABLE instances (
     started_at  INTEGER NOT NULL,
     lease_until INTEGER NOT NULL               -- ms since the epoch, the store's clock
 ) STRICT;
+
+-- Concurrency limits shared by every instance: `limit` slots per scope
+-- ("global", "agent:NAME", "provider:NAME"), numbered 0 to limit - 1. A slot
+-- is free when it has no holder, or its holder has no live lease (a dead
+-- instance's slots come back with its lease).
+CREATE TABLE slots (
+    scope    TEXT    NOT NULL,
+    n        INTEGER NOT NULL,
+    holder   TEXT,                                 -- NULL: free
+    taken_at INTEGER,
+    PRIMARY KEY (scope, n)
+) STRICT;
+
+-- Request rates shared by every instance, per key (a subject, or a client
+-- address): the generic cell rate algorithm keeps one number per key, the
+-- theoretical arrival time of the next request (ms).
+CREATE TABLE rates (
+    key TEXT    NOT NULL PRIMARY KEY,
+    tat INTEGER NOT NULL
+) STRICT;

@@ -175,7 +175,12 @@ impl App {
     /// commands do not, so they never touch a running server's tasks).
     pub async fn engine(&self, recover: bool) -> Result<Arc<Engine>, OpenError> {
         let store = self.open_store().await?;
-        let providers = Arc::new(self.providers()?);
+        // Instances sharing a PostgreSQL store share its provider limits.
+        let gate = (store.backend() == crate::store::Backend::Postgres).then(|| {
+            Arc::new(crate::engine::SharedSlots::new(store.clone()))
+                as Arc<dyn crate::provider::Gate>
+        });
+        let providers = Arc::new(providers_with(&self.config, gate)?);
         let engine = Engine::new(
             store,
             providers,
@@ -269,6 +274,15 @@ impl App {
 /// The provider clients `config` and the environment describe (without
 /// opening a project: `dispatch agents` uses it to tell which keys are missing).
 pub fn providers_of(config: &Config) -> Result<Providers, OpenError> {
+    providers_with(config, None)
+}
+
+/// [`providers_of`], each provider's limit also held through `gate` (the
+/// slots the instances sharing a store share).
+fn providers_with(
+    config: &Config,
+    gate: Option<Arc<dyn crate::provider::Gate>>,
+) -> Result<Providers, OpenError> {
     let mut custom = std::collections::BTreeMap::new();
     for (name, p) in &config.providers {
         let kind = match p.kind {
@@ -306,6 +320,7 @@ pub fn providers_of(config: &Config) -> Result<Providers, OpenError> {
         providers,
         config.limits.per_provider,
         &config.limits.providers,
+        gate,
     ))
 }
 

@@ -93,6 +93,11 @@ struct AgentReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct InstanceLabel {
+    holder: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ProviderLabel {
     provider: String,
 }
@@ -141,6 +146,8 @@ pub struct Metrics {
     cost: Family<AgentModelLabels, FloatCounter>,
     breaker_state: Family<ProviderLabel, Gauge>,
     audit_verdicts: Family<AgentVerdictLabels, Counter>,
+    instance: Family<InstanceLabel, Gauge>,
+    instances_live: Gauge,
 }
 
 fn http_histogram() -> Histogram {
@@ -180,6 +187,8 @@ impl Metrics {
             cost: Family::default(),
             breaker_state: Family::default(),
             audit_verdicts: Family::default(),
+            instance: Family::default(),
+            instances_live: Gauge::default(),
         };
         // The families are cheap handles (an `Arc` inside): the registry
         // encodes the same series the fields record into.
@@ -197,8 +206,19 @@ impl Metrics {
         );
         r.register(
             "tasks",
-            "Tasks in the store by state, sampled at scrape time",
+            "Tasks in the store by state (every instance's), sampled at scrape time",
             m.tasks.clone(),
+        );
+        r.register(
+            "instance",
+            "1, labelled with this process's holder tag in the store (host:pid:start-ms): \
+             the other series of this exposition are this instance's own unless they say otherwise",
+            m.instance.clone(),
+        );
+        r.register(
+            "instances_live",
+            "Instances holding a live lease on the store, this one included, sampled at scrape time",
+            m.instances_live.clone(),
         );
         r.register(
             "tasks_finished",
@@ -382,6 +402,17 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// Which instance this is (`holder`), and how many hold a live lease.
+    pub fn set_instances(&self, holder: &str, live: usize) {
+        self.instance
+            .get_or_create(&InstanceLabel {
+                holder: holder.to_string(),
+            })
+            .set(1);
+        self.instances_live
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+
     /// Sampled: tasks waiting for admission.
     pub fn set_queue_depth(&self, waiting: usize) {
         self.queue_depth
@@ -451,6 +482,7 @@ mod tests {
         m.usage("a", "openai", "m", 1, 1, 0.01);
         m.set_breaker_state("openai", BREAKER_CLOSED);
         m.audit_verdict("a", "pass");
+        m.set_instances("host:1:2", 3);
         let text = m.render();
         for (family, kind) in [
             ("dispatch_http_requests", "counter"),
@@ -467,6 +499,8 @@ mod tests {
             ("dispatch_cost_usd", "counter"),
             ("dispatch_breaker_state", "gauge"),
             ("dispatch_audit_verdicts", "counter"),
+            ("dispatch_instance", "gauge"),
+            ("dispatch_instances_live", "gauge"),
         ] {
             let line = format!("# TYPE {family} {kind}\n");
             assert!(text.contains(&line), "missing `{line}` in:\n{text}");

@@ -204,6 +204,12 @@ async fn a_killed_instance_loses_its_tasks_to_the_others_and_nothing_runs_twice(
         );
     }
     assert_eq!(taken_over, 10);
+    // One shared `_kb/`: every task's outbox file, each with its final answer.
+    for id in via.keys() {
+        let file = fx.p.kb().join(format!("outbox/writer-{id}.md"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(after[id].4.as_deref().unwrap()), "{text}");
+    }
 
     // Every instance gives the same answers.
     let listed = list(&sessions[0]).await;
@@ -272,6 +278,159 @@ async fn a_paused_instance_is_fenced_off_when_it_comes_back() {
     assert_eq!(v["output"], "from the new holder", "{v:#}");
     a.cancel().await.ok();
     b.cancel().await.ok();
+    for s in servers {
+        s.terminate().await;
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_limit_holds_across_the_instances() {
+    // Each instance alone would let 4 calls in flight (12 for three).
+    the_instances_keep_together_to("a shared provider limit", "per_provider = 4", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_global_limits_hold_across_the_instances() {
+    the_instances_keep_together_to("a shared agent limit", "per_agent = 3", 3).await;
+    the_instances_keep_together_to("a shared global limit", "global = 2", 2).await;
+}
+
+/// Three instances with `limits` in `[limits]` never have more than `peak`
+/// calls at the fake at once, and reach it.
+async fn the_instances_keep_together_to(test: &str, limits: &str, peak: usize) {
+    let Some(db) = postgres_db(test).await else {
+        return;
+    };
+    let toml = format!("{TOML}[limits]\n{limits}\n");
+    let fx = Fx::new(&[("writer", &agent("openai/gpt-4o-mini"))], &toml).await;
+    fx.fake.set_default(Behavior::Delay {
+        by: std::time::Duration::from_millis(50),
+        then: Box::new(Behavior::reply("slow answer")),
+    });
+    let servers = cluster(&fx, &db, 3).await;
+    let mut sessions = Vec::new();
+    for s in &servers {
+        sessions.push(s.streamable(None).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for i in 0..36 {
+        ids.push(delegate(&sessions[i % 3], &format!("job-{i:02}")).await);
+    }
+    for id in &ids {
+        let v = result(&sessions[0], id).await;
+        assert_eq!(v["state"], "succeeded", "{v:#}");
+    }
+    assert_eq!(fx.fake.completed(), 36);
+    assert_eq!(
+        fx.fake.peak_in_flight(),
+        peak,
+        "the three instances together kept to {limits}"
+    );
+    // Each instance's metrics say which instance it is, and how many there are.
+    let mut holders = BTreeSet::new();
+    for s in &servers {
+        let text = common::http::client()
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("dispatch_instances_live 3\n"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("dispatch_instance{holder="))
+            .unwrap_or_else(|| panic!("no dispatch_instance in {text}"));
+        holders.insert(line.to_string());
+    }
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    for s in sessions {
+        s.cancel().await.ok();
+    }
+    for s in servers {
+        s.terminate().await;
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_the_instances() {
+    let Some(db) = postgres_db("a shared rate limit").await else {
+        return;
+    };
+    let toml =
+        "[store]\nlease_secs = 2\n[http]\nrate_limit_per_minute = 60\nrate_limit_burst = 4\n";
+    let fx = Fx::new(&[("writer", &agent("openai/gpt-4o-mini"))], toml).await;
+    let servers = cluster(&fx, &db, 2).await;
+    let http = common::http::client();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for i in 0..12 {
+        let r = http
+            .post(servers[i % 2].url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            refused += 1;
+        } else {
+            admitted += 1;
+        }
+    }
+    // One client address, one burst of 4, whichever instance it reaches.
+    assert_eq!((admitted, refused), (4, 8));
+    for s in servers {
+        s.terminate().await;
+    }
+    db.drop().await;
+}
+
+/// A 2026-07-28 client needs no sticky routing: it starts an MCP task on one
+/// instance and polls another, and the task outlives the first instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_client_polls_any_instance_for_its_task() {
+    let Some(python) = common::python::python_2026("MCP tasks across instances") else {
+        return;
+    };
+    let Some(db) = postgres_db("MCP tasks across instances").await else {
+        return;
+    };
+    let toml = format!("{TOML}[tasks]\nanswer_within_ms = 0\n");
+    let fx = Fx::new(&[("writer", &agent("openai/gpt-4o-mini"))], &toml).await;
+    let release = Arc::new(Notify::new());
+    fx.fake.push(Behavior::gate(&release, "never sent"));
+    fx.fake
+        .set_default(Behavior::reply("finished by the other instance"));
+    let mut servers = cluster(&fx, &db, 2).await;
+    let spec = json!({"tool": "agent_run", "arguments": {"agent": "writer", "input": "x"}});
+    let first = servers[0].url("/mcp");
+    let started = common::python::py26(&python, &[], "start", &first, &spec.to_string()).await;
+    let handle = &started;
+    assert_eq!(handle["resultType"], "task", "{started:#}");
+    let id = handle["taskId"].as_str().unwrap().to_string();
+    fx.fake.wait_in_flight(1).await;
+
+    // The other instance answers for it while the first works on it...
+    let other = servers[1].url("/mcp");
+    let got = common::python::py26(&python, &[], "get", &other, &id).await;
+    assert_eq!(got["status"], "working", "{got:#}");
+    // ... and once the first is gone, takes it over and finishes it.
+    servers.remove(0).kill().await;
+    release.notify_waiters();
+    let out = common::python::py26(&python, &[], "wait", &other, &id).await;
+    let polls = out["polls"].as_array().unwrap();
+    let last = polls.last().unwrap();
+    assert_eq!(last["status"], "completed", "{out:#}");
+    assert_eq!(
+        last["result"]["structuredContent"]["output"], "finished by the other instance",
+        "{out:#}"
+    );
     for s in servers {
         s.terminate().await;
     }

@@ -82,6 +82,25 @@ impl Store for Faulty {
     fn leases(&self) -> StoreFuture<'_, Vec<Lease>> {
         self.inner.leases()
     }
+    fn take_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: u32,
+        holder: &'a str,
+    ) -> StoreFuture<'a, Option<u32>> {
+        self.inner.take_slot(scope, limit, holder)
+    }
+    fn give_slot<'a>(&'a self, scope: &'a str, n: u32, holder: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.give_slot(scope, n, holder)
+    }
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        burst: u32,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        self.inner.take_rate(key, interval, burst)
+    }
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
         self.inner.get_task(id)
     }

@@ -14,6 +14,26 @@ CREATE TABLE instances (
     lease_until BIGINT NOT NULL
 );
 
+-- Concurrency limits shared by every instance: `limit` slots per scope
+-- ("global", "agent:NAME", "provider:NAME"), numbered 0 to limit - 1. A slot
+-- is free when it has no holder, or its holder has no live lease. A slot
+-- given back is announced on channel `dispatch_slots` (payload: the scope).
+CREATE TABLE slots (
+    scope    TEXT COLLATE "C" NOT NULL,
+    n        BIGINT NOT NULL,
+    holder   TEXT COLLATE "C",
+    taken_at BIGINT,
+    PRIMARY KEY (scope, n)
+);
+
+-- Request rates shared by every instance, per key (a subject, or a client
+-- address): the generic cell rate algorithm keeps one number per key, the
+-- theoretical arrival time of the next request (ms, the database's clock).
+CREATE TABLE rates (
+    key TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    tat BIGINT NOT NULL
+);
+
 -- A task that ends, or is queued with no one driving it, is announced on
 -- channel `dispatch_tasks` as "ID STATE": waiters on other instances wake,
 -- an instance drops the work of a task cancelled elsewhere, and a free

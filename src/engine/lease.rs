@@ -253,6 +253,7 @@ impl Engine {
                 false
             }
             Change::Task { .. } | Change::Missed => true,
+            Change::Slot { .. } => false,
         }
     }
 

@@ -18,6 +18,7 @@ mod owner;
 mod report;
 mod router;
 mod run;
+mod slots;
 pub mod tools;
 mod tree;
 mod views;
@@ -39,6 +40,7 @@ pub use outbox::rfc3339;
 pub use report::{UsageReport, UsageReportRow};
 pub use router::{RouteDecision, RouterConfig};
 pub use run::DryRun;
+pub use slots::SharedSlots;
 pub use tree::{CallLimits, usd_to_micros};
 pub use views::{RunView, StepView, run_view};
 pub use workflow::{RunEvent, RunRequest};
@@ -348,7 +350,13 @@ enum Recovered {
 }
 
 /// Both slots a running task holds (its agent's, then the global one).
-type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// The slots a running task holds: its agent's and the global one, here
+/// and (on a shared store) across instances. Dropped, they are given back.
+struct Permits {
+    _agent: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+    _shared: Vec<slots::SharedSlot>,
+}
 
 /// How a driver starts.
 struct Start {
@@ -401,6 +409,8 @@ pub struct Engine {
     strays: std::sync::atomic::AtomicBool,
     /// When the lease was renewed and when it lapsed.
     renewed: lease::Renewals,
+    /// Slots shared with the other instances, on a store they share.
+    shared: Option<SharedSlots>,
     sampler: audit::Sampler,
     runs: Mutex<HashMap<String, Arc<workflow::LiveRun>>>,
     metrics: Arc<Metrics>,
@@ -463,6 +473,9 @@ impl Engine {
         let cfg_seed = cfg.audit_seed;
         // One registry for the engine and its providers: the providers'.
         let metrics = providers.metrics().clone();
+        // Several instances share a PostgreSQL store; a SQLite file is one host's.
+        let shared = (store.backend() == crate::store::Backend::Postgres)
+            .then(|| SharedSlots::new(store.clone()));
         Arc::new(Engine {
             global: Arc::new(Semaphore::new(cfg.global_limit.max(1))),
             store,
@@ -480,6 +493,7 @@ impl Engine {
             released: CancellationToken::new(),
             strays: std::sync::atomic::AtomicBool::new(false),
             renewed: lease::Renewals::default(),
+            shared,
             sampler: audit::Sampler::new(cfg_seed),
             runs: Mutex::new(HashMap::new()),
             metrics,
@@ -542,6 +556,13 @@ impl Engine {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "metrics: cannot count tasks by state"),
+        }
+        match self.store.leases().await {
+            Ok(leases) => self.metrics.set_instances(
+                owner::this_process(),
+                leases.iter().filter(|l| l.live).count(),
+            ),
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the leases"),
         }
         self.metrics.set_queue_depth(self.queue_depth());
         for (provider, state) in self.providers.breaker_states() {
@@ -760,7 +781,7 @@ impl Engine {
         // A slot free now means the task can start at once: it is persisted
         // straight as `running` (the queued -> running move made before the
         // one write), which saves a commit on the way to the provider.
-        let admitted = self.try_admit(&task.agent);
+        let admitted = self.try_admit(&task.agent).await;
         if admitted.is_some() {
             task.state = TaskState::Running;
             task.started_at = Some(now_millis());
@@ -930,41 +951,19 @@ impl Engine {
         if let Some(s) = slots.get(agent) {
             return s.clone();
         }
-        let n = self
-            .cfg
-            .agent_limits
-            .get(agent)
-            .copied()
-            .unwrap_or(self.cfg.per_agent_limit);
-        let s = Arc::new(Semaphore::new(n.max(1)));
+        let s = Arc::new(Semaphore::new(self.agent_limit(agent)));
         slots.insert(agent.to_string(), s.clone());
         s
     }
 
-    /// Both slots, if both are free now. Never jumps the queue: tokio's
-    /// semaphores hand released permits to waiters first, so a task waiting
-    /// for a slot leaves none free to take.
-    fn try_admit(&self, agent: &str) -> Option<Permits> {
-        let a = self.agent_slot(agent).try_acquire_owned().ok()?;
-        let g = self.global.clone().try_acquire_owned().ok()?;
-        Some((a, g))
-    }
-
-    /// Wait for a slot: per agent first, then global, so a task blocked on its
-    /// agent's limit does not hold a global slot others could use.
-    async fn admit(&self, agent: &str) -> Permits {
-        let agent_sem = self.agent_slot(agent);
-        // The semaphores are never closed, so acquiring cannot fail; if it
-        // ever did, a fresh one-permit semaphore keeps the task moving.
-        let a = match agent_sem.acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => fresh_permit(),
-        };
-        let g = match self.global.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => fresh_permit(),
-        };
-        (a, g)
+    /// How many of an agent's tasks may run at once (at least 1).
+    fn agent_limit(&self, agent: &str) -> usize {
+        self.cfg
+            .agent_limits
+            .get(agent)
+            .copied()
+            .unwrap_or(self.cfg.per_agent_limit)
+            .max(1)
     }
 
     /// The task with `id` if `subject` may see it (a `None` subject sees all).
@@ -1074,6 +1073,7 @@ impl Engine {
                 match tokio::time::timeout_at(until, rx.recv()).await {
                     Err(_) => break,
                     Ok(Ok(crate::store::Change::Task { id: changed, .. })) if changed != id => {}
+                    Ok(Ok(crate::store::Change::Slot { .. })) => {}
                     Ok(Err(broadcast::error::RecvError::Closed)) => {
                         closed = true;
                         break;

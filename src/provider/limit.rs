@@ -10,10 +10,22 @@ use tokio::sync::Semaphore;
 
 use super::{ChatRequest, ChatResponse, ProgressFn, Provider, ProviderError, Providers};
 
+/// Where a call also takes a slot shared with other processes (limits that
+/// hold across instances); the box it gives holds the slot until dropped.
+/// `None`: no shared slot could be had, the local limit alone applies.
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync {
+    /// Wait for a slot of `scope` (one of `limit`).
+    async fn enter(&self, scope: &str, limit: usize) -> Option<Box<dyn Send + Sync>>;
+}
+
 /// A provider with a cap on requests in flight.
 pub struct Limited {
     inner: Arc<dyn Provider>,
     slots: Arc<Semaphore>,
+    /// The cap, and the shared slots that hold it across instances.
+    limit: usize,
+    gate: Option<(Arc<dyn Gate>, String)>,
 }
 
 #[async_trait::async_trait]
@@ -35,15 +47,22 @@ impl Provider for Limited {
     ) -> Result<ChatResponse, ProviderError> {
         // The semaphore is never closed; should it be, run unlimited rather than fail.
         let _permit = self.slots.acquire().await.ok();
+        let _shared = match &self.gate {
+            Some((gate, scope)) => gate.enter(scope, self.limit).await,
+            None => None,
+        };
         self.inner.chat(model, req, timeout, progress).await
     }
 }
 
-/// Wrap every provider with a limit: `overrides[name]`, else `default` (at least 1).
+/// Wrap every provider with a limit: `overrides[name]`, else `default` (at
+/// least 1); with a `gate`, each call also takes one of that many slots of
+/// scope `provider:NAME` there.
 pub fn limit_concurrency(
     providers: Providers,
     default: usize,
     overrides: &BTreeMap<String, usize>,
+    gate: Option<Arc<dyn Gate>>,
 ) -> Providers {
     let wrapped: Vec<Arc<dyn Provider>> = providers
         .names()
@@ -54,9 +73,14 @@ pub fn limit_concurrency(
                 .copied()
                 .unwrap_or(default)
                 .max(1);
+            let gate = gate
+                .clone()
+                .map(|g| (g, format!("provider:{}", inner.name())));
             Arc::new(Limited {
                 inner,
                 slots: Arc::new(Semaphore::new(n)),
+                limit: n,
+                gate,
             }) as Arc<dyn Provider>
         })
         .collect();

@@ -109,6 +109,22 @@ fn scheme(url: &str) -> Option<&str> {
     valid.then_some(scheme)
 }
 
+/// The cell rate algorithm's emission interval and tolerance (ms) for one
+/// request per `interval`, `burst` at once: admitted while the theoretical
+/// arrival time, pushed on by the interval, is at most the tolerance ahead.
+fn gcra(interval: Duration, burst: u32) -> (i64, i64) {
+    let t = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .max(1);
+    (t, t.saturating_mul(i64::from(burst.max(1))))
+}
+
+/// How long a refused request waits, from how far ahead the arrival time is.
+fn gcra_wait(ahead: i64, t: i64, tolerance: i64) -> Duration {
+    let wait = ahead.saturating_add(t).saturating_sub(tolerance).max(1);
+    Duration::from_millis(u64::try_from(wait).unwrap_or(1))
+}
+
 /// A claim's epoch as the column holds it (a BIGINT).
 fn epoch_column(epoch: u64) -> Result<i64, StoreError> {
     i64::try_from(epoch).map_err(|_| StoreError::Invalid {
@@ -174,6 +190,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every lease the store knows, live or not, by holder.
     fn leases(&self) -> StoreFuture<'_, Vec<Lease>>;
+
+    /// Takes for `holder` a free slot of `scope`: one numbered below `limit`
+    /// that has no holder, or whose holder holds no live lease. Its number,
+    /// or `None` when all `limit` are taken. Instances taking at once never
+    /// get the same slot (the same claims as [`Store::claim_orphans`]).
+    fn take_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: u32,
+        holder: &'a str,
+    ) -> StoreFuture<'a, Option<u32>>;
+
+    /// Gives slot `n` of `scope` back, if `holder` still holds it (and
+    /// announces it, where the backend announces).
+    fn give_slot<'a>(&'a self, scope: &'a str, n: u32, holder: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Admits one request of `key` under a rate shared by every process on
+    /// the store: one per `interval` on average, `burst` at once. `None`
+    /// when admitted, else how long until one would be. The check and the
+    /// charge are one statement (the generic cell rate algorithm).
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        burst: u32,
+    ) -> StoreFuture<'a, Option<Duration>>;
 
     /// Announcements of task changes made by any process, when the backend
     /// makes them (PostgreSQL's `LISTEN`; `None` on SQLite). They only
@@ -318,6 +360,11 @@ pub enum Change {
         /// Its state now.
         state: TaskState,
     },
+    /// A slot of this scope was given back ([`Store::give_slot`]).
+    Slot {
+        /// The scope.
+        scope: String,
+    },
     /// Announcements may have been lost (the listening connection dropped,
     /// or a receiver fell behind): anything may have changed.
     Missed,
@@ -448,6 +495,15 @@ pub enum StoreError {
         owner: String,
         /// The epoch of the claim that holds it now.
         epoch: u64,
+    },
+    /// A request over its rate ([`Store::take_rate`] says so as its `Ok`
+    /// answer; only the SQLite writer uses this to carry it).
+    #[error("{key} is over its request rate: retry in {wait:?}")]
+    RateLimited {
+        /// The key.
+        key: String,
+        /// How long until a request would be admitted.
+        wait: Duration,
     },
     /// An update asked for a move the state machine forbids.
     #[error("task {id} cannot go from {from} to {to}")]

@@ -28,10 +28,11 @@ use super::postgres_listen;
 use super::postgres_open::{self, PostgresOptions};
 use super::postgres_sql::{
     ATTEMPTS_PER_INSERT, CHARGE_TREE, CLAIM_ORPHANS, CLAIM_TASK, COUNT_BY_STATE, END_LEASE,
-    INSERT_CLIENT_TASK, INSERT_TASK, INSERT_TURN, LEASES, OPEN_TREE, PUT_RUN, PUT_STEP, PgQuery,
-    RENEW_LEASE, RUNS_IN_STATE, SELECT_ATTEMPTS, SELECT_CLIENT_TASK, SELECT_RUN, SELECT_STEPS,
-    SELECT_TASK, SELECT_TREE, SELECT_TURNS, TASK_STATE_AND_OWNER, TASKS_IN_STATE, TREE_USE,
-    UPDATE_TASK, USAGE, bind_changes, db_err, insert_attempts, violation,
+    GIVE_SLOT, INSERT_CLIENT_TASK, INSERT_TASK, INSERT_TURN, LEASES, OPEN_TREE, PUT_RUN, PUT_STEP,
+    PgQuery, RATE_AHEAD, RENEW_LEASE, RUNS_IN_STATE, SEED_SLOTS, SELECT_ATTEMPTS,
+    SELECT_CLIENT_TASK, SELECT_RUN, SELECT_STEPS, SELECT_TASK, SELECT_TREE, SELECT_TURNS,
+    TAKE_RATE, TAKE_SLOT, TASK_STATE_AND_OWNER, TASKS_IN_STATE, TREE_USE, UPDATE_TASK, USAGE,
+    bind_changes, db_err, insert_attempts, violation,
 };
 use super::read::{self, Cas, Found, TreeUse};
 use super::rows::{AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow};
@@ -50,6 +51,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// What the listener hears ([`Store::changes`]).
     changes: broadcast::Sender<Change>,
+    /// The (scope, limit) pairs whose slots this handle has made exist.
+    seeded: Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>,
     /// Stops the listener at close.
     stop: CancellationToken,
     /// Stops it when the last handle goes.
@@ -80,6 +83,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             changes,
+            seeded: Arc::default(),
             stop: stop.clone(),
             _listening: Arc::new(stop.drop_guard()),
         })
@@ -183,6 +187,77 @@ impl PostgresStore {
             .await
             .map_err(|e| db_err(format_args!("end the lease of {holder}"), e))?;
         Ok(())
+    }
+
+    async fn take_slot_impl(
+        &self,
+        scope: &str,
+        limit: u32,
+        holder: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        let key = (scope.to_string(), limit);
+        let seeded = self
+            .seeded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key);
+        if !seeded {
+            sqlx::query(SEED_SLOTS)
+                .bind(scope)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_err(format_args!("make the slots of {scope}"), e))?;
+            self.seeded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+        }
+        let n: Option<i64> = sqlx::query_scalar(TAKE_SLOT)
+            .bind(scope)
+            .bind(i64::from(limit))
+            .bind(holder)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("take a slot of {scope}"), e))?;
+        Ok(n.and_then(|n| u32::try_from(n).ok()))
+    }
+
+    async fn give_slot_impl(&self, scope: &str, n: u32, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(GIVE_SLOT)
+            .bind(scope)
+            .bind(i64::from(n))
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("give back slot {n} of {scope}"), e))?;
+        Ok(())
+    }
+
+    async fn take_rate_impl(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let (t, tolerance) = super::gcra(interval, burst);
+        let op = |e| db_err(format_args!("check the request rate of {key}"), e);
+        let admitted: Option<i64> = sqlx::query_scalar(TAKE_RATE)
+            .bind(key)
+            .bind(t)
+            .bind(tolerance)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(op)?;
+        if admitted.is_some() {
+            return Ok(None);
+        }
+        let ahead: Option<i64> = sqlx::query_scalar(RATE_AHEAD)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(op)?;
+        Ok(Some(super::gcra_wait(ahead.unwrap_or(0), t, tolerance)))
     }
 
     async fn leases_impl(&self) -> Result<Vec<Lease>, StoreError> {
@@ -649,6 +724,28 @@ impl Store for PostgresStore {
 
     fn leases(&self) -> StoreFuture<'_, Vec<Lease>> {
         Box::pin(self.leases_impl())
+    }
+
+    fn take_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: u32,
+        holder: &'a str,
+    ) -> StoreFuture<'a, Option<u32>> {
+        Box::pin(self.take_slot_impl(scope, limit, holder))
+    }
+
+    fn give_slot<'a>(&'a self, scope: &'a str, n: u32, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.give_slot_impl(scope, n, holder))
+    }
+
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        burst: u32,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        Box::pin(self.take_rate_impl(key, interval, burst))
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::Change;
-use super::postgres_sql::{CHANNEL, reason};
+use super::postgres_sql::{CHANNEL, SLOT_CHANNEL, reason};
 use crate::task::TaskState;
 
 /// Announcements a slow receiver may fall behind by before it is told it
@@ -56,7 +56,10 @@ async fn listen(pool: &PgPool) -> Result<PgListener, String> {
     let mut listener = PgListener::connect_with(pool)
         .await
         .map_err(|e| reason(&e))?;
-    listener.listen(CHANNEL).await.map_err(|e| reason(&e))?;
+    listener
+        .listen_all([CHANNEL, SLOT_CHANNEL])
+        .await
+        .map_err(|e| reason(&e))?;
     Ok(listener)
 }
 
@@ -74,7 +77,14 @@ async fn hear(
         };
         match next {
             Ok(Some(n)) => {
-                if let Some(change) = parse(n.payload()) {
+                let change = if n.channel() == SLOT_CHANNEL {
+                    Some(Change::Slot {
+                        scope: n.payload().to_string(),
+                    })
+                } else {
+                    parse(n.payload())
+                };
+                if let Some(change) = change {
                     let _ = tx.send(change);
                 }
             }

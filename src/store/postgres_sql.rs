@@ -91,6 +91,49 @@ pub(super) const LEASES: &str = concat!(
     " AS live FROM instances ORDER BY holder"
 );
 
+/// Makes slots 0 to $2 - 1 of scope $1 exist (free unless taken).
+pub(super) const SEED_SLOTS: &str = "INSERT INTO slots (scope, n) \
+     SELECT $1, g FROM generate_series(0, $2 - 1) AS g ON CONFLICT (scope, n) DO NOTHING";
+
+/// Takes for $3 the lowest free slot of scope $1 below $2. `SKIP LOCKED`: a
+/// slot another instance is taking is left to it.
+pub(super) const TAKE_SLOT: &str = concat!(
+    "UPDATE slots SET holder = $3, taken_at = ",
+    now_ms!(),
+    " WHERE (scope, n) = (SELECT s.scope, s.n FROM slots s WHERE s.scope = $1 AND s.n < $2 \
+     AND (s.holder IS NULL OR NOT EXISTS (SELECT 1 FROM instances i \
+     WHERE i.holder = s.holder AND i.lease_until > ",
+    now_ms!(),
+    ")) ORDER BY s.n LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING n"
+);
+
+/// Gives slot $2 of scope $1 back if $3 holds it, and says so on [`SLOT_CHANNEL`].
+pub(super) const GIVE_SLOT: &str = "WITH given AS (UPDATE slots SET holder = NULL, taken_at = NULL \
+     WHERE scope = $1 AND n = $2 AND holder = $3 RETURNING scope) \
+     SELECT pg_notify('dispatch_slots', scope) FROM given";
+
+/// Admits a request of key $1 when its theoretical arrival time, pushed on
+/// by the interval $2, stays within the tolerance $3 of now; returns the
+/// new time. No row: refused (nothing changed).
+pub(super) const TAKE_RATE: &str = concat!(
+    "INSERT INTO rates AS r (key, tat) VALUES ($1, ",
+    now_ms!(),
+    " + $2) ON CONFLICT (key) DO UPDATE SET tat = GREATEST(r.tat, ",
+    now_ms!(),
+    ") + $2 WHERE GREATEST(r.tat, ",
+    now_ms!(),
+    ") + $2 - ",
+    now_ms!(),
+    " <= $3 RETURNING tat"
+);
+
+/// How far ahead of now the theoretical arrival time of key $1 is.
+pub(super) const RATE_AHEAD: &str =
+    concat!("SELECT tat - ", now_ms!(), " FROM rates WHERE key = $1");
+
+/// The channel slots given back are announced on.
+pub(super) const SLOT_CHANNEL: &str = "dispatch_slots";
+
 /// The channel the tasks' trigger (`migrations/postgres/0002_leases.sql`)
 /// announces changes on.
 pub(super) const CHANNEL: &str = "dispatch_tasks";

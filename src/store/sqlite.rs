@@ -67,6 +67,12 @@ const ORPHANS: &str = concat!(
      ORDER BY created_at, id LIMIT ?3"
 );
 
+/// Up to 8 free slots of scope `?1` below `?2` at `?3`, lowest first, with
+/// their holders as read.
+const FREE_SLOTS: &str = "SELECT n, holder FROM slots s WHERE scope = ?1 AND n < ?2 \
+     AND (holder IS NULL OR NOT EXISTS (SELECT 1 FROM instances i \
+     WHERE i.holder = s.holder AND i.lease_until > ?3)) ORDER BY n LIMIT 8";
+
 /// Every lease, and whether it is live at `?1`.
 const LEASES: &str = "SELECT holder, started_at, lease_until, lease_until > ?1 AS live \
      FROM instances ORDER BY holder";
@@ -85,6 +91,8 @@ pub struct SqliteStore {
     writer: Writer,
     /// Connections for reads.
     reader: SqlitePool,
+    /// The (scope, limit) pairs whose slots this handle has made exist.
+    seeded: Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>,
     /// The folder of a scratch database, removed when the last handle goes.
     _scratch: Option<Arc<TempDir>>,
 }
@@ -207,6 +215,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
+            seeded: Arc::default(),
             _scratch: scratch.map(Arc::new),
         })
     }
@@ -271,6 +280,48 @@ impl SqliteStore {
             }
         }
         Ok(claimed)
+    }
+
+    /// Free slots are read, then each taken by a compare-and-set on its
+    /// holder, as orphans are claimed.
+    async fn take_slot_impl(
+        &self,
+        scope: &str,
+        limit: u32,
+        holder: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        let key = (scope.to_string(), limit);
+        let seeded = self
+            .seeded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key);
+        if !seeded {
+            self.writer
+                .write(Write::SeedSlots(scope.to_string(), i64::from(limit)))
+                .await?;
+            self.seeded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+        }
+        let free: Vec<(i64, Option<String>)> = sqlx::query_as(FREE_SLOTS)
+            .bind(scope)
+            .bind(i64::from(limit))
+            .bind(now_millis())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| db_err(format_args!("find a free slot of {scope}"), e))?;
+        for (n, read) in free {
+            let take =
+                Write::TakeSlot(scope.to_string(), n, read, holder.to_string(), now_millis());
+            match self.writer.write(take).await {
+                Ok(()) => return Ok(u32::try_from(n).ok()),
+                Err(StoreError::Claimed { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     async fn leases_impl(&self) -> Result<Vec<Lease>, StoreError> {
@@ -436,6 +487,39 @@ impl Store for SqliteStore {
 
     fn leases(&self) -> StoreFuture<'_, Vec<Lease>> {
         Box::pin(self.leases_impl())
+    }
+
+    fn take_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: u32,
+        holder: &'a str,
+    ) -> StoreFuture<'a, Option<u32>> {
+        Box::pin(self.take_slot_impl(scope, limit, holder))
+    }
+
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        burst: u32,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        Box::pin(async move {
+            let (t, tolerance) = super::gcra(interval, burst);
+            let take = Write::TakeRate(key.to_string(), now_millis(), t, tolerance);
+            match self.writer.write(take).await {
+                Ok(()) => Ok(None),
+                Err(StoreError::RateLimited { wait, .. }) => Ok(Some(wait)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn give_slot<'a>(&'a self, scope: &'a str, n: u32, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let give = Write::GiveSlot(scope.to_string(), i64::from(n), holder.to_string());
+            self.writer.write(give).await
+        })
     }
 
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {

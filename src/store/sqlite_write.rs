@@ -91,6 +91,25 @@ const CLAIM_TASK: &str = "UPDATE tasks SET state = ?3, started_at = ?9, finished
 const RENEW_LEASE: &str = "INSERT INTO instances (holder, started_at, lease_until) \
      VALUES (?1, ?2, ?3) ON CONFLICT (holder) DO UPDATE SET lease_until = ?3";
 
+/// Makes slots 0 to `?2` - 1 of scope `?1` exist.
+const SEED_SLOTS: &str = "INSERT OR IGNORE INTO slots (scope, n) \
+     WITH RECURSIVE g(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM g WHERE x + 1 < ?2) \
+     SELECT ?1, x FROM g";
+
+/// Takes slot `?2` of scope `?1` for `?4` if its holder is still `?3`.
+const TAKE_SLOT: &str =
+    "UPDATE slots SET holder = ?4, taken_at = ?5 WHERE scope = ?1 AND n = ?2 AND holder IS ?3";
+
+/// Gives slot `?2` of scope `?1` back if `?3` holds it.
+const GIVE_SLOT: &str =
+    "UPDATE slots SET holder = NULL, taken_at = NULL WHERE scope = ?1 AND n = ?2 AND holder = ?3";
+
+/// Admits a request of key `?1` at `?2` (see the PostgreSQL store's
+/// `TAKE_RATE`): interval `?3`, tolerance `?4`.
+const TAKE_RATE: &str = "INSERT INTO rates AS r (key, tat) VALUES (?1, ?2 + ?3) \
+     ON CONFLICT (key) DO UPDATE SET tat = MAX(r.tat, ?2) + ?3 \
+     WHERE MAX(r.tat, ?2) + ?3 - ?2 <= ?4";
+
 /// Ends a lease: an ended lease and none are the same to a claim.
 const END_LEASE: &str = "DELETE FROM instances WHERE holder = ?1";
 
@@ -169,6 +188,15 @@ pub(super) enum Write {
     RenewLease(String, i64, i64),
     /// The end of a lease: holder.
     EndLease(String),
+    /// The slots of a scope: scope, limit.
+    SeedSlots(String, i64),
+    /// A slot taken if its holder is still the one read: scope, number,
+    /// holder read, new holder, now.
+    TakeSlot(String, i64, Option<String>, String, i64),
+    /// A slot given back: scope, number, holder.
+    GiveSlot(String, i64, String),
+    /// A request admitted under a rate: key, now, interval, tolerance (ms).
+    TakeRate(String, i64, i64, i64),
     OpenTree(TreeRow),
     ChargeTree(String, TreeCharge),
     PutClientTask(ClientTaskRow),
@@ -198,6 +226,10 @@ impl Write {
             Write::AddTurn(t, _) => format!("record turn {} of task {}", t.seq, t.task_id),
             Write::RenewLease(h, _, _) => format!("renew the lease of {h}"),
             Write::EndLease(h) => format!("end the lease of {h}"),
+            Write::SeedSlots(s, _) => format!("make the slots of {s}"),
+            Write::TakeSlot(s, n, ..) => format!("take slot {n} of {s}"),
+            Write::GiveSlot(s, n, _) => format!("give back slot {n} of {s}"),
+            Write::TakeRate(k, ..) => format!("check the request rate of {k}"),
             Write::OpenTree(t) => format!("open the tree of task {}", t.root_id),
             Write::ChargeTree(root, _) => format!("charge the tree of task {root}"),
             Write::PutClientTask(t) => format!("record MCP task {}", t.id),
@@ -490,6 +522,43 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
         Write::EndLease(holder) => {
             let values: [&dyn ToSql; 1] = [holder];
             execute(conn, END_LEASE, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            Ok(())
+        }
+        Write::SeedSlots(scope, limit) => {
+            let values: [&dyn ToSql; 2] = [scope, limit];
+            execute(conn, SEED_SLOTS, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            Ok(())
+        }
+        Write::TakeSlot(scope, n, read, holder, now) => {
+            let values: [&dyn ToSql; 5] = [scope, n, read, holder, now];
+            let taken =
+                execute(conn, TAKE_SLOT, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            if taken == 0 {
+                return Err(Failure::Own(StoreError::Claimed {
+                    id: format!("slot {n} of {scope}"),
+                    owner: String::new(),
+                }));
+            }
+            Ok(())
+        }
+        Write::TakeRate(key, now, t, tolerance) => {
+            let values: [&dyn ToSql; 4] = [key, now, t, tolerance];
+            let admitted =
+                execute(conn, TAKE_RATE, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            if admitted == 1 {
+                return Ok(());
+            }
+            let tat: i64 = conn
+                .query_row("SELECT tat FROM rates WHERE key = ?1", [key], |r| r.get(0))
+                .map_err(|e| Failure::Database(reason(&e)))?;
+            Err(Failure::Own(StoreError::RateLimited {
+                key: key.clone(),
+                wait: super::gcra_wait(tat.saturating_sub(*now), *t, *tolerance),
+            }))
+        }
+        Write::GiveSlot(scope, n, holder) => {
+            let values: [&dyn ToSql; 3] = [scope, n, holder];
+            execute(conn, GIVE_SLOT, &values).map_err(|e| Failure::Database(reason(&e)))?;
             Ok(())
         }
         Write::OpenTree(t) => {

@@ -145,6 +145,9 @@ on_every_backend! {
     racing_sweeps_share_the_orphans(4),
     writes_under_an_old_claim_are_fenced,
     leases_decide_what_is_claimed,
+    slots_are_taken_below_the_limit_and_come_back,
+    racing_takers_never_pass_the_limit(4),
+    a_rate_admits_its_burst_then_says_how_long_to_wait,
     turns_round_trip_in_order_and_a_seq_is_taken_once,
     a_tree_charge_fits_every_limit_or_takes_nothing,
     concurrent_reservations_never_overspend(4),
@@ -1176,6 +1179,122 @@ async fn writes_under_an_old_claim_are_fenced(b: Backend) {
     // The new holder writes under its epoch.
     store.add_attempt(&attempt(&old.id, 2), 1).await.unwrap();
     store.add_turn(&turn, 1).await.unwrap();
+}
+
+/// Slots of a scope are taken below its limit, given back, and free again
+/// when their holder's lease is gone.
+async fn slots_are_taken_below_the_limit_and_come_back(b: Backend) {
+    let store = b.store().await;
+    store
+        .renew_lease("a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .renew_lease("b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_slot("provider:x", 2, "a").await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        store.take_slot("provider:x", 2, "b").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(store.take_slot("provider:x", 2, "a").await.unwrap(), None);
+    // Another scope has its own.
+    assert_eq!(store.take_slot("global", 1, "a").await.unwrap(), Some(0));
+    // A lower limit (another instance's config) counts the same slots.
+    assert_eq!(store.take_slot("provider:x", 1, "b").await.unwrap(), None);
+    // Given back by someone else: nothing happens.
+    store.give_slot("provider:x", 0, "b").await.unwrap();
+    assert_eq!(store.take_slot("provider:x", 2, "b").await.unwrap(), None);
+    store.give_slot("provider:x", 0, "a").await.unwrap();
+    assert_eq!(
+        store.take_slot("provider:x", 2, "b").await.unwrap(),
+        Some(0)
+    );
+    // b's lease ends: its slots are anyone's.
+    store.end_lease("b").await.unwrap();
+    assert_eq!(
+        store.take_slot("provider:x", 2, "a").await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        store.take_slot("provider:x", 2, "a").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(store.take_slot("provider:x", 2, "a").await.unwrap(), None);
+    // A higher limit adds slots.
+    assert_eq!(
+        store.take_slot("provider:x", 3, "a").await.unwrap(),
+        Some(2)
+    );
+}
+
+/// Many takers on several threads: never more slots held than the limit,
+/// and every slot given back is taken again.
+async fn racing_takers_never_pass_the_limit(b: Backend) {
+    let store = b.store().await;
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, held, peak) = (store.clone(), held.clone(), peak.clone());
+            tokio::spawn(async move {
+                let me = format!("taker-{i}");
+                store
+                    .renew_lease(&me, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let mut took = 0;
+                while took < 5 {
+                    let Some(n) = store.take_slot("scope", 3, &me).await.unwrap() else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    let now = held.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    store.give_slot("scope", n, &me).await.unwrap();
+                    took += 1;
+                }
+            })
+        })
+        .collect();
+    for t in takers {
+        t.await.unwrap();
+    }
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&peak), "{peak} slots held at once");
+}
+
+/// The shared rate: `burst` requests at once, then one per interval, each
+/// key on its own.
+async fn a_rate_admits_its_burst_then_says_how_long_to_wait(b: Backend) {
+    let store = b.store().await;
+    let minute = Duration::from_secs(60);
+    for _ in 0..3 {
+        assert_eq!(store.take_rate("sub:alice", minute, 3).await.unwrap(), None);
+    }
+    let wait = store
+        .take_rate("sub:alice", minute, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(wait > Duration::from_secs(58) && wait <= minute, "{wait:?}");
+    // A refusal charges nothing: the wait does not grow.
+    let again = store
+        .take_rate("sub:alice", minute, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again <= wait, "{again:?} after {wait:?}");
+    assert_eq!(store.take_rate("sub:bob", minute, 3).await.unwrap(), None);
+    // A short interval is over at once.
+    let ms = Duration::from_millis(1);
+    assert_eq!(store.take_rate("ip:1", ms, 1).await.unwrap(), None);
 }
 
 /// A lease is live until it runs out or ends; a task whose owner holds a

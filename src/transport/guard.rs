@@ -26,6 +26,7 @@ use http::uri::Authority;
 use super::Shared;
 use crate::auth::{AuthError, Principal, Scope, required_scope, required_scope_for_method};
 use crate::mcp::task_wire;
+use crate::store::Store;
 
 /// Allowed `Host` and `Origin` values.
 #[derive(Debug, Clone)]
@@ -214,22 +215,42 @@ pub async fn check_host_and_origin(
 }
 
 /// Requests per minute per key (subject, or client address without auth).
+///
+/// With a store that several instances share, the rate is kept there
+/// ([`Store::take_rate`]), so it holds for all of them together; if the
+/// store cannot be asked, this instance's own count decides.
 pub struct Limiter {
     inner: RateLimiter<String, DashMapStateStore<String>, DefaultClock>,
+    shared: Option<Arc<dyn Store>>,
+    interval: Duration,
+    burst: u32,
 }
 
 impl Limiter {
     /// `None` when the limit is off (0 per minute).
-    pub fn new(per_minute: u32, burst: u32) -> Option<Limiter> {
+    pub fn new(per_minute: u32, burst: u32, shared: Option<Arc<dyn Store>>) -> Option<Limiter> {
         let rate = NonZeroU32::new(per_minute)?;
-        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = burst.max(1);
+        let quota = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         Some(Limiter {
-            inner: RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)),
+            inner: RateLimiter::keyed(Quota::per_minute(rate).allow_burst(quota)),
+            shared,
+            interval: Duration::from_secs(60) / rate.get(),
+            burst,
         })
     }
 
     /// `Err(wait)` when `key` is over its limit.
-    fn check(&self, key: &str) -> Result<(), Duration> {
+    async fn check(&self, key: &str) -> Result<(), Duration> {
+        if let Some(store) = &self.shared {
+            match store.take_rate(key, self.interval, self.burst).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the shared request rate; this instance's count decides")
+                }
+            }
+        }
         self.inner
             .check_key(&key.to_string())
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
@@ -372,7 +393,7 @@ pub async fn authorize(
             Some(p) => format!("sub:{}", p.subject),
             None => format!("ip:{}", peer.ip()),
         };
-        if let Err(wait) = limiter.check(&key) {
+        if let Err(wait) = limiter.check(&key).await {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             let mut r = plain(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -730,14 +751,33 @@ mod tests {
         assert!(!is_mcp_path("/mcpx") && !is_mcp_path("/sse"));
     }
 
-    #[test]
-    fn limiter_refuses_past_the_burst_with_a_wait() {
-        let l = Limiter::new(60, 2).unwrap();
-        assert!(l.check("a").is_ok());
-        assert!(l.check("a").is_ok());
-        let wait = l.check("a").unwrap_err();
+    #[tokio::test]
+    async fn limiter_refuses_past_the_burst_with_a_wait() {
+        let l = Limiter::new(60, 2, None).unwrap();
+        assert!(l.check("a").await.is_ok());
+        assert!(l.check("a").await.is_ok());
+        let wait = l.check("a").await.unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
-        assert!(l.check("b").is_ok(), "keys are independent");
-        assert!(Limiter::new(0, 5).is_none());
+        assert!(l.check("b").await.is_ok(), "keys are independent");
+        assert!(Limiter::new(0, 5, None).is_none());
+    }
+
+    /// Two instances' limiters on one store count one rate together.
+    #[tokio::test]
+    async fn limiters_sharing_a_store_share_the_rate() {
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::SqliteStore::open_in_memory().await.unwrap());
+        let a = Limiter::new(60, 3, Some(store.clone())).unwrap();
+        let b = Limiter::new(60, 3, Some(store)).unwrap();
+        assert!(a.check("sub:alice").await.is_ok());
+        assert!(b.check("sub:alice").await.is_ok());
+        assert!(a.check("sub:alice").await.is_ok());
+        let wait = b.check("sub:alice").await.unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(a.check("sub:alice").await.is_err());
+        assert!(b.check("sub:bob").await.is_ok(), "keys are independent");
     }
 }

@@ -164,13 +164,21 @@ pub async fn serve_http(
         app.config.auth.as_ref().map(|a| a.audience.as_str()),
         bound,
     );
+    // Instances sharing a PostgreSQL store share the rate too.
+    let limiter = guard::Limiter::new(
+        config.rate_limit_per_minute,
+        config.rate_limit_burst,
+        (engine.store().backend() == crate::store::Backend::Postgres)
+            .then(|| engine.store().clone()),
+    );
     let shared = Arc::new(Shared {
         app,
         engine,
         kb_changes,
         auth,
         allow,
-        limiter: guard::Limiter::new(config.rate_limit_per_minute, config.rate_limit_burst),
+        // Instances sharing a PostgreSQL store share the rate too.
+        limiter,
         config: config.clone(),
         metadata_url,
         shutdown: CancellationToken::new(),
