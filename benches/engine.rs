@@ -19,6 +19,12 @@
 //!   all 10,000 admitted; VmRSS read from /proc. Target: < 200 MB. Then the
 //!   idle VmRSS of `dispatch serve` after `initialize` (target: < 20 MB).
 //!
+//! - instances (PostgreSQL only): 1, 2 and 3 engines on one database, each
+//!   with its own connection pool, 10,000 tasks submitted round-robin at
+//!   once, with the shipped limits held across them by the store's slots.
+//!   The engines share this process (so its 2 cores): what is measured is
+//!   the database's share of the work, not more CPU.
+//!
 //! Loopback only; stops by itself in a few minutes.
 //! Run: `cargo bench --bench engine` (or `-- overhead|throughput|memory|idle`
 //! for one part). With `DISPATCH_BENCH_POSTGRES_URL=postgres://USER@HOST/DB`
@@ -101,6 +107,9 @@ fn main() {
         }
         if part("throughput") {
             throughput().await;
+        }
+        if part("instances") {
+            instances().await;
         }
     });
     drop(rt);
@@ -705,6 +714,70 @@ async fn throughput() {
                 run + 1,
                 rate,
                 THROUGHPUT_TASKS as f64 / rate,
+                cpu.as_secs_f64() * 1e6
+            );
+            rates.push(rate);
+            cpus.push(cpu.as_secs_f64() * 1e6);
+        }
+        println!(
+            "  median: {:.0} tasks/s, {:.0} us CPU per task",
+            median_f(rates),
+            median_f(cpus)
+        );
+    }
+}
+
+/// 10,000 tasks on `n` engines sharing one PostgreSQL database (round-robin);
+/// tasks per second and this process's CPU per task.
+async fn instances_run(n: usize) -> (f64, Duration) {
+    let fake = fake_provider::FakeProvider::start().await;
+    fake.set_default(fake_provider::Behavior::reply("ok"));
+    let limits = format!("{SHIPPED}{}", store_section().await);
+    let dir = project(&fake.base_url_openai(), &limits);
+    let mut engines = Vec::new();
+    for _ in 0..n {
+        let app = App::open(Paths::new(dir.path(), None, None)).expect("open");
+        engines.push(app.engine(false).await.expect("engine"));
+    }
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..THROUGHPUT_TASKS)
+        .map(|i| {
+            let e = engines[i % n].clone();
+            tokio::spawn(async move { agent_run(&e, i).await })
+        })
+        .collect();
+    for h in handles {
+        let t = h.await.expect("join");
+        assert_eq!(t.state, TaskState::Succeeded, "{:?}", t.error);
+    }
+    let elapsed = t0.elapsed();
+    let cpu = (cpu_time() - cpu0) / THROUGHPUT_TASKS as u32;
+    assert_eq!(fake.request_count(), THROUGHPUT_TASKS);
+    assert_eq!(outbox_files(dir.path()), THROUGHPUT_TASKS);
+    drop(engines);
+    keep(dir);
+    (THROUGHPUT_TASKS as f64 / elapsed.as_secs_f64(), cpu)
+}
+
+async fn instances() {
+    if std::env::var(POSTGRES_ENV).is_err() {
+        println!("== instances: skipped (set {POSTGRES_ENV} to a PostgreSQL server)");
+        return;
+    }
+    const INSTANCE_RUNS: usize = 3;
+    for n in [1, 2, 3] {
+        println!(
+            "== {n} instance(s) on one PostgreSQL, {THROUGHPUT_TASKS} tasks at once, shipped limits shared, median of {INSTANCE_RUNS}"
+        );
+        let mut rates = Vec::new();
+        let mut cpus = Vec::new();
+        for run in 0..INSTANCE_RUNS {
+            let (rate, cpu) = instances_run(n).await;
+            println!(
+                "  run {}: {:.0} tasks/s, {:.0} us CPU per task (this process)",
+                run + 1,
+                rate,
                 cpu.as_secs_f64() * 1e6
             );
             rates.push(rate);

@@ -145,6 +145,14 @@ impl Store for Faulty {
     fn put_run<'a>(&'a self, run: &'a Run) -> StoreFuture<'a, ()> {
         self.inner.put_run(run)
     }
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        self.inner.claim_run(id, from, to)
+    }
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Run>> {
         self.inner.get_run(id)
     }

@@ -351,11 +351,31 @@ enum Recovered {
 
 /// Both slots a running task holds (its agent's, then the global one).
 /// The slots a running task holds: its agent's and the global one, here
-/// and (on a shared store) across instances. Dropped, they are given back.
+/// and (on a shared store) across instances. Dropped, they are given back:
+/// the store's first, then this process's, so that the next task admitted
+/// here finds the store's free.
 struct Permits {
-    _agent: OwnedSemaphorePermit,
-    _global: OwnedSemaphorePermit,
-    _shared: Vec<slots::SharedSlot>,
+    local: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    shared: Vec<slots::SharedSlot>,
+}
+
+impl Permits {
+    fn new(
+        agent: OwnedSemaphorePermit,
+        global: OwnedSemaphorePermit,
+        shared: Vec<slots::SharedSlot>,
+    ) -> Permits {
+        Permits {
+            local: Some((agent, global)),
+            shared,
+        }
+    }
+}
+
+impl Drop for Permits {
+    fn drop(&mut self) {
+        slots::give_all_then(std::mem::take(&mut self.shared), self.local.take());
+    }
 }
 
 /// How a driver starts.

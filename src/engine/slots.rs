@@ -14,13 +14,14 @@
 //! limit alone applies to that call (said in the log): the database being
 //! away is no reason to stop work it does not hold.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 use super::{Engine, Permits, fresh_permit, owner};
-use crate::provider::Gate;
+use crate::provider::{Gate, Held};
 use crate::store::{Change, Store};
 
 /// The longest pause between two looks for a free slot.
@@ -30,6 +31,10 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct SharedSlots {
     store: Arc<dyn Store>,
+    /// One queue per scope: only its first waiter asks the store, the
+    /// others wait their turn here (a thousand waiters polling the store
+    /// would be its whole load).
+    queues: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for SharedSlots {
@@ -38,40 +43,82 @@ impl std::fmt::Debug for SharedSlots {
     }
 }
 
-/// A slot held; given back when dropped.
+/// A slot held: give it back with [`SharedSlot::give`]; one dropped is
+/// given back in the background.
 pub struct SharedSlot {
     store: Arc<dyn Store>,
     scope: String,
     n: u32,
+    given: bool,
+}
+
+impl SharedSlot {
+    /// Give the slot back now, and return once the store has it (or has
+    /// failed to take it, which is then retried in the background).
+    pub async fn give(mut self) {
+        self.given = true;
+        let (store, scope, n) = (self.store.clone(), std::mem::take(&mut self.scope), self.n);
+        give_back(store, scope, n).await;
+    }
+}
+
+/// Give slot `n` of `scope` back, retrying a few times with backoff.
+async fn give_back(store: Arc<dyn Store>, scope: String, n: u32) {
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..6 {
+        match store.give_slot(&scope, n, owner::this_process()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(scope = %scope, error = %e, "cannot give a shared slot back yet");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    tracing::error!(scope = %scope, "gave up giving a shared slot back; it returns when this process's lease ends");
 }
 
 impl Drop for SharedSlot {
     fn drop(&mut self) {
+        if self.given {
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // no runtime: the process is ending, and its lease with it
         };
         let (store, scope, n) = (self.store.clone(), std::mem::take(&mut self.scope), self.n);
-        rt.spawn(async move {
-            let mut pause = Duration::from_millis(50);
-            for _ in 0..6 {
-                match store.give_slot(&scope, n, owner::this_process()).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(scope = %scope, error = %e, "cannot give a shared slot back yet");
-                        tokio::time::sleep(pause).await;
-                        pause *= 2;
-                    }
+        rt.spawn(give_back(store, scope, n));
+    }
+}
+
+/// Give `slots` back, then let `local` go: the next task this process
+/// admits must find them free in the store, not race their return.
+pub(super) fn give_all_then<T: Send + 'static>(slots: Vec<SharedSlot>, local: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if !slots.is_empty() => {
+            rt.spawn(async move {
+                for slot in slots {
+                    slot.give().await;
                 }
-            }
-            tracing::error!(scope = %scope, "gave up giving a shared slot back; it returns when this process's lease ends");
-        });
+                drop(local);
+            });
+        }
+        _ => drop((slots, local)),
     }
 }
 
 impl SharedSlots {
     /// Slots in `store` (meant for a store that several instances share).
     pub fn new(store: Arc<dyn Store>) -> SharedSlots {
-        SharedSlots { store }
+        SharedSlots {
+            store,
+            queues: Arc::default(),
+        }
+    }
+
+    fn queue(&self, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(scope.to_string()).or_default().clone()
     }
 
     /// One look: a slot of `scope` if one below `limit` is free now.
@@ -90,6 +137,7 @@ impl SharedSlots {
                 store: self.store.clone(),
                 scope: scope.to_string(),
                 n,
+                given: false,
             })),
             Err(e) => {
                 tracing::warn!(scope = %scope, error = %e, "cannot take a shared slot; the local limit alone applies");
@@ -100,6 +148,8 @@ impl SharedSlots {
 
     /// Wait for a slot of `scope` (`None` if the store cannot be asked).
     pub async fn take(&self, scope: &str, limit: usize) -> Option<SharedSlot> {
+        let queue = self.queue(scope);
+        let _turn = queue.lock().await;
         // Subscribed before the first look, so a slot given back after it wakes us.
         let mut changes = self.store.changes();
         let mut pause = Duration::from_millis(20);
@@ -173,11 +223,7 @@ impl Engine {
                 }
             }
         }
-        Some(Permits {
-            _agent: a,
-            _global: g,
-            _shared: shared,
-        })
+        Some(Permits::new(a, g, shared))
     }
 
     /// Wait for a task's slots: per agent first, then global, so a task
@@ -200,11 +246,7 @@ impl Engine {
                 shared.extend(slots.take(&scope, limit).await);
             }
         }
-        Permits {
-            _agent: a,
-            _global: g,
-            _shared: shared,
-        }
+        Permits::new(a, g, shared)
     }
 }
 
@@ -214,9 +256,16 @@ fn clamp(limit: usize) -> u32 {
 
 #[async_trait::async_trait]
 impl Gate for SharedSlots {
-    async fn enter(&self, scope: &str, limit: usize) -> Option<Box<dyn Send + Sync>> {
+    async fn enter(&self, scope: &str, limit: usize) -> Option<Box<dyn Held>> {
         self.take(scope, limit)
             .await
-            .map(|s| Box::new(s) as Box<dyn Send + Sync>)
+            .map(|s| Box::new(s) as Box<dyn Held>)
+    }
+}
+
+#[async_trait::async_trait]
+impl Held for SharedSlot {
+    async fn leave(self: Box<Self>) {
+        self.give().await;
     }
 }

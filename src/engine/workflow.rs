@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError, Submit, owner};
 use crate::kb::WriteMode;
+use crate::store::StoreError;
 use crate::task::{
     Run, RunState, StepRecord, StepState, Task, TaskState, new_run_id, new_task_id, now_millis,
 };
@@ -314,10 +315,14 @@ impl Engine {
                     continue;
                 }
             };
-            run.owner = Some(owner::this_process().to_string());
-            if let Err(e) = self.store.put_run(&run).await {
-                tracing::warn!(run = %run.id, error = %e, "cannot resume a run now; the next sweep tries again");
-                continue;
+            let gone = run.owner.replace(me.to_string());
+            match self.store.claim_run(&run.id, gone.as_deref(), me).await {
+                Ok(()) => {}
+                Err(StoreError::Claimed { .. }) => continue, // another process got there first
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "cannot resume a run now; the next sweep tries again");
+                    continue;
+                }
             }
             tracing::warn!(run = %run.id, "resuming a workflow run interrupted by a restart");
             self.spawn_run(run, plan, steps);

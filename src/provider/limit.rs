@@ -11,12 +11,20 @@ use tokio::sync::Semaphore;
 use super::{ChatRequest, ChatResponse, ProgressFn, Provider, ProviderError, Providers};
 
 /// Where a call also takes a slot shared with other processes (limits that
-/// hold across instances); the box it gives holds the slot until dropped.
-/// `None`: no shared slot could be had, the local limit alone applies.
+/// hold across instances). `None`: no shared slot could be had, the local
+/// limit alone applies.
 #[async_trait::async_trait]
 pub trait Gate: Send + Sync {
     /// Wait for a slot of `scope` (one of `limit`).
-    async fn enter(&self, scope: &str, limit: usize) -> Option<Box<dyn Send + Sync>>;
+    async fn enter(&self, scope: &str, limit: usize) -> Option<Box<dyn Held>>;
+}
+
+/// A slot taken through a [`Gate`]: [`Held::leave`] gives it back (and
+/// returns once it is); dropped, it is given back in the background.
+#[async_trait::async_trait]
+pub trait Held: Send + Sync {
+    /// Give the slot back.
+    async fn leave(self: Box<Self>);
 }
 
 /// A provider with a cap on requests in flight.
@@ -46,12 +54,18 @@ impl Provider for Limited {
         progress: Option<&ProgressFn>,
     ) -> Result<ChatResponse, ProviderError> {
         // The semaphore is never closed; should it be, run unlimited rather than fail.
-        let _permit = self.slots.acquire().await.ok();
-        let _shared = match &self.gate {
+        let permit = self.slots.acquire().await.ok();
+        let shared = match &self.gate {
             Some((gate, scope)) => gate.enter(scope, self.limit).await,
             None => None,
         };
-        self.inner.chat(model, req, timeout, progress).await
+        let answer = self.inner.chat(model, req, timeout, progress).await;
+        // The shared slot first: the next call here must find it free.
+        if let Some(held) = shared {
+            held.leave().await;
+        }
+        drop(permit);
+        answer
     }
 }
 

@@ -39,7 +39,7 @@ pub use chain::{
     AttemptLog, ChainError, ChainErrorKind, ChainSuccess, ModelFailure, Providers, SleepFn,
 };
 pub use error::ProviderError;
-pub use limit::{Gate, Limited, limit_concurrency};
+pub use limit::{Gate, Held, Limited, limit_concurrency};
 pub use openai::{OpenAiFlavor, OpenAiProvider};
 pub use price::{Cost, Price, PriceTable, estimate_request_tokens, estimate_tokens};
 pub use retry::{backoff_delay, parse_retry_after};

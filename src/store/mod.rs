@@ -274,8 +274,19 @@ pub trait Store: Send + Sync + 'static {
     /// that order, zeros included.
     fn counts_by_state(&self) -> StoreFuture<'_, Vec<(TaskState, u64)>>;
 
-    /// Inserts or replaces a workflow run (the run's coordinator is its only writer).
+    /// Inserts or replaces a workflow run (the run's coordinator is its only
+    /// writer): a stored run is replaced only while `run.owner` holds it
+    /// ([`StoreError::Claimed`] once another process took it over).
     fn put_run<'a>(&'a self, run: &'a Run) -> StoreFuture<'a, ()>;
+
+    /// Takes a running run over for `to`, if `from` still holds it: of two
+    /// processes resuming it at once, one wins ([`StoreError::Claimed`]).
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> StoreFuture<'a, ()>;
 
     /// The run with this id, if there is one.
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Run>>;

@@ -27,9 +27,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::postgres_listen;
 use super::postgres_open::{self, PostgresOptions};
 use super::postgres_sql::{
-    ATTEMPTS_PER_INSERT, CHARGE_TREE, CLAIM_ORPHANS, CLAIM_TASK, COUNT_BY_STATE, END_LEASE,
-    GIVE_SLOT, INSERT_CLIENT_TASK, INSERT_TASK, INSERT_TURN, LEASES, OPEN_TREE, PUT_RUN, PUT_STEP,
-    PgQuery, RATE_AHEAD, RENEW_LEASE, RUNS_IN_STATE, SEED_SLOTS, SELECT_ATTEMPTS,
+    ATTEMPTS_PER_INSERT, CHARGE_TREE, CLAIM_ORPHANS, CLAIM_RUN, CLAIM_TASK, COUNT_BY_STATE,
+    END_LEASE, GIVE_SLOT, INSERT_CLIENT_TASK, INSERT_TASK, INSERT_TURN, LEASES, OPEN_TREE, PUT_RUN,
+    PUT_STEP, PgQuery, RATE_AHEAD, RENEW_LEASE, RUNS_IN_STATE, SEED_SLOTS, SELECT_ATTEMPTS,
     SELECT_CLIENT_TASK, SELECT_RUN, SELECT_STEPS, SELECT_TASK, SELECT_TREE, SELECT_TURNS,
     TAKE_RATE, TAKE_SLOT, TASK_STATE_AND_OWNER, TASKS_IN_STATE, TREE_USE, UPDATE_TASK, USAGE,
     bind_changes, db_err, insert_attempts, violation,
@@ -44,6 +44,14 @@ use crate::task::{
     Attempt, ClientTask, ClientTaskPage, Run, RunState, StepRecord, Task, TaskState, Tree,
     TreeCharge, Turn,
 };
+
+/// A run another process holds now (its coordinator's writes are refused).
+fn run_taken(id: &str) -> StoreError {
+    StoreError::Claimed {
+        id: id.to_string(),
+        owner: "another process".to_string(),
+    }
+}
 
 /// A [`Store`] in a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -469,7 +477,7 @@ impl PostgresStore {
 
     async fn put_run_impl(&self, run: &Run) -> Result<(), StoreError> {
         let r = RunRow::new(run)?;
-        sqlx::query(PUT_RUN)
+        let written = sqlx::query(PUT_RUN)
             .bind(&r.id)
             .bind(&r.name)
             .bind(&r.agent)
@@ -483,7 +491,31 @@ impl PostgresStore {
             .bind(&r.error)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_err(format_args!("record run {}", r.id), e))?;
+            .map_err(|e| db_err(format_args!("record run {}", r.id), e))?
+            .rows_affected();
+        if written == 0 {
+            return Err(run_taken(&r.id));
+        }
+        Ok(())
+    }
+
+    async fn claim_run_impl(
+        &self,
+        id: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let claimed = sqlx::query(CLAIM_RUN)
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err(format_args!("claim run {id}"), e))?
+            .rows_affected();
+        if claimed == 0 {
+            return Err(run_taken(id));
+        }
         Ok(())
     }
 
@@ -796,6 +828,15 @@ impl Store for PostgresStore {
 
     fn put_run<'a>(&'a self, run: &'a Run) -> StoreFuture<'a, ()> {
         Box::pin(self.put_run_impl(run))
+    }
+
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.claim_run_impl(id, from, to))
     }
 
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Run>> {

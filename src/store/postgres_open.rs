@@ -108,9 +108,14 @@ pub(super) async fn connect(
         .max_connections(1)
         .acquire_timeout(options.acquire_timeout)
         .connect_lazy_with(connect.clone());
+    // No ping before each use: every statement takes a connection, and the
+    // ping doubled the round trips. A connection the server dropped fails
+    // the one statement that meets it, which the caller reports (and sqlx
+    // then closes it).
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(false)
         .connect_lazy_with(connect);
     migrate(&pool).await.map_err(open_err)?;
     tracing::debug!(url = %redact(url), "database open");

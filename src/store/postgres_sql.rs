@@ -207,8 +207,13 @@ pub(super) const PUT_RUN: &str = concat!(
     run_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
      ON CONFLICT (id) DO UPDATE SET name = $2, agent = $3, state = $4, input = $5, \
-     definition = $6, subject = $7, owner = $8, created_at = $9, finished_at = $10, error = $11"
+     definition = $6, subject = $7, owner = $8, created_at = $9, finished_at = $10, error = $11 \
+     WHERE runs.owner IS NOT DISTINCT FROM $8"
 );
+
+/// Gives run $1 to $3 if it is running and $2 still holds it.
+pub(super) const CLAIM_RUN: &str = "UPDATE runs SET owner = $3 \
+     WHERE id = $1 AND state = 'running' AND owner IS NOT DISTINCT FROM $2";
 
 pub(super) const PUT_STEP: &str = concat!(
     "INSERT INTO run_steps (",

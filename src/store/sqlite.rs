@@ -564,6 +564,18 @@ impl Store for SqliteStore {
         Box::pin(self.counts_by_state_impl())
     }
 
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let claim = Write::ClaimRun(id.to_string(), from.map(str::to_string), to.to_string());
+            self.writer.write(claim).await
+        })
+    }
+
     fn put_run<'a>(&'a self, run: &'a Run) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let row = RunRow::new(run)?;

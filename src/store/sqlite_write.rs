@@ -181,6 +181,8 @@ pub(super) enum Write {
     /// under the task row's epoch.
     FinishTask(Vec<AttemptRow>, TaskRow, TaskState),
     PutRun(RunRow),
+    /// A run taken over: id, holder read, new holder.
+    ClaimRun(String, Option<String>, String),
     PutStep(StepRow),
     /// A turn, under the task's claim epoch.
     AddTurn(TurnRow, i64),
@@ -205,7 +207,12 @@ pub(super) enum Write {
 const PUT_RUN: &str = "INSERT INTO runs (id, name, agent, state, input, definition, subject, owner, \
      created_at, finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
      ON CONFLICT (id) DO UPDATE SET name = ?2, agent = ?3, state = ?4, input = ?5, definition = ?6, \
-     subject = ?7, owner = ?8, created_at = ?9, finished_at = ?10, error = ?11";
+     subject = ?7, owner = ?8, created_at = ?9, finished_at = ?10, error = ?11 \
+     WHERE runs.owner IS ?8";
+
+/// Gives run `?1` to `?3` if it is running and `?2` still holds it.
+const CLAIM_RUN: &str =
+    "UPDATE runs SET owner = ?3 WHERE id = ?1 AND state = 'running' AND owner IS ?2";
 
 const PUT_STEP: &str = "INSERT INTO run_steps (run_id, step_id, idx, state, task_id, tries, \
      started_at, finished_at, error, output_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
@@ -222,6 +229,7 @@ impl Write {
             Write::FinishTask(_, t, _) => format!("finish task {}", t.id),
             Write::AddAttempt(a, _) => format!("record attempt {} of task {}", a.seq, a.task_id),
             Write::PutRun(r) => format!("record run {}", r.id),
+            Write::ClaimRun(id, ..) => format!("claim run {id}"),
             Write::PutStep(s) => format!("record step {} of run {}", s.step_id, s.run_id),
             Write::AddTurn(t, _) => format!("record turn {} of task {}", t.seq, t.task_id),
             Write::RenewLease(h, _, _) => format!("renew the lease of {h}"),
@@ -469,7 +477,20 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
                 &r.finished_at,
                 &r.error,
             ];
-            execute(conn, PUT_RUN, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            let written =
+                execute(conn, PUT_RUN, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            if written == 0 {
+                return Err(Failure::Own(run_taken(&r.id)));
+            }
+            Ok(())
+        }
+        Write::ClaimRun(id, from, to) => {
+            let values: [&dyn ToSql; 3] = [id, from, to];
+            let claimed =
+                execute(conn, CLAIM_RUN, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            if claimed == 0 {
+                return Err(Failure::Own(run_taken(id)));
+            }
             Ok(())
         }
         Write::PutStep(s) => {
@@ -768,6 +789,14 @@ fn insert_attempt(conn: &Connection, a: &AttemptRow, epoch: i64) -> Result<(), F
         return Err(not_held(conn, &a.task_id));
     }
     Ok(())
+}
+
+/// A run another process holds now (its coordinator's writes are refused).
+fn run_taken(id: &str) -> StoreError {
+    StoreError::Claimed {
+        id: id.to_string(),
+        owner: "another process".to_string(),
+    }
 }
 
 /// SQLite's extended result code, if `e` is an error SQLite returned.

@@ -146,6 +146,7 @@ on_every_backend! {
     writes_under_an_old_claim_are_fenced,
     leases_decide_what_is_claimed,
     slots_are_taken_below_the_limit_and_come_back,
+    a_run_is_claimed_once_and_its_old_coordinator_fenced,
     racing_takers_never_pass_the_limit(4),
     a_rate_admits_its_burst_then_says_how_long_to_wait,
     turns_round_trip_in_order_and_a_seq_is_taken_once,
@@ -1179,6 +1180,53 @@ async fn writes_under_an_old_claim_are_fenced(b: Backend) {
     // The new holder writes under its epoch.
     store.add_attempt(&attempt(&old.id, 2), 1).await.unwrap();
     store.add_turn(&turn, 1).await.unwrap();
+}
+
+/// A run resumed by two processes at once has one coordinator; the
+/// process that held it before can no longer write it.
+async fn a_run_is_claimed_once_and_its_old_coordinator_fenced(b: Backend) {
+    let s = b.store().await;
+    let mut run = Run {
+        id: "run-9".into(),
+        name: None,
+        agent: None,
+        state: RunState::Running,
+        input: json!("x"),
+        definition: json!({"steps": []}),
+        subject: None,
+        owner: Some("paused".into()),
+        created_at: 1,
+        finished_at: None,
+        error: None,
+    };
+    s.put_run(&run).await.unwrap();
+    s.claim_run("run-9", Some("paused"), "taker").await.unwrap();
+    let e = s
+        .claim_run("run-9", Some("paused"), "late")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Claimed { .. }), "{e}");
+    // The old coordinator's write is refused; the new one's goes in.
+    run.state = RunState::Succeeded;
+    let e = s.put_run(&run).await.unwrap_err();
+    assert!(matches!(e, StoreError::Claimed { .. }), "{e}");
+    assert_eq!(
+        s.get_run("run-9").await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    run.owner = Some("taker".into());
+    s.put_run(&run).await.unwrap();
+    let stored = s.get_run("run-9").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.owner.as_deref()),
+        (RunState::Succeeded, Some("taker"))
+    );
+    // Only a running run is claimed.
+    let e = s
+        .claim_run("run-9", Some("taker"), "late")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Claimed { .. }), "{e}");
 }
 
 /// Slots of a scope are taken below its limit, given back, and free again
