@@ -159,8 +159,8 @@ impl Store for Faulty {
     fn runs_in_state(&self, state: RunState) -> StoreFuture<'_, Vec<Run>> {
         self.inner.runs_in_state(state)
     }
-    fn put_step<'a>(&'a self, step: &'a StepRecord) -> StoreFuture<'a, ()> {
-        self.inner.put_step(step)
+    fn put_step<'a>(&'a self, step: &'a StepRecord, holder: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.put_step(step, holder)
     }
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
         self.inner.steps(run_id)

@@ -147,7 +147,7 @@ impl Engine {
                 error: None,
                 output_path: None,
             };
-            self.store.put_step(&s).await?;
+            self.store.put_step(&s, owner::this_process()).await?;
             steps.push(s);
         }
         // Just before its coordinator starts (whose end forgets it), so a run
@@ -575,7 +575,7 @@ async fn skip(engine: &Engine, live: &LiveRun, s: &mut StepRecord, why: String) 
 }
 
 async fn persist_step(engine: &Engine, s: &StepRecord) {
-    if let Err(e) = engine.store.put_step(s).await {
+    if let Err(e) = engine.store.put_step(s, owner::this_process()).await {
         tracing::error!(run = %s.run_id, step = %s.step_id, error = %e, "cannot record a step");
     }
 }

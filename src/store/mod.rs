@@ -125,6 +125,14 @@ fn gcra_wait(ahead: i64, t: i64, tolerance: i64) -> Duration {
     Duration::from_millis(u64::try_from(wait).unwrap_or(1))
 }
 
+/// A run another process holds now (its old coordinator's writes are refused).
+fn run_taken(id: &str) -> StoreError {
+    StoreError::Claimed {
+        id: id.to_string(),
+        owner: "another process".to_string(),
+    }
+}
+
 /// A claim's epoch as the column holds it (a BIGINT).
 fn epoch_column(epoch: u64) -> Result<i64, StoreError> {
     i64::try_from(epoch).map_err(|_| StoreError::Invalid {
@@ -294,8 +302,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every run in `state`, oldest first (to resume `running` ones at startup).
     fn runs_in_state(&self, state: RunState) -> StoreFuture<'_, Vec<Run>>;
 
-    /// Inserts or replaces one step's state.
-    fn put_step<'a>(&'a self, step: &'a StepRecord) -> StoreFuture<'a, ()>;
+    /// Inserts or replaces one step's state, written by its run's coordinator
+    /// `holder`: only while that process holds the run ([`StoreError::Claimed`]
+    /// once another took it over; [`StoreError::NotFound`] without the run).
+    fn put_step<'a>(&'a self, step: &'a StepRecord, holder: &'a str) -> StoreFuture<'a, ()>;
 
     /// A run's steps in definition order.
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>>;

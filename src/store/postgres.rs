@@ -45,14 +45,6 @@ use crate::task::{
     TreeCharge, Turn,
 };
 
-/// A run another process holds now (its coordinator's writes are refused).
-fn run_taken(id: &str) -> StoreError {
-    StoreError::Claimed {
-        id: id.to_string(),
-        owner: "another process".to_string(),
-    }
-}
-
 /// A [`Store`] in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -494,7 +486,7 @@ impl PostgresStore {
             .map_err(|e| db_err(format_args!("record run {}", r.id), e))?
             .rows_affected();
         if written == 0 {
-            return Err(run_taken(&r.id));
+            return Err(super::run_taken(&r.id));
         }
         Ok(())
     }
@@ -514,7 +506,7 @@ impl PostgresStore {
             .map_err(|e| db_err(format_args!("claim run {id}"), e))?
             .rows_affected();
         if claimed == 0 {
-            return Err(run_taken(id));
+            return Err(super::run_taken(id));
         }
         Ok(())
     }
@@ -537,9 +529,9 @@ impl PostgresStore {
         rows.iter().map(|r| read::run_from_row(r)).collect()
     }
 
-    async fn put_step_impl(&self, step: &StepRecord) -> Result<(), StoreError> {
+    async fn put_step_impl(&self, step: &StepRecord, holder: &str) -> Result<(), StoreError> {
         let s = StepRow::new(step);
-        sqlx::query(PUT_STEP)
+        let written = sqlx::query(PUT_STEP)
             .bind(&s.run_id)
             .bind(&s.step_id)
             .bind(s.idx)
@@ -550,17 +542,29 @@ impl PostgresStore {
             .bind(s.finished_at)
             .bind(&s.error)
             .bind(&s.output_path)
+            .bind(holder)
             .execute(&self.pool)
             .await
-            .map_err(|e| match violation(&e) {
-                Some(ErrorKind::ForeignKeyViolation) => StoreError::NotFound {
-                    id: s.run_id.clone(),
-                },
-                _ => db_err(
+            .map_err(|e| {
+                db_err(
                     format_args!("record step {} of run {}", s.step_id, s.run_id),
                     e,
-                ),
-            })?;
+                )
+            })?
+            .rows_affected();
+        if written == 0 {
+            let run: Option<i32> = sqlx::query_scalar("SELECT 1 FROM runs WHERE id = $1")
+                .bind(&s.run_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_err(format_args!("read run {}", s.run_id), e))?;
+            return Err(match run {
+                None => StoreError::NotFound {
+                    id: s.run_id.clone(),
+                },
+                Some(_) => super::run_taken(&s.run_id),
+            });
+        }
         Ok(())
     }
 
@@ -847,8 +851,8 @@ impl Store for PostgresStore {
         Box::pin(self.runs_in_state_impl(state))
     }
 
-    fn put_step<'a>(&'a self, step: &'a StepRecord) -> StoreFuture<'a, ()> {
-        Box::pin(self.put_step_impl(step))
+    fn put_step<'a>(&'a self, step: &'a StepRecord, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.put_step_impl(step, holder))
     }
 
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {

@@ -218,7 +218,8 @@ pub(super) const CLAIM_RUN: &str = "UPDATE runs SET owner = $3 \
 pub(super) const PUT_STEP: &str = concat!(
     "INSERT INTO run_steps (",
     step_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+     WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND owner IS NOT DISTINCT FROM $11) \
      ON CONFLICT (run_id, step_id) DO UPDATE SET idx = $3, state = $4, task_id = $5, \
      tries = $6, started_at = $7, finished_at = $8, error = $9, output_path = $10"
 );

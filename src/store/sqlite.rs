@@ -613,8 +613,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_step<'a>(&'a self, step: &'a StepRecord) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.writer.write(Write::PutStep(StepRow::new(step))).await })
+    fn put_step<'a>(&'a self, step: &'a StepRecord, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let put = Write::PutStep(StepRow::new(step), holder.to_string());
+            self.writer.write(put).await
+        })
     }
 
     fn steps<'a>(&'a self, run_id: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {

@@ -183,7 +183,8 @@ pub(super) enum Write {
     PutRun(RunRow),
     /// A run taken over: id, holder read, new holder.
     ClaimRun(String, Option<String>, String),
-    PutStep(StepRow),
+    /// A step, and who writes it (its run's holder).
+    PutStep(StepRow, String),
     /// A turn, under the task's claim epoch.
     AddTurn(TurnRow, i64),
     /// A lease: holder, when it started, until when.
@@ -214,8 +215,10 @@ const PUT_RUN: &str = "INSERT INTO runs (id, name, agent, state, input, definiti
 const CLAIM_RUN: &str =
     "UPDATE runs SET owner = ?3 WHERE id = ?1 AND state = 'running' AND owner IS ?2";
 
+/// A step, written only while `?11` holds its run (fenced).
 const PUT_STEP: &str = "INSERT INTO run_steps (run_id, step_id, idx, state, task_id, tries, \
-     started_at, finished_at, error, output_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     started_at, finished_at, error, output_path) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+     WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND owner IS ?11) \
      ON CONFLICT (run_id, step_id) DO UPDATE SET idx = ?3, state = ?4, task_id = ?5, tries = ?6, \
      started_at = ?7, finished_at = ?8, error = ?9, output_path = ?10";
 
@@ -230,7 +233,7 @@ impl Write {
             Write::AddAttempt(a, _) => format!("record attempt {} of task {}", a.seq, a.task_id),
             Write::PutRun(r) => format!("record run {}", r.id),
             Write::ClaimRun(id, ..) => format!("claim run {id}"),
-            Write::PutStep(s) => format!("record step {} of run {}", s.step_id, s.run_id),
+            Write::PutStep(s, _) => format!("record step {} of run {}", s.step_id, s.run_id),
             Write::AddTurn(t, _) => format!("record turn {} of task {}", t.seq, t.task_id),
             Write::RenewLease(h, _, _) => format!("renew the lease of {h}"),
             Write::EndLease(h) => format!("end the lease of {h}"),
@@ -480,7 +483,7 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             let written =
                 execute(conn, PUT_RUN, &values).map_err(|e| Failure::Database(reason(&e)))?;
             if written == 0 {
-                return Err(Failure::Own(run_taken(&r.id)));
+                return Err(Failure::Own(super::run_taken(&r.id)));
             }
             Ok(())
         }
@@ -489,12 +492,12 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
             let claimed =
                 execute(conn, CLAIM_RUN, &values).map_err(|e| Failure::Database(reason(&e)))?;
             if claimed == 0 {
-                return Err(Failure::Own(run_taken(id)));
+                return Err(Failure::Own(super::run_taken(id)));
             }
             Ok(())
         }
-        Write::PutStep(s) => {
-            let values: [&dyn ToSql; 10] = [
+        Write::PutStep(s, holder) => {
+            let values: [&dyn ToSql; 11] = [
                 &s.run_id,
                 &s.step_id,
                 &s.idx,
@@ -505,16 +508,24 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
                 &s.finished_at,
                 &s.error,
                 &s.output_path,
+                holder,
             ];
-            execute(conn, PUT_STEP, &values).map_err(|e| {
-                if is_foreign_key_violation(&e) {
-                    Failure::Own(StoreError::NotFound {
-                        id: s.run_id.clone(),
+            let written =
+                execute(conn, PUT_STEP, &values).map_err(|e| Failure::Database(reason(&e)))?;
+            if written == 0 {
+                let run: Option<i64> = conn
+                    .query_row("SELECT 1 FROM runs WHERE id = ?1", [&s.run_id], |r| {
+                        r.get(0)
                     })
-                } else {
-                    Failure::Database(reason(&e))
-                }
-            })?;
+                    .optional()
+                    .map_err(|e| Failure::Database(reason(&e)))?;
+                return Err(Failure::Own(match run {
+                    None => StoreError::NotFound {
+                        id: s.run_id.clone(),
+                    },
+                    Some(_) => super::run_taken(&s.run_id),
+                }));
+            }
             Ok(())
         }
         Write::AddTurn(t, epoch) => {
@@ -791,14 +802,6 @@ fn insert_attempt(conn: &Connection, a: &AttemptRow, epoch: i64) -> Result<(), F
     Ok(())
 }
 
-/// A run another process holds now (its coordinator's writes are refused).
-fn run_taken(id: &str) -> StoreError {
-    StoreError::Claimed {
-        id: id.to_string(),
-        owner: "another process".to_string(),
-    }
-}
-
 /// SQLite's extended result code, if `e` is an error SQLite returned.
 fn extended_code(e: &rusqlite::Error) -> Option<i32> {
     match e {
@@ -812,10 +815,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
         extended_code(e),
         Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
     )
-}
-
-fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
-    extended_code(e) == Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 /// The database's own words when there are some, without rusqlite's preamble.

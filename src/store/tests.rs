@@ -1221,6 +1221,23 @@ async fn a_run_is_claimed_once_and_its_old_coordinator_fenced(b: Backend) {
         (stored.state, stored.owner.as_deref()),
         (RunState::Succeeded, Some("taker"))
     );
+    // Its steps are the new holder's to write.
+    let step = StepRecord {
+        run_id: "run-9".into(),
+        step_id: "a".into(),
+        idx: 0,
+        state: crate::task::StepState::Pending,
+        task_id: None,
+        tries: 0,
+        started_at: None,
+        finished_at: None,
+        error: None,
+        output_path: None,
+    };
+    let e = s.put_step(&step, "paused").await.unwrap_err();
+    assert!(matches!(e, StoreError::Claimed { .. }), "{e}");
+    s.put_step(&step, "taker").await.unwrap();
+    assert_eq!(s.steps("run-9").await.unwrap().len(), 1);
     // Only a running run is claimed.
     let e = s
         .claim_run("run-9", Some("taker"), "late")
@@ -1525,17 +1542,17 @@ async fn runs_and_steps_round_trip_and_upsert(b: Backend) {
         error: None,
         output_path: None,
     };
-    s.put_step(&step).await.unwrap();
+    s.put_step(&step, "h:1:2").await.unwrap();
     step.state = StepState::Succeeded;
     step.output_path = Some("sessions/run-1/a.md".into());
-    s.put_step(&step).await.unwrap();
+    s.put_step(&step, "h:1:2").await.unwrap();
     let b = StepRecord {
         step_id: "b".into(),
         idx: 1,
         state: StepState::Skipped,
         ..step.clone()
     };
-    s.put_step(&b).await.unwrap();
+    s.put_step(&b, "h:1:2").await.unwrap();
     assert_eq!(s.steps("run-1").await.unwrap(), vec![step, b]);
     run.state = RunState::Partial;
     run.finished_at = Some(20);
@@ -1552,7 +1569,7 @@ async fn runs_and_steps_round_trip_and_upsert(b: Backend) {
         ..s.steps("run-1").await.unwrap()[0].clone()
     };
     assert!(matches!(
-        s.put_step(&orphan).await,
+        s.put_step(&orphan, "h:1:2").await,
         Err(StoreError::NotFound { .. })
     ));
 }
