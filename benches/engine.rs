@@ -662,18 +662,30 @@ async fn store_section() -> String {
     format!("\n[store]\nurl = \"{base}/{name}\"\npool_size = 16\n")
 }
 
+/// `n` tasks submitted at once on one engine; tasks per second and this
+/// process's CPU per task.
 async fn throughput_run(limits: &str, n: usize) -> (f64, Duration) {
+    engines_run(limits, 1, n).await
+}
+
+/// `n` tasks submitted at once, round-robin, on `engines` engines over one
+/// store (each with its own connection pool); tasks per second and this
+/// process's CPU per task.
+async fn engines_run(limits: &str, engines: usize, n: usize) -> (f64, Duration) {
     let fake = fake_provider::FakeProvider::start().await;
     fake.set_default(fake_provider::Behavior::reply("ok"));
     let limits = format!("{limits}{}", store_section().await);
     let dir = project(&fake.base_url_openai(), &limits);
-    let app = App::open(Paths::new(dir.path(), None, None)).expect("open");
-    let engine = app.engine(false).await.expect("engine");
+    let mut all = Vec::new();
+    for _ in 0..engines {
+        let app = App::open(Paths::new(dir.path(), None, None)).expect("open");
+        all.push(app.engine(false).await.expect("engine"));
+    }
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let handles: Vec<_> = (0..n)
         .map(|i| {
-            let e = engine.clone();
+            let e = all[i % engines].clone();
             tokio::spawn(async move { agent_run(&e, i).await })
         })
         .collect();
@@ -685,7 +697,7 @@ async fn throughput_run(limits: &str, n: usize) -> (f64, Duration) {
     let cpu = (cpu_time() - cpu0) / n as u32;
     assert_eq!(fake.request_count(), n);
     assert_eq!(outbox_files(dir.path()), n);
-    drop(engine);
+    drop(all);
     keep(dir);
     (n as f64 / elapsed.as_secs_f64(), cpu)
 }
@@ -705,59 +717,8 @@ async fn throughput() {
         println!(
             "== throughput on {store}, {THROUGHPUT_TASKS} tasks submitted at once, {name}, median of {RUNS}"
         );
-        let mut rates = Vec::new();
-        let mut cpus = Vec::new();
-        for run in 0..RUNS {
-            let (rate, cpu) = throughput_run(limits, THROUGHPUT_TASKS).await;
-            println!(
-                "  run {}: {:.0} tasks/s ({:.2} s), {:.0} us CPU per task",
-                run + 1,
-                rate,
-                THROUGHPUT_TASKS as f64 / rate,
-                cpu.as_secs_f64() * 1e6
-            );
-            rates.push(rate);
-            cpus.push(cpu.as_secs_f64() * 1e6);
-        }
-        println!(
-            "  median: {:.0} tasks/s, {:.0} us CPU per task",
-            median_f(rates),
-            median_f(cpus)
-        );
+        measure(RUNS, || throughput_run(limits, THROUGHPUT_TASKS)).await;
     }
-}
-
-/// 10,000 tasks on `n` engines sharing one PostgreSQL database (round-robin);
-/// tasks per second and this process's CPU per task.
-async fn instances_run(n: usize) -> (f64, Duration) {
-    let fake = fake_provider::FakeProvider::start().await;
-    fake.set_default(fake_provider::Behavior::reply("ok"));
-    let limits = format!("{SHIPPED}{}", store_section().await);
-    let dir = project(&fake.base_url_openai(), &limits);
-    let mut engines = Vec::new();
-    for _ in 0..n {
-        let app = App::open(Paths::new(dir.path(), None, None)).expect("open");
-        engines.push(app.engine(false).await.expect("engine"));
-    }
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let handles: Vec<_> = (0..THROUGHPUT_TASKS)
-        .map(|i| {
-            let e = engines[i % n].clone();
-            tokio::spawn(async move { agent_run(&e, i).await })
-        })
-        .collect();
-    for h in handles {
-        let t = h.await.expect("join");
-        assert_eq!(t.state, TaskState::Succeeded, "{:?}", t.error);
-    }
-    let elapsed = t0.elapsed();
-    let cpu = (cpu_time() - cpu0) / THROUGHPUT_TASKS as u32;
-    assert_eq!(fake.request_count(), THROUGHPUT_TASKS);
-    assert_eq!(outbox_files(dir.path()), THROUGHPUT_TASKS);
-    drop(engines);
-    keep(dir);
-    (THROUGHPUT_TASKS as f64 / elapsed.as_secs_f64(), cpu)
 }
 
 async fn instances() {
@@ -770,25 +731,36 @@ async fn instances() {
         println!(
             "== {n} instance(s) on one PostgreSQL, {THROUGHPUT_TASKS} tasks at once, shipped limits shared, median of {INSTANCE_RUNS}"
         );
-        let mut rates = Vec::new();
-        let mut cpus = Vec::new();
-        for run in 0..INSTANCE_RUNS {
-            let (rate, cpu) = instances_run(n).await;
-            println!(
-                "  run {}: {:.0} tasks/s, {:.0} us CPU per task (this process)",
-                run + 1,
-                rate,
-                cpu.as_secs_f64() * 1e6
-            );
-            rates.push(rate);
-            cpus.push(cpu.as_secs_f64() * 1e6);
-        }
-        println!(
-            "  median: {:.0} tasks/s, {:.0} us CPU per task",
-            median_f(rates),
-            median_f(cpus)
-        );
+        measure(INSTANCE_RUNS, || engines_run(SHIPPED, n, THROUGHPUT_TASKS)).await;
     }
+}
+
+/// Run `f` (a run of `THROUGHPUT_TASKS` tasks) `runs` times, printing each
+/// run and the medians.
+async fn measure<F, Fut>(runs: usize, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (f64, Duration)>,
+{
+    let mut rates = Vec::new();
+    let mut cpus = Vec::new();
+    for run in 0..runs {
+        let (rate, cpu) = f().await;
+        println!(
+            "  run {}: {:.0} tasks/s ({:.2} s), {:.0} us CPU per task",
+            run + 1,
+            rate,
+            THROUGHPUT_TASKS as f64 / rate,
+            cpu.as_secs_f64() * 1e6
+        );
+        rates.push(rate);
+        cpus.push(cpu.as_secs_f64() * 1e6);
+    }
+    println!(
+        "  median: {:.0} tasks/s, {:.0} us CPU per task",
+        median_f(rates),
+        median_f(cpus)
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -25,6 +25,17 @@ use tokio::sync::Notify;
 /// A lease of 2 s: a dead instance's tasks move within about 3 s.
 const TOML: &str = "[store]\nlease_secs = 2\n[http]\nrate_limit_per_minute = 0\n";
 
+/// End the sessions, stop the servers, drop the database.
+async fn stop(sessions: Vec<Session>, servers: Vec<HttpServer>, db: PgDatabase) {
+    for s in sessions {
+        s.cancel().await.ok();
+    }
+    for s in servers {
+        s.terminate().await;
+    }
+    db.drop().await;
+}
+
 /// `n` instances on one database and one project.
 async fn cluster(fx: &Fx, db: &PgDatabase, n: usize) -> Vec<HttpServer> {
     let mut spawn = fx.spawn();
@@ -218,13 +229,7 @@ async fn a_killed_instance_loses_its_tasks_to_the_others_and_nothing_runs_twice(
     let report = usage(&sessions[0]).await;
     assert_eq!(report.1, 30, "one answered call per task: {report:?}");
     assert_eq!(usage(&sessions[1]).await, report);
-    for s in sessions {
-        s.cancel().await.ok();
-    }
-    for s in servers {
-        s.terminate().await;
-    }
-    db.drop().await;
+    stop(sessions, servers, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,13 +351,7 @@ async fn the_instances_keep_together_to(test: &str, limits: &str, peak: usize) {
         holders.insert(line.to_string());
     }
     assert_eq!(holders.len(), 3, "{holders:?}");
-    for s in sessions {
-        s.cancel().await.ok();
-    }
-    for s in servers {
-        s.terminate().await;
-    }
-    db.drop().await;
+    stop(sessions, servers, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,25 @@ fn gcra_wait(ahead: i64, t: i64, tolerance: i64) -> Duration {
     Duration::from_millis(u64::try_from(wait).unwrap_or(1))
 }
 
+/// The (scope, limit) pairs whose slot rows a store handle has made exist,
+/// so that each is made once per handle, not before every take.
+#[derive(Debug, Default)]
+struct Seeded(std::sync::Mutex<std::collections::HashSet<(String, u32)>>);
+
+impl Seeded {
+    /// Whether the slots of `scope` below `limit` may not exist yet.
+    fn needed(&self, scope: &str, limit: u32) -> bool {
+        let made = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        !made.contains(&(scope.to_string(), limit))
+    }
+
+    /// They exist now.
+    fn made(&self, scope: &str, limit: u32) {
+        let mut made = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        made.insert((scope.to_string(), limit));
+    }
+}
+
 /// A run another process holds now (its old coordinator's writes are refused).
 fn run_taken(id: &str) -> StoreError {
     StoreError::Claimed {

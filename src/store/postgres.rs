@@ -52,7 +52,7 @@ pub struct PostgresStore {
     /// What the listener hears ([`Store::changes`]).
     changes: broadcast::Sender<Change>,
     /// The (scope, limit) pairs whose slots this handle has made exist.
-    seeded: Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>,
+    seeded: Arc<super::Seeded>,
     /// Stops the listener at close.
     stop: CancellationToken,
     /// Stops it when the last handle goes.
@@ -195,23 +195,14 @@ impl PostgresStore {
         limit: u32,
         holder: &str,
     ) -> Result<Option<u32>, StoreError> {
-        let key = (scope.to_string(), limit);
-        let seeded = self
-            .seeded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key);
-        if !seeded {
+        if self.seeded.needed(scope, limit) {
             sqlx::query(SEED_SLOTS)
                 .bind(scope)
                 .bind(i64::from(limit))
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db_err(format_args!("make the slots of {scope}"), e))?;
-            self.seeded
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key);
+            self.seeded.made(scope, limit);
         }
         let n: Option<i64> = sqlx::query_scalar(TAKE_SLOT)
             .bind(scope)

@@ -92,7 +92,7 @@ pub struct SqliteStore {
     /// Connections for reads.
     reader: SqlitePool,
     /// The (scope, limit) pairs whose slots this handle has made exist.
-    seeded: Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>,
+    seeded: Arc<super::Seeded>,
     /// The folder of a scratch database, removed when the last handle goes.
     _scratch: Option<Arc<TempDir>>,
 }
@@ -290,20 +290,11 @@ impl SqliteStore {
         limit: u32,
         holder: &str,
     ) -> Result<Option<u32>, StoreError> {
-        let key = (scope.to_string(), limit);
-        let seeded = self
-            .seeded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key);
-        if !seeded {
+        if self.seeded.needed(scope, limit) {
             self.writer
                 .write(Write::SeedSlots(scope.to_string(), i64::from(limit)))
                 .await?;
-            self.seeded
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key);
+            self.seeded.made(scope, limit);
         }
         let free: Vec<(i64, Option<String>)> = sqlx::query_as(FREE_SLOTS)
             .bind(scope)
