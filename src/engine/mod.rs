@@ -731,6 +731,16 @@ impl Engine {
                 if let Err(e) = engine.recover().await {
                     tracing::warn!(error = %e, "recovery sweep failed");
                 }
+                // Announcements queued meanwhile get no sweep of their own (the
+                // next one, a third of the lease away at the latest, takes what
+                // they announced): a stopping instance that re-queues a thousand
+                // tasks calls for one sweep, not a thousand. Tasks that ended
+                // elsewhere still stop here.
+                if let Some(rx) = changes.as_mut() {
+                    while let Ok(change) = rx.try_recv() {
+                        engine.heard(&change);
+                    }
+                }
                 next = tokio::time::Instant::now() + every;
             }
         });
