@@ -262,18 +262,12 @@ impl PostgresStore {
     /// Why a fenced insert for task `id` stored nothing: no such task, or
     /// it is held under another epoch.
     async fn not_held(&self, id: &str) -> StoreError {
-        let found: Result<Option<(String, Option<String>, i64)>, _> =
-            sqlx::query_as(TASK_STATE_AND_OWNER)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await;
+        let found: Result<Option<Found>, _> = sqlx::query_as(TASK_STATE_AND_OWNER)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await;
         match found {
-            Ok(None) => StoreError::NotFound { id: id.to_string() },
-            Ok(Some((_, owner, epoch))) => StoreError::Fenced {
-                id: id.to_string(),
-                owner: owner.unwrap_or_default(),
-                epoch: u64::try_from(epoch).unwrap_or(0),
-            },
+            Ok(found) => read::not_held(id, found),
             Err(e) => db_err(format_args!("read task {id}"), e),
         }
     }
@@ -549,12 +543,7 @@ impl PostgresStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| db_err(format_args!("read run {}", s.run_id), e))?;
-            return Err(match run {
-                None => StoreError::NotFound {
-                    id: s.run_id.clone(),
-                },
-                Some(_) => super::run_taken(&s.run_id),
-            });
+            return Err(read::step_refused(&s.run_id, run.is_some()));
         }
         Ok(())
     }

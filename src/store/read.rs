@@ -450,6 +450,31 @@ pub(super) fn why_unchanged(
     }
 }
 
+/// Why a fenced insert for task `id` stored nothing, from what is stored
+/// now: there is no such task, or it is held under another epoch.
+pub(super) fn not_held(id: &str, found: Option<Found>) -> StoreError {
+    match found {
+        None => StoreError::NotFound { id: id.to_string() },
+        Some((_, owner, epoch)) => StoreError::Fenced {
+            id: id.to_string(),
+            owner: owner.unwrap_or_default(),
+            epoch: u64::try_from(epoch).unwrap_or(0),
+        },
+    }
+}
+
+/// Why a fenced write of a step of run `run_id` stored nothing: there is no
+/// such run, or another process holds it.
+pub(super) fn step_refused(run_id: &str, run_exists: bool) -> StoreError {
+    if run_exists {
+        super::run_taken(run_id)
+    } else {
+        StoreError::NotFound {
+            id: run_id.to_string(),
+        }
+    }
+}
+
 /// What a tree has used, read to say which limit a charge did not fit.
 pub(super) struct TreeUse {
     pub(super) tasks: i64,

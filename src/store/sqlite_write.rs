@@ -32,7 +32,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
 use tokio::sync::{mpsc, oneshot};
 
-use super::read::{Cas, Found, TreeUse, why_unchanged};
+use super::read::{self, Cas, Found, TreeUse, why_unchanged};
 use super::rows::{AttemptRow, ClientTaskRow, RunRow, StepRow, TaskRow, TreeRow, TurnRow};
 use super::sqlite::BUSY_TIMEOUT;
 use super::{StoreError, database_error};
@@ -519,12 +519,7 @@ fn apply(conn: &Connection, w: &Write) -> Result<(), Failure> {
                     })
                     .optional()
                     .map_err(|e| Failure::Database(reason(&e)))?;
-                return Err(Failure::Own(match run {
-                    None => StoreError::NotFound {
-                        id: s.run_id.clone(),
-                    },
-                    Some(_) => super::run_taken(&s.run_id),
-                }));
+                return Err(Failure::Own(read::step_refused(&s.run_id, run.is_some())));
             }
             Ok(())
         }
@@ -754,12 +749,7 @@ fn stored(conn: &Connection, id: &str) -> Result<Option<Found>, rusqlite::Error>
 /// or it is held under another epoch.
 fn not_held(conn: &Connection, id: &str) -> Failure {
     match stored(conn, id) {
-        Ok(None) => Failure::Own(StoreError::NotFound { id: id.to_string() }),
-        Ok(Some((_, owner, epoch))) => Failure::Own(StoreError::Fenced {
-            id: id.to_string(),
-            owner: owner.unwrap_or_default(),
-            epoch: u64::try_from(epoch).unwrap_or(0),
-        }),
+        Ok(found) => Failure::Own(read::not_held(id, found)),
         Err(e) => Failure::Database(reason(&e)),
     }
 }
